@@ -1,0 +1,116 @@
+#include "model/checkpoint.h"
+
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "model/config.h"
+
+namespace dartserve::model {
+namespace {
+
+torch::ScalarType ToTorch(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return torch::kFloat;
+    case DType::kF16: return torch::kHalf;
+    case DType::kBF16: return torch::kBFloat16;
+  }
+  return torch::kFloat;
+}
+
+std::string ShapeString(at::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+}  // namespace
+
+torch::Tensor TensorFromBytes(const TensorInfo& info, std::string_view bytes) {
+  torch::Tensor t = torch::empty(info.shape, torch::TensorOptions().dtype(ToTorch(info.dtype)));
+  std::memcpy(t.data_ptr(), bytes.data(), bytes.size());  // copy: file data may be unaligned
+  return t.to(torch::kFloat);
+}
+
+TensorToWrite TensorToBytes(const std::string& name, const torch::Tensor& tensor, DType dtype) {
+  const torch::Tensor t = tensor.detach().to(torch::kCPU).to(ToTorch(dtype)).contiguous();
+  TensorToWrite out{name, dtype, t.sizes().vec(), {}};
+  out.data.assign(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+  return out;
+}
+
+absl::Status LoadWeights(torch::nn::Module& module, const SafetensorsFile& file) {
+  torch::NoGradGuard no_grad;
+  std::set<std::string> used;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    torch::Tensor param = item.value();
+    auto it = file.tensors().find(name);
+    if (it == file.tensors().end()) {
+      return absl::InvalidArgumentError(absl::StrCat("missing tensor '", name, "'"));
+    }
+    if (at::IntArrayRef(it->second.shape) != param.sizes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", name, "' has shape ", ShapeString(it->second.shape),
+          " but the config needs ", ShapeString(param.sizes())));
+    }
+    param.copy_(TensorFromBytes(it->second, file.Data(it->second)));
+    used.insert(name);
+  }
+  for (const auto& [name, info] : file.tensors()) {
+    if (!used.count(name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected tensor '", name, "' (not a parameter of this config)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<TensorToWrite> WeightsToWrite(const torch::nn::Module& module, DType dtype) {
+  std::vector<TensorToWrite> out;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    out.push_back(TensorToBytes(item.key(), item.value(), dtype));
+  }
+  return out;
+}
+
+absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir) {
+  const std::string config_path = (std::filesystem::path(dir) / kConfigFile).string();
+  const std::string weights_path = (std::filesystem::path(dir) / kWeightsFile).string();
+  absl::StatusOr<std::string> config_text = ReadFile(config_path);
+  if (!config_text.ok()) return config_text.status();
+  absl::StatusOr<ModelConfig> config = ModelConfigFromJson(*config_text);
+  if (!config.ok()) {
+    return absl::Status(config.status().code(),
+                        absl::StrCat(config_path, ": ", config.status().message()));
+  }
+  absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Read(weights_path);
+  if (!file.ok()) return file.status();
+  try {
+    Dart model(*config);
+    if (absl::Status s = LoadWeights(*model, *file); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat(weights_path, ": ", s.message()));
+    }
+    model->eval();
+    return model;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("building model from ", dir, ": ", e.what()));
+  }
+}
+
+absl::Status SaveCheckpoint(const std::string& dir, Dart& model, DType dtype) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  absl::StatusOr<std::string> bytes = SerializeSafetensors(WeightsToWrite(*model, dtype));
+  if (!bytes.ok()) return bytes.status();
+  if (absl::Status s = WriteFileAtomically((std::filesystem::path(dir) / kWeightsFile).string(), *bytes);
+      !s.ok()) {
+    return s;
+  }
+  return WriteFileAtomically((std::filesystem::path(dir) / kConfigFile).string(),
+                             ModelConfigToJson(model->config()));
+}
+
+}  // namespace dartserve::model

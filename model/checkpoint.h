@@ -1,0 +1,42 @@
+// Checkpoint folders: `config.json` (ModelConfig) + `model.safetensors` (the weights).
+//
+// Loading checks every tensor against the model the config builds: a missing, unexpected or
+// wrongly shaped tensor is an error naming it, so a checkpoint either loads completely or not at
+// all. F16 and BF16 weights are widened to fp32 on load.
+#ifndef DARTSERVE_MODEL_CHECKPOINT_H_
+#define DARTSERVE_MODEL_CHECKPOINT_H_
+
+#include <string>
+
+#include <torch/torch.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/dart.h"
+#include "model/safetensors.h"
+
+namespace dartserve::model {
+
+inline constexpr char kConfigFile[] = "config.json";
+inline constexpr char kWeightsFile[] = "model.safetensors";
+
+// Copies the file's tensors into `module`'s parameters (names as in named_parameters()).
+absl::Status LoadWeights(torch::nn::Module& module, const SafetensorsFile& file);
+
+// Parameters of `module` as tensors to write, converted to `dtype`.
+std::vector<TensorToWrite> WeightsToWrite(const torch::nn::Module& module, DType dtype);
+
+// Reads `dir`/config.json and `dir`/model.safetensors into a new model in eval mode on the CPU.
+// Errors are prefixed with the offending file.
+absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir);
+
+// Writes `dir`/config.json and `dir`/model.safetensors (creating `dir`), each atomically.
+absl::Status SaveCheckpoint(const std::string& dir, Dart& model, DType dtype = DType::kF32);
+
+// Tensor <-> safetensors bytes.
+torch::Tensor TensorFromBytes(const TensorInfo& info, std::string_view bytes);
+TensorToWrite TensorToBytes(const std::string& name, const torch::Tensor& tensor, DType dtype);
+
+}  // namespace dartserve::model
+
+#endif  // DARTSERVE_MODEL_CHECKPOINT_H_

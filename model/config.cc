@@ -1,0 +1,196 @@
+#include "model/config.h"
+
+#include <array>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+
+namespace dartserve::model {
+namespace {
+
+using Json = nlohmann::json;
+
+template <typename E, size_t N>
+using EnumNames = std::array<std::pair<E, const char*>, N>;
+
+constexpr EnumNames<Conditioning, 3> kConditioningNames = {{
+    {Conditioning::kNone, "none"}, {Conditioning::kClass, "class"}, {Conditioning::kText, "text"}}};
+constexpr EnumNames<OutputHead, 2> kHeadNames = {{{OutputHead::kMean, "mean"},
+                                                 {OutputHead::kFlow, "flow"}}};
+constexpr EnumNames<Variant, 2> kVariantNames = {{{Variant::kDart, "dart"},
+                                                 {Variant::kDartAr, "dart_ar"}}};
+constexpr EnumNames<Schedule, 1> kScheduleNames = {{{Schedule::kCosine, "cosine"}}};
+constexpr EnumNames<LossWeight, 3> kLossWeightNames = {{{LossWeight::kClampedSnr, "clamped_snr"},
+                                                       {LossWeight::kUniform, "uniform"},
+                                                       {LossWeight::kPaperSum, "paper_sum"}}};
+
+template <typename E, size_t N>
+std::string NameOf(const EnumNames<E, N>& names, E value) {
+  for (const auto& [v, name] : names) {
+    if (v == value) return name;
+  }
+  return "?";
+}
+
+template <typename E, size_t N>
+absl::Status ParseEnum(const EnumNames<E, N>& names, const Json& j, const char* field, E* out) {
+  if (!j.is_string()) return absl::InvalidArgumentError(absl::StrCat(field, ": must be a string"));
+  const std::string s = j.get<std::string>();
+  std::vector<std::string> accepted;
+  for (const auto& [v, name] : names) {
+    if (name == s) {
+      *out = v;
+      return absl::OkStatus();
+    }
+    accepted.emplace_back(name);
+  }
+  return absl::InvalidArgumentError(absl::StrCat(field, ": unknown value \"", s,
+                                                 "\" (accepted: ", absl::StrJoin(accepted, ", "),
+                                                 ")"));
+}
+
+absl::Status ParseInt(const Json& j, const char* field, int* out) {
+  if (!j.is_number_integer()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": must be an integer"));
+  }
+  const int64_t v = j.get<int64_t>();
+  if (v < -(1LL << 30) || v > (1LL << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": out of range"));
+  }
+  *out = static_cast<int>(v);
+  return absl::OkStatus();
+}
+
+absl::Status ParseDouble(const Json& j, const char* field, double* out) {
+  if (!j.is_number()) return absl::InvalidArgumentError(absl::StrCat(field, ": must be a number"));
+  *out = j.get<double>();
+  return absl::OkStatus();
+}
+
+absl::Status Check(bool ok, const char* field, const char* requirement) {
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", requirement));
+}
+
+}  // namespace
+
+int ModelConfig::mlp_hidden() const {
+  const int raw = static_cast<int>(mlp_ratio * width + 0.5);
+  return (raw + 31) / 32 * 32;
+}
+
+int64_t ModelConfig::kv_bytes_per_row() const {
+  return int64_t{2} * depth * sequence_length() * width * static_cast<int64_t>(sizeof(float));
+}
+
+absl::Status ModelConfig::Validate() const {
+  // Each check names its field; the first failure wins so the message stays one line.
+  for (const absl::Status& s : {
+           Check(image_size >= 1 && image_size <= 4096, "image_size", "must be in [1, 4096]"),
+           Check(channels == 1 || channels == 3, "channels", "must be 1 (gray) or 3 (RGB)"),
+           Check(patch_size >= 1 && patch_size <= image_size, "patch_size",
+                 "must be in [1, image_size]"),
+           Check(patch_size >= 1 && image_size % patch_size == 0, "patch_size",
+                 "must divide image_size"),
+           Check(num_steps >= 1 && num_steps <= 1024, "num_steps", "must be in [1, 1024]"),
+           Check(snr_shift > 0 && snr_shift < 1e6, "snr_shift", "must be in (0, 1e6)"),
+           Check(loss_weight_min > 0, "loss_weight_min", "must be > 0"),
+           Check(loss_weight_max >= loss_weight_min, "loss_weight_max",
+                 "must be >= loss_weight_min"),
+           Check(width >= 4 && width <= 16384, "width", "must be in [4, 16384]"),
+           Check(depth >= 1 && depth <= 256, "depth", "must be in [1, 256]"),
+           Check(heads >= 1 && heads <= width && width % heads == 0, "heads",
+                 "must be >= 1 and divide width"),
+           Check(heads >= 1 && width % heads == 0 && (width / heads) % 4 == 0, "heads",
+                 "width / heads (the head dim) must be a multiple of 4 for 2-D RoPE"),
+           Check(mlp_ratio > 0 && mlp_ratio <= 16, "mlp_ratio", "must be in (0, 16]"),
+           Check(rope_theta > 1, "rope_theta", "must be > 1"),
+           Check(conditioning != Conditioning::kText, "conditioning",
+                 "\"text\" is not supported by this build yet"),
+           Check(conditioning != Conditioning::kClass || (num_classes >= 1 && num_classes <= 1 << 20),
+                 "num_classes", "must be in [1, 2^20] for class conditioning"),
+           Check(cond_dropout >= 0 && cond_dropout < 1, "cond_dropout", "must be in [0, 1)"),
+           Check(head == OutputHead::kMean, "head", "\"flow\" is not supported by this build yet"),
+           Check(variant == Variant::kDart, "variant",
+                 "\"dart_ar\" is not supported by this build yet"),
+       }) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+ModelConfig ModelConfig::Tiny() {
+  ModelConfig c;
+  c.image_size = 8;
+  c.channels = 1;
+  c.patch_size = 2;
+  c.num_steps = 4;
+  c.width = 32;
+  c.depth = 2;
+  c.heads = 2;
+  c.num_classes = 10;
+  return c;
+}
+
+absl::StatusOr<ModelConfig> ModelConfigFromJson(const std::string& text) {
+  Json j = Json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
+  if (!j.is_object()) return absl::InvalidArgumentError("config.json: must be a JSON object");
+  ModelConfig c;
+  for (const auto& [key, value] : j.items()) {
+    absl::Status s;
+    if (key == "image_size") s = ParseInt(value, "image_size", &c.image_size);
+    else if (key == "channels") s = ParseInt(value, "channels", &c.channels);
+    else if (key == "patch_size") s = ParseInt(value, "patch_size", &c.patch_size);
+    else if (key == "num_steps") s = ParseInt(value, "num_steps", &c.num_steps);
+    else if (key == "schedule") s = ParseEnum(kScheduleNames, value, "schedule", &c.schedule);
+    else if (key == "snr_shift") s = ParseDouble(value, "snr_shift", &c.snr_shift);
+    else if (key == "loss_weight") s = ParseEnum(kLossWeightNames, value, "loss_weight", &c.loss_weight);
+    else if (key == "loss_weight_min") s = ParseDouble(value, "loss_weight_min", &c.loss_weight_min);
+    else if (key == "loss_weight_max") s = ParseDouble(value, "loss_weight_max", &c.loss_weight_max);
+    else if (key == "width") s = ParseInt(value, "width", &c.width);
+    else if (key == "depth") s = ParseInt(value, "depth", &c.depth);
+    else if (key == "heads") s = ParseInt(value, "heads", &c.heads);
+    else if (key == "mlp_ratio") s = ParseDouble(value, "mlp_ratio", &c.mlp_ratio);
+    else if (key == "rope_theta") s = ParseDouble(value, "rope_theta", &c.rope_theta);
+    else if (key == "conditioning") s = ParseEnum(kConditioningNames, value, "conditioning", &c.conditioning);
+    else if (key == "num_classes") s = ParseInt(value, "num_classes", &c.num_classes);
+    else if (key == "cond_dropout") s = ParseDouble(value, "cond_dropout", &c.cond_dropout);
+    else if (key == "head") s = ParseEnum(kHeadNames, value, "head", &c.head);
+    else if (key == "variant") s = ParseEnum(kVariantNames, value, "variant", &c.variant);
+    else s = absl::InvalidArgumentError(absl::StrCat(key, ": unknown config field"));
+    if (!s.ok()) return s;
+  }
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+std::string ModelConfigToJson(const ModelConfig& c) {
+  Json j = {
+      {"image_size", c.image_size},
+      {"channels", c.channels},
+      {"patch_size", c.patch_size},
+      {"num_steps", c.num_steps},
+      {"schedule", NameOf(kScheduleNames, c.schedule)},
+      {"snr_shift", c.snr_shift},
+      {"loss_weight", NameOf(kLossWeightNames, c.loss_weight)},
+      {"loss_weight_min", c.loss_weight_min},
+      {"loss_weight_max", c.loss_weight_max},
+      {"width", c.width},
+      {"depth", c.depth},
+      {"heads", c.heads},
+      {"mlp_ratio", c.mlp_ratio},
+      {"rope_theta", c.rope_theta},
+      {"conditioning", NameOf(kConditioningNames, c.conditioning)},
+      {"num_classes", c.num_classes},
+      {"cond_dropout", c.cond_dropout},
+      {"head", NameOf(kHeadNames, c.head)},
+      {"variant", NameOf(kVariantNames, c.variant)},
+  };
+  return j.dump(2) + "\n";
+}
+
+}  // namespace dartserve::model

@@ -1,0 +1,80 @@
+// ModelConfig: everything that defines a DART model's shape and its training/sampling maths.
+//
+// A config is plain data; it is read from and written to the checkpoint's `config.json`.
+// `Validate()` is the single place that decides whether a config is usable, and its error names
+// the offending field, so a bad checkpoint fails with one clear line.
+#ifndef DARTSERVE_MODEL_CONFIG_H_
+#define DARTSERVE_MODEL_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace dartserve::model {
+
+enum class Conditioning { kNone, kClass, kText };
+enum class OutputHead { kMean, kFlow };
+enum class Variant { kDart, kDartAr };
+enum class Schedule { kCosine };
+// Loss weight per block (research/dart.md §2). kClampedSnr is the default.
+enum class LossWeight { kClampedSnr, kUniform, kPaperSum };
+
+struct ModelConfig {
+  // Image geometry. Pixels are in [-1, 1]; tokens are patch_size^2 * channels values each.
+  int image_size = 28;
+  int channels = 1;
+  int patch_size = 4;
+
+  // Denoising steps T: the sequence holds T blocks [x_T | ... | x_1].
+  int num_steps = 16;
+  Schedule schedule = Schedule::kCosine;
+  // SNR shift s: SNR'(t) = SNR(t) / s^2 (1 = plain cosine). Must be > 0.
+  double snr_shift = 1.0;
+  LossWeight loss_weight = LossWeight::kClampedSnr;
+  double loss_weight_min = 0.1;  // Floors clamped-SNR weights so block x_T gets gradient.
+  double loss_weight_max = 5.0;
+
+  // Transformer.
+  int width = 256;
+  int depth = 6;
+  int heads = 4;
+  double mlp_ratio = 8.0 / 3.0;  // SwiGLU hidden = round_up(mlp_ratio * width, 32).
+  double rope_theta = 100.0;     // Base of the 2-D rotary frequencies (grids are small).
+
+  // Conditioning. For kClass, class ids are [0, num_classes) and id num_classes is the null class
+  // used for the unconditional branch of classifier-free guidance.
+  Conditioning conditioning = Conditioning::kClass;
+  int num_classes = 10;
+  double cond_dropout = 0.1;  // Training-time probability of replacing the condition with null.
+
+  OutputHead head = OutputHead::kMean;
+  Variant variant = Variant::kDart;
+
+  // Derived quantities.
+  int grid() const { return image_size / patch_size; }
+  int tokens_per_block() const { return grid() * grid(); }  // K
+  int token_dim() const { return patch_size * patch_size * channels; }
+  int sequence_length() const { return num_steps * tokens_per_block(); }
+  int head_dim() const { return width / heads; }
+  int mlp_hidden() const;
+  int null_class() const { return num_classes; }
+  // Bytes of K/V cache for one branch (one row) of one request at its peak (all T blocks), fp32.
+  int64_t kv_bytes_per_row() const;
+
+  // OK, or INVALID_ARGUMENT naming the field and the accepted range.
+  absl::Status Validate() const;
+
+  // A small model for tests: 8x8 gray images, patch 2 (K = 16), T = 4, width 32, depth 2.
+  static ModelConfig Tiny();
+};
+
+// JSON (de)serialisation. Parsing validates; unknown keys are rejected so typos do not silently
+// fall back to defaults.
+absl::StatusOr<ModelConfig> ModelConfigFromJson(const std::string& json);
+std::string ModelConfigToJson(const ModelConfig& config);
+
+}  // namespace dartserve::model
+
+#endif  // DARTSERVE_MODEL_CONFIG_H_

@@ -1,0 +1,81 @@
+// The DART transformer (research/dart.md §2, §3, §8).
+//
+// Sequence: T blocks [x_T | ... | x_1] of K patch tokens each, raster order inside a block.
+// Attention is block-causal: a token sees its own block and every noisier block, never a cleaner
+// one. The output at the block of x_t predicts x_0 (no shift). The noise level enters through a
+// learned step embedding added to every token of a block; positions through 2-D RoPE; the
+// condition (class embedding, with a null class for guidance) through AdaLN-Zero.
+//
+// Two entry points share all weights and all block code:
+//  - forward(): teacher-forced over a whole trajectory (training; also the recompute baseline).
+//  - ForwardStep(): one new block per row against that row's KV cache (sampling).
+// Thread-compatibility: a module may be used by one thread at a time.
+#ifndef DARTSERVE_MODEL_DART_H_
+#define DARTSERVE_MODEL_DART_H_
+
+#include <span>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "model/config.h"
+#include "model/layers.h"
+
+namespace dartserve::model {
+
+// Keys and values of one row (one guidance branch of one request), preallocated to the full
+// trajectory: a request's KV memory is known exactly when it starts and never grows.
+struct KvCache {
+  std::vector<torch::Tensor> k;  // per layer [heads, T * K, head_dim]
+  std::vector<torch::Tensor> v;
+  int64_t length = 0;  // tokens written so far
+
+  static KvCache Allocate(const ModelConfig& config, const torch::TensorOptions& options);
+  int64_t bytes() const;
+};
+
+// [B, C, H, W] images -> [B, K, C * p * p] tokens (raster order of patches), and back.
+torch::Tensor Patchify(const torch::Tensor& images, int patch_size);
+torch::Tensor Unpatchify(const torch::Tensor& tokens, int patch_size, int channels, int image_size);
+
+class DartImpl : public torch::nn::Module {
+ public:
+  // `config` must be valid (ModelConfig::Validate).
+  explicit DartImpl(const ModelConfig& config);
+
+  const ModelConfig& config() const { return config_; }
+  // dtype and device of the weights: where activations and KV caches live.
+  torch::TensorOptions options() const { return in_proj_->weight.options(); }
+
+  // Teacher-forced forward over the first n blocks of a trajectory.
+  // x: [B, n * K, token_dim] with blocks in order x_T, x_{T-1}, ...; cond_ids: [B] int64 condition
+  // ids (class id, or null_class(); 0 for unconditional models). Returns x_0 predictions of the
+  // same shape as x.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cond_ids);
+
+  // One sampling step for R rows. x: [R, K, token_dim] new block per row; blocks[r] is that block's
+  // index in the sequence (0 for x_T) and must equal caches[r]->length / K; cond_ids: [R] int64.
+  // Appends every layer's K/V of the new block to caches[r] and returns x_0 predictions [R, K, d].
+  torch::Tensor ForwardStep(const torch::Tensor& x, std::span<const int64_t> blocks,
+                            const torch::Tensor& cond_ids, std::span<KvCache* const> caches);
+
+ private:
+  torch::Tensor Condition(const torch::Tensor& cond_ids);
+  torch::Tensor Head(const torch::Tensor& h, const torch::Tensor& cond);
+
+  ModelConfig config_;
+  Rope2d rope_;
+  torch::nn::Linear in_proj_{nullptr};
+  torch::nn::Embedding step_embed_{nullptr};  // [T, D], indexed by block
+  torch::nn::Embedding cond_embed_{nullptr};  // [num_classes + 1, D] (last = null), or [1, D]
+  torch::nn::ModuleList blocks_{nullptr};
+  std::vector<DartBlock> block_list_;
+  RmsNorm final_norm_{nullptr};
+  torch::nn::Linear final_ada_{nullptr};  // -> shift, scale (zero-init)
+  torch::nn::Linear out_proj_{nullptr};   // zero-init
+};
+TORCH_MODULE(Dart);
+
+}  // namespace dartserve::model
+
+#endif  // DARTSERVE_MODEL_DART_H_

@@ -1,0 +1,31 @@
+// Conversions between image tensors ([C, H, W] floats in [-1, 1]) and 8-bit pixels, plus the
+// small layout helpers the tools need (grids, nearest-neighbour upscaling).
+#ifndef DARTSERVE_MODEL_IMAGE_H_
+#define DARTSERVE_MODEL_IMAGE_H_
+
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "model/png.h"
+
+namespace dartserve::model {
+
+// [C, H, W] in [-1, 1] (clamped) -> interleaved 8-bit pixels.
+Pixels TensorToPixels(const torch::Tensor& image);
+// Interleaved 8-bit pixels -> [C, H, W] in [-1, 1].
+torch::Tensor PixelsToTensor(const Pixels& pixels);
+// Shorthand for EncodePng(TensorToPixels(image)).
+absl::StatusOr<std::string> ImageToPng(const torch::Tensor& image);
+
+// Tiles equally sized [C, H, W] images row by row, `columns` per row, with `pad` pixels of
+// background (-1, black) between and around them.
+torch::Tensor MakeGrid(const std::vector<torch::Tensor>& images, int columns, int pad = 1);
+// Nearest-neighbour upscaling of [C, H, W] by an integer factor >= 1.
+torch::Tensor UpscaleNearest(const torch::Tensor& image, int factor);
+
+}  // namespace dartserve::model
+
+#endif  // DARTSERVE_MODEL_IMAGE_H_

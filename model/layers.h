@@ -1,0 +1,74 @@
+// Transformer building blocks of DART (research/dart.md §8): Llama-style pre-RMSNorm blocks with
+// QK-norm, 2-D rotary positions over (row, col), SwiGLU and AdaLN-Zero modulation.
+//
+// Blocks never see how attention context is assembled: the caller passes an `AttendFn` that turns
+// the block's (q, k, v) for its new tokens into attention outputs. The teacher-forced path passes
+// masked attention over the whole sequence; the sampling path passes attention over a KV cache.
+// Both paths therefore share every other line of the block.
+#ifndef DARTSERVE_MODEL_LAYERS_H_
+#define DARTSERVE_MODEL_LAYERS_H_
+
+#include <functional>
+
+#include <torch/torch.h>
+
+#include "model/config.h"
+
+namespace dartserve::model {
+
+// q, k, v: [R, H, N, head_dim] for the N new tokens of R rows; returns [R, H, N, head_dim].
+using AttendFn = std::function<torch::Tensor(const torch::Tensor& q, const torch::Tensor& k,
+                                             const torch::Tensor& v)>;
+
+// x * rsqrt(mean(x^2) + eps) * weight over the last dim, computed in fp32.
+class RmsNormImpl : public torch::nn::Module {
+ public:
+  explicit RmsNormImpl(int64_t dim, double eps = 1e-6);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  double eps_;
+  torch::Tensor weight_;
+};
+TORCH_MODULE(RmsNorm);
+
+// 2-D rotary embedding. The head dim is split in halves: the first rotates with the patch row, the
+// second with the patch column. Tables are derived from the config (never stored in checkpoints,
+// so they cannot go stale on load).
+class Rope2d {
+ public:
+  explicit Rope2d(const ModelConfig& config);
+  // x: [R, H, N, head_dim] whose N tokens sit at `positions` (indices into the K patches of a block,
+  // given as a [N] int64 tensor). Returns the rotated tensor.
+  torch::Tensor Apply(const torch::Tensor& x, const torch::Tensor& positions) const;
+
+ private:
+  torch::Tensor cos_;  // [K, head_dim / 2]
+  torch::Tensor sin_;
+};
+
+// x * (1 + scale) + shift, with shift/scale of shape [R, D] broadcast over tokens.
+torch::Tensor Modulate(const torch::Tensor& x, const torch::Tensor& shift,
+                       const torch::Tensor& scale);
+
+class DartBlockImpl : public torch::nn::Module {
+ public:
+  explicit DartBlockImpl(const ModelConfig& config);
+
+  // x: [R, N, D] tokens; cond: [R, D] SiLU-activated condition; positions: [N] patch indices.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cond, const Rope2d& rope,
+                        const torch::Tensor& positions, const AttendFn& attend);
+
+ private:
+  int64_t heads_;
+  int64_t head_dim_;
+  RmsNorm norm1_{nullptr}, norm2_{nullptr}, q_norm_{nullptr}, k_norm_{nullptr};
+  torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
+  torch::nn::Linear w_gate_up_{nullptr}, w_down_{nullptr};  // SwiGLU
+  torch::nn::Linear ada_{nullptr};  // -> shift1, scale1, gate1, shift2, scale2, gate2 (zero-init)
+};
+TORCH_MODULE(DartBlock);
+
+}  // namespace dartserve::model
+
+#endif  // DARTSERVE_MODEL_LAYERS_H_

@@ -1,0 +1,52 @@
+#include "model/loss.h"
+
+#include <cmath>
+#include <vector>
+
+namespace dartserve::model {
+
+DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& images,
+                         const torch::Tensor& cond_ids, torch::Generator& generator) {
+  const ModelConfig& c = model->config();
+  const int64_t b = images.size(0);
+  const int64_t t_steps = c.num_steps;
+  const int64_t k = c.tokens_per_block();
+  const int64_t d = c.token_dim();
+  const auto opts = images.options();
+
+  // Per-block coefficients, block index i holds t = T - i.
+  std::vector<float> signal(t_steps), noise(t_steps), weight(t_steps);
+  for (int64_t i = 0; i < t_steps; ++i) {
+    const int t = StepOfBlock(static_cast<int>(i), c.num_steps);
+    signal[i] = static_cast<float>(std::sqrt(schedule.alpha(t)));
+    noise[i] = static_cast<float>(std::sqrt(1.0 - schedule.alpha(t)));
+    weight[i] = static_cast<float>(schedule.weight(t));
+  }
+  const auto to_tensor = [&](const std::vector<float>& v) {
+    return torch::tensor(v, torch::kFloat).to(images.device()).view({1, t_steps, 1, 1});
+  };
+
+  const torch::Tensor x0 = Patchify(images, c.patch_size).unsqueeze(1);  // [B, 1, K, d]
+  // Independent noise for every step: drawn on the CPU generator for device-independent runs.
+  const torch::Tensor eps =
+      torch::randn({b, t_steps, k, d}, generator, torch::kFloat).to(opts.device());
+  const torch::Tensor xt = to_tensor(signal) * x0 + to_tensor(noise) * eps;  // [B, T, K, d]
+
+  torch::Tensor ids = cond_ids.to(torch::kLong);
+  if (c.conditioning == Conditioning::kClass && c.cond_dropout > 0) {
+    const torch::Tensor drop =
+        torch::rand({b}, generator, torch::kFloat).to(ids.device()) < c.cond_dropout;
+    ids = torch::where(drop, torch::full_like(ids, c.null_class()), ids);
+  } else if (c.conditioning == Conditioning::kNone) {
+    ids = torch::zeros_like(ids);
+  }
+
+  const torch::Tensor pred = model->forward(xt.reshape({b, t_steps * k, d}), ids);
+  const torch::Tensor per_block =
+      (pred.view({b, t_steps, k, d}) - x0).pow(2).mean({2, 3}).mean(0);  // [T]
+  const torch::Tensor w = to_tensor(weight).view({t_steps});
+  // Weights sum to T, so this is a weighted mean over blocks.
+  return {(per_block * w).sum() / static_cast<double>(t_steps), per_block.detach()};
+}
+
+}  // namespace dartserve::model

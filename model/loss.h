@@ -1,0 +1,30 @@
+// DART training loss (research/dart.md §1–§2).
+//
+// For each image, every x_t (t = 1..T) is drawn independently from x_0 (non-Markovian forward
+// process); the whole trajectory [x_T | ... | x_1] goes through the model in one teacher-forced,
+// block-causal forward pass, and each block's x_0 prediction is scored by MSE, weighted by the
+// schedule's per-block weight. Conditions are replaced by the null class with probability
+// config.cond_dropout so the same model provides the unconditional branch for guidance.
+#ifndef DARTSERVE_MODEL_LOSS_H_
+#define DARTSERVE_MODEL_LOSS_H_
+
+#include <torch/torch.h>
+
+#include "model/dart.h"
+#include "model/schedule.h"
+
+namespace dartserve::model {
+
+struct DartLoss {
+  torch::Tensor loss;       // scalar, differentiable
+  torch::Tensor per_block;  // [T] unweighted MSE per block (block 0 = x_T), detached
+};
+
+// images: [B, C, H, W] in [-1, 1]; cond_ids: [B] int64 (class ids; ignored for unconditional
+// models). All randomness (noise, dropout) comes from `generator`, so a step is reproducible.
+DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& images,
+                         const torch::Tensor& cond_ids, torch::Generator& generator);
+
+}  // namespace dartserve::model
+
+#endif  // DARTSERVE_MODEL_LOSS_H_

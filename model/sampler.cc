@@ -1,0 +1,132 @@
+#include "model/sampler.h"
+
+#include <cmath>
+#include <exception>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace dartserve::model {
+
+int64_t GenerationState::kv_bytes() const {
+  return cond_cache_.bytes() + (uncond_cache_ ? uncond_cache_->bytes() : 0);
+}
+
+Sampler::Sampler(Dart model) : model_(std::move(model)), schedule_(model_->config()) {}
+
+absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(
+    const SampleParams& params) const {
+  const ModelConfig& config = model_->config();
+  const bool class_model = config.conditioning == Conditioning::kClass;
+  if (params.condition.has_value()) {
+    if (!class_model) {
+      return absl::InvalidArgumentError("condition: this model is unconditional");
+    }
+    if (*params.condition < 0 || *params.condition >= config.num_classes) {
+      return absl::InvalidArgumentError(absl::StrCat("condition: class id ", *params.condition,
+                                                     " is outside [0, ", config.num_classes, ")"));
+    }
+  }
+  if (!std::isfinite(params.guidance_scale) || params.guidance_scale < 0 ||
+      params.guidance_scale > 100) {
+    return absl::InvalidArgumentError("guidance_scale: must be in [0, 100]");
+  }
+  if (params.guidance_scale != 1.0f && !class_model) {
+    return absl::InvalidArgumentError("guidance_scale: an unconditional model cannot be guided");
+  }
+  if (!std::isfinite(params.temperature) || params.temperature < 0 || params.temperature > 10) {
+    return absl::InvalidArgumentError("temperature: must be in [0, 10]");
+  }
+
+  try {
+    torch::NoGradGuard no_grad;
+    auto state = std::unique_ptr<GenerationState>(new GenerationState());
+    state->params_ = params;
+    state->cond_id_ = class_model ? params.condition.value_or(config.null_class()) : 0;
+    state->total_steps_ = config.num_steps;
+    state->generator_ = at::make_generator<at::CPUGeneratorImpl>(params.seed);
+    const torch::TensorOptions options = model_->options();
+    state->cond_cache_ = KvCache::Allocate(config, options);
+    if (params.guidance_scale != 1.0f) state->uncond_cache_ = KvCache::Allocate(config, options);
+    // Noise is drawn on the CPU from the request's generator so a seed gives the same image on
+    // every device and in every batch.
+    state->x_t_ = torch::randn({config.tokens_per_block(), config.token_dim()},
+                               state->generator_, torch::kFloat)
+                      .to(options.device());
+    return state;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("starting generation: ", e.what()));
+  }
+}
+
+absl::Status Sampler::Step(std::span<GenerationState* const> states) {
+  if (states.empty()) return absl::OkStatus();
+  for (const GenerationState* s : states) {
+    if (s->finished()) return absl::FailedPreconditionError("Step: state is already finished");
+  }
+  const ModelConfig& config = model_->config();
+  try {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> inputs;
+    std::vector<int64_t> blocks;
+    std::vector<int64_t> cond_ids;
+    std::vector<KvCache*> caches;
+    for (GenerationState* s : states) {
+      inputs.push_back(s->x_t_);
+      blocks.push_back(s->steps_done_);
+      cond_ids.push_back(s->cond_id_);
+      caches.push_back(&s->cond_cache_);
+      if (s->uncond_cache_) {
+        inputs.push_back(s->x_t_);
+        blocks.push_back(s->steps_done_);
+        cond_ids.push_back(config.null_class());
+        caches.push_back(&*s->uncond_cache_);
+      }
+    }
+    const torch::Tensor x = torch::stack(inputs);
+    const torch::Tensor ids = torch::tensor(cond_ids, torch::kLong).to(x.device());
+    const torch::Tensor x0_rows = model_->ForwardStep(x, blocks, ids, caches);
+
+    int64_t row = 0;
+    for (GenerationState* s : states) {
+      torch::Tensor x0 = x0_rows[row++];
+      if (s->uncond_cache_) {
+        const torch::Tensor x0_u = x0_rows[row++];
+        x0 = x0_u + s->params_.guidance_scale * (x0 - x0_u);
+      }
+      s->x0_ = x0;
+      const int t = StepOfBlock(s->steps_done_, config.num_steps);  // the step just consumed
+      ++s->steps_done_;
+      if (t == 1) {
+        s->x_t_ = torch::Tensor();
+        continue;
+      }
+      const double a = schedule_.alpha(t - 1);
+      const torch::Tensor eps =
+          torch::randn(x0.sizes(), s->generator_, torch::kFloat).to(x0.device()) *
+          s->params_.temperature;
+      s->x_t_ = std::sqrt(a) * x0 + std::sqrt(1.0 - a) * eps;
+    }
+    return absl::OkStatus();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("denoising step failed: ", e.what()));
+  }
+}
+
+absl::StatusOr<torch::Tensor> Sampler::Generate(const SampleParams& params) {
+  absl::StatusOr<std::unique_ptr<GenerationState>> state = Start(params);
+  if (!state.ok()) return state.status();
+  GenerationState* s = state->get();
+  while (!s->finished()) {
+    if (absl::Status st = Step({&s, 1}); !st.ok()) return st;
+  }
+  return Image(*s);
+}
+
+torch::Tensor Sampler::Image(const GenerationState& state) const {
+  const ModelConfig& c = model_->config();
+  torch::NoGradGuard no_grad;
+  return Unpatchify(state.x0().unsqueeze(0), c.patch_size, c.channels, c.image_size)[0].clamp(-1, 1);
+}
+
+}  // namespace dartserve::model

@@ -1,0 +1,106 @@
+// Sampling API: per-request generation state and a batched step over states at different steps.
+//
+// A request's state owns everything that is its alone: its KV caches (one per guidance branch,
+// preallocated to the whole trajectory), its RNG (so its image depends only on its seed and
+// parameters, never on its batch mates), its step index and its latest x_0 estimate (the preview).
+//
+//   Sampler sampler(model);
+//   auto state = sampler.Start({.condition = 3, .seed = 42, .guidance_scale = 2.0f});
+//   while (!(*state)->finished()) sampler.Step({state->get()});   // any mix of states
+//   torch::Tensor image = sampler.Image(**state);                  // [C, H, W] in [-1, 1]
+//
+// Reverse step (research/dart.md §4): x_{t-1} = sqrt(a_{t-1}) x0 + sqrt(1 - a_{t-1}) eps, with
+// fresh noise scaled by the temperature. Classifier-free guidance feeds the conditional and the
+// null-condition row the same trajectory, each with its own cache, and combines
+// x0 = x0_u + w (x0_c - x0_u). The unconditional row is only run when w != 1.
+//
+// Thread-compatibility: a Sampler and the states it steps are used by one thread at a time (the
+// engine's worker thread owns every torch call).
+#ifndef DARTSERVE_MODEL_SAMPLER_H_
+#define DARTSERVE_MODEL_SAMPLER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+
+#include <torch/torch.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/dart.h"
+#include "model/schedule.h"
+
+namespace dartserve::model {
+
+struct SampleParams {
+  // Class id in [0, num_classes) for class models; std::nullopt means unconditional (the null
+  // class). Must be nullopt for unconditional models.
+  std::optional<int> condition;
+  uint64_t seed = 0;
+  // Classifier-free guidance weight w; 1 disables guidance (no unconditional branch is run).
+  float guidance_scale = 1.0f;
+  // Scales the fresh noise of every re-noising step; 1 is the model's distribution.
+  float temperature = 1.0f;
+};
+
+class GenerationState {
+ public:
+  int steps_done() const { return steps_done_; }
+  int total_steps() const { return total_steps_; }
+  bool finished() const { return steps_done_ == total_steps_; }
+  bool guided() const { return uncond_cache_.has_value(); }
+  const SampleParams& params() const { return params_; }
+  // The noisy block the next step consumes ([K, token_dim]); undefined once finished.
+  const torch::Tensor& next_input() const { return x_t_; }
+  // The latest x_0 estimate in token space [K, token_dim]; undefined before the first step.
+  const torch::Tensor& x0() const { return x0_; }
+  // KV memory this state holds (all branches), fixed from Start() to destruction.
+  int64_t kv_bytes() const;
+
+ private:
+  friend class Sampler;
+  GenerationState() = default;
+
+  SampleParams params_;
+  int64_t cond_id_ = 0;
+  int steps_done_ = 0;
+  int total_steps_ = 0;
+  torch::Generator generator_;
+  KvCache cond_cache_;
+  std::optional<KvCache> uncond_cache_;
+  torch::Tensor x_t_;
+  torch::Tensor x0_;
+};
+
+class Sampler {
+ public:
+  // `model` is shared, not copied; it must outlive the sampler.
+  explicit Sampler(Dart model);
+
+  const ModelConfig& config() const { return model_->config(); }
+  const NoiseSchedule& schedule() const { return schedule_; }
+
+  // Checks `params` (INVALID_ARGUMENT naming the field), allocates the request's KV caches at
+  // their peak size and draws x_T from the request's own generator.
+  absl::StatusOr<std::unique_ptr<GenerationState>> Start(const SampleParams& params) const;
+
+  // Advances every state by one denoising step in one batched forward. States may be at
+  // different steps and have different parameters; finished states are an error. On error
+  // (INTERNAL for a torch failure) the states' contents are unspecified and they should be dropped.
+  absl::Status Step(std::span<GenerationState* const> states);
+
+  // Convenience: runs one request to completion and returns its image [C, H, W] in [-1, 1].
+  absl::StatusOr<torch::Tensor> Generate(const SampleParams& params);
+
+  // The image [C, H, W] for a state's latest x_0 estimate (a preview until finished).
+  torch::Tensor Image(const GenerationState& state) const;
+
+ private:
+  Dart model_;
+  NoiseSchedule schedule_;
+};
+
+}  // namespace dartserve::model
+
+#endif  // DARTSERVE_MODEL_SAMPLER_H_

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package dartserve needs to build, test and run.
+# Idempotent: when everything is present it only checks (no apt-get call), so it is quick.
+set -euo pipefail
+
+PACKAGES=(
+  # Toolchain.
+  g++ cmake ninja-build pkg-config
+  # Model: LibTorch (CPU) and an OpenMP BLAS (without it LibTorch falls back to reference BLAS).
+  libtorch-dev libopenblas0-openmp
+  # Common libraries.
+  libabsl-dev nlohmann-json3-dev libpng-dev
+  # Service layers.
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libcivetweb-dev
+  # Text conditioning.
+  libsentencepiece-dev sentencepiece
+  # Tests, benchmarks, the Python reference peer.
+  libgtest-dev libgmock-dev python3-torch zlib1g-dev
+  # Data.
+  dataset-fashion-mnist
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"

@@ -1,0 +1,82 @@
+#include "model/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace dartserve::model {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ModelConfigTest, DefaultAndTinyAreValid) {
+  EXPECT_TRUE(ModelConfig().Validate().ok());
+  EXPECT_TRUE(ModelConfig::Tiny().Validate().ok());
+}
+
+TEST(ModelConfigTest, DerivedSizes) {
+  ModelConfig c;  // 28x28 gray, patch 4
+  EXPECT_EQ(c.grid(), 7);
+  EXPECT_EQ(c.tokens_per_block(), 49);
+  EXPECT_EQ(c.token_dim(), 16);
+  EXPECT_EQ(c.sequence_length(), 16 * 49);
+  EXPECT_EQ(c.head_dim(), 64);
+  EXPECT_EQ(c.mlp_hidden() % 32, 0);
+  EXPECT_EQ(c.kv_bytes_per_row(), int64_t{2} * c.depth * 16 * 49 * c.width * 4);
+}
+
+TEST(ModelConfigTest, JsonRoundTrip) {
+  ModelConfig c = ModelConfig::Tiny();
+  c.snr_shift = 2.0;
+  c.loss_weight = LossWeight::kPaperSum;
+  c.conditioning = Conditioning::kNone;
+  absl::StatusOr<ModelConfig> back = ModelConfigFromJson(ModelConfigToJson(c));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(ModelConfigToJson(*back), ModelConfigToJson(c));
+  EXPECT_EQ(back->snr_shift, 2.0);
+  EXPECT_EQ(back->loss_weight, LossWeight::kPaperSum);
+  EXPECT_EQ(back->conditioning, Conditioning::kNone);
+}
+
+TEST(ModelConfigTest, PartialJsonKeepsDefaults) {
+  absl::StatusOr<ModelConfig> c = ModelConfigFromJson(R"({"width": 128, "heads": 2})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->width, 128);
+  EXPECT_EQ(c->depth, ModelConfig().depth);
+}
+
+struct BadCase {
+  const char* json;
+  const char* field;
+};
+
+class BadConfigTest : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(BadConfigTest, ErrorNamesTheField) {
+  absl::StatusOr<ModelConfig> c = ModelConfigFromJson(GetParam().json);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr(GetParam().field));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Fields, BadConfigTest,
+    ::testing::Values(BadCase{"not json", "JSON"}, BadCase{"[1, 2]", "object"},
+                      BadCase{R"({"image_size": 0})", "image_size"},
+                      BadCase{R"({"image_size": "big"})", "image_size"},
+                      BadCase{R"({"channels": 2})", "channels"},
+                      BadCase{R"({"patch_size": 5})", "patch_size"},
+                      BadCase{R"({"num_steps": 0})", "num_steps"},
+                      BadCase{R"({"snr_shift": -1})", "snr_shift"},
+                      BadCase{R"({"schedule": "linear"})", "schedule"},
+                      BadCase{R"({"loss_weight": "elbo"})", "loss_weight"},
+                      BadCase{R"({"width": 130})", "heads"},
+                      BadCase{R"({"depth": 0})", "depth"},
+                      BadCase{R"({"conditioning": "audio"})", "conditioning"},
+                      BadCase{R"({"num_classes": 0})", "num_classes"},
+                      BadCase{R"({"cond_dropout": 1.5})", "cond_dropout"},
+                      BadCase{R"({"head": "flow"})", "head"},
+                      BadCase{R"({"variant": "dart_ar"})", "variant"},
+                      BadCase{R"({"widht": 64})", "widht"}));
+
+}  // namespace
+}  // namespace dartserve::model

@@ -1,0 +1,55 @@
+#include "model/png.h"
+
+#include <gtest/gtest.h>
+
+#include "model/image.h"
+
+namespace dartserve::model {
+namespace {
+
+TEST(PngTest, GrayAndRgbRoundTrip) {
+  for (int channels : {1, 3}) {
+    Pixels p{5, 3, channels, {}};
+    for (int i = 0; i < 5 * 3 * channels; ++i) p.data.push_back(static_cast<uint8_t>(i * 17));
+    absl::StatusOr<std::string> png = EncodePng(p);
+    ASSERT_TRUE(png.ok()) << png.status();
+    EXPECT_EQ(png->substr(1, 3), "PNG");
+    absl::StatusOr<Pixels> back = DecodePng(*png);
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->width, 5);
+    EXPECT_EQ(back->height, 3);
+    EXPECT_EQ(back->channels, channels);
+    EXPECT_EQ(back->data, p.data);
+  }
+}
+
+TEST(PngTest, RejectsBadInput) {
+  EXPECT_FALSE(EncodePng(Pixels{0, 3, 1, {}}).ok());
+  EXPECT_FALSE(EncodePng(Pixels{2, 2, 2, std::vector<uint8_t>(8)}).ok());
+  EXPECT_FALSE(EncodePng(Pixels{2, 2, 1, std::vector<uint8_t>(3)}).ok());
+  EXPECT_FALSE(DecodePng("definitely not a png").ok());
+}
+
+TEST(ImageTest, TensorPixelsRoundTrip) {
+  const torch::Tensor img = torch::tensor({-1.0f, 0.0f, 1.0f, 2.0f}).view({1, 2, 2});
+  const Pixels p = TensorToPixels(img);
+  EXPECT_EQ(p.data, (std::vector<uint8_t>{0, 128, 255, 255}));  // clamped
+  const torch::Tensor back = PixelsToTensor(p);
+  EXPECT_NEAR(back[0][0][1].item<float>(), 128 / 127.5 - 1, 1e-6);
+  absl::StatusOr<std::string> png = ImageToPng(img);
+  ASSERT_TRUE(png.ok());
+  EXPECT_EQ(DecodePng(*png)->data, p.data);
+}
+
+TEST(ImageTest, GridAndUpscale) {
+  const torch::Tensor a = torch::ones({3, 2, 2});
+  const torch::Tensor grid = MakeGrid({a, a, a}, /*columns=*/2, /*pad=*/1);
+  EXPECT_EQ(grid.sizes(), (std::vector<int64_t>{3, 7, 7}));
+  EXPECT_EQ(grid[0][1][1].item<float>(), 1.0f);
+  EXPECT_EQ(grid[0][0][0].item<float>(), -1.0f);
+  EXPECT_EQ(grid[0][4][4].item<float>(), -1.0f);  // the empty fourth cell
+  EXPECT_EQ(UpscaleNearest(a, 3).sizes(), (std::vector<int64_t>{3, 6, 6}));
+}
+
+}  // namespace
+}  // namespace dartserve::model

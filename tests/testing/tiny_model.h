@@ -1,0 +1,25 @@
+// Tiny DART models for tests: built in code, random weights from a fixed seed, CPU, fp32.
+#ifndef DARTSERVE_TESTS_TESTING_TINY_MODEL_H_
+#define DARTSERVE_TESTS_TESTING_TINY_MODEL_H_
+
+#include <cstdint>
+
+#include <torch/torch.h>
+
+#include "model/config.h"
+#include "model/dart.h"
+
+namespace dartserve::testing {
+
+// Re-draws every parameter from N(0, stddev) with `seed`, including the AdaLN-Zero and output
+// layers that start at zero: a freshly initialised DART is the zero function, which would make
+// equality and causality tests pass vacuously.
+void RandomizeParameters(torch::nn::Module& module, uint64_t seed, double stddev = 0.2);
+
+// A tiny model (ModelConfig::Tiny() unless given) with randomised weights, in eval mode.
+model::Dart MakeTinyModel(const model::ModelConfig& config = model::ModelConfig::Tiny(),
+                          uint64_t seed = 1);
+
+}  // namespace dartserve::testing
+
+#endif  // DARTSERVE_TESTS_TESTING_TINY_MODEL_H_
