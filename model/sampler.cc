@@ -2,17 +2,17 @@
 
 #include <cmath>
 #include <exception>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 
 namespace dartserve::model {
 
 int64_t GenerationState::kv_bytes() const {
-  return cond_cache_.bytes() + (uncond_cache_ ? uncond_cache_->bytes() : 0);
+  return cond_cache_.bytes() + uncond_cache_.bytes();
 }
 
-Sampler::Sampler(Dart model) : model_(std::move(model)), schedule_(model_->config()) {}
+Sampler::Sampler(Dart model, SamplerOptions options)
+    : model_(std::move(model)), options_(options), schedule_(model_->config()) {}
 
 absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(
     const SampleParams& params) const {
@@ -46,8 +46,11 @@ absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(
     state->total_steps_ = config.num_steps;
     state->generator_ = at::make_generator<at::CPUGeneratorImpl>(params.seed);
     const torch::TensorOptions options = model_->options();
-    state->cond_cache_ = KvCache::Allocate(config, options);
-    if (params.guidance_scale != 1.0f) state->uncond_cache_ = KvCache::Allocate(config, options);
+    state->guided_ = params.guidance_scale != 1.0f;
+    if (options_.kv_cache) {
+      state->cond_cache_ = KvCache::Allocate(config, options);
+      if (state->guided_) state->uncond_cache_ = KvCache::Allocate(config, options);
+    }
     // Noise is drawn on the CPU from the request's generator so a seed gives the same image on
     // every device and in every batch.
     state->x_t_ = torch::randn({config.tokens_per_block(), config.token_dim()},
@@ -67,30 +70,13 @@ absl::Status Sampler::Step(std::span<GenerationState* const> states) {
   const ModelConfig& config = model_->config();
   try {
     torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> inputs;
-    std::vector<int64_t> blocks;
-    std::vector<int64_t> cond_ids;
-    std::vector<KvCache*> caches;
-    for (GenerationState* s : states) {
-      inputs.push_back(s->x_t_);
-      blocks.push_back(s->steps_done_);
-      cond_ids.push_back(s->cond_id_);
-      caches.push_back(&s->cond_cache_);
-      if (s->uncond_cache_) {
-        inputs.push_back(s->x_t_);
-        blocks.push_back(s->steps_done_);
-        cond_ids.push_back(config.null_class());
-        caches.push_back(&*s->uncond_cache_);
-      }
-    }
-    const torch::Tensor x = torch::stack(inputs);
-    const torch::Tensor ids = torch::tensor(cond_ids, torch::kLong).to(x.device());
-    const torch::Tensor x0_rows = model_->ForwardStep(x, blocks, ids, caches);
+    const torch::Tensor x0_rows =
+        options_.kv_cache ? PredictWithCache(states) : PredictByRecompute(states);
 
     int64_t row = 0;
     for (GenerationState* s : states) {
       torch::Tensor x0 = x0_rows[row++];
-      if (s->uncond_cache_) {
+      if (s->guided_) {
         const torch::Tensor x0_u = x0_rows[row++];
         x0 = x0_u + s->params_.guidance_scale * (x0 - x0_u);
       }
@@ -111,6 +97,47 @@ absl::Status Sampler::Step(std::span<GenerationState* const> states) {
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("denoising step failed: ", e.what()));
   }
+}
+
+torch::Tensor Sampler::PredictWithCache(std::span<GenerationState* const> states) {
+  const int64_t null_id = model_->config().null_class();
+  std::vector<torch::Tensor> inputs;
+  std::vector<int64_t> blocks;
+  std::vector<int64_t> cond_ids;
+  std::vector<KvCache*> caches;
+  for (GenerationState* s : states) {
+    inputs.push_back(s->x_t_);
+    blocks.push_back(s->steps_done_);
+    cond_ids.push_back(s->cond_id_);
+    caches.push_back(&s->cond_cache_);
+    if (s->guided_) {
+      inputs.push_back(s->x_t_);
+      blocks.push_back(s->steps_done_);
+      cond_ids.push_back(null_id);
+      caches.push_back(&s->uncond_cache_);
+    }
+  }
+  const torch::Tensor x = torch::stack(inputs);
+  const torch::Tensor ids = torch::tensor(cond_ids, torch::kLong).to(x.device());
+  return model_->ForwardStep(x, blocks, ids, caches);
+}
+
+torch::Tensor Sampler::PredictByRecompute(std::span<GenerationState* const> states) {
+  const int64_t k = model_->config().tokens_per_block();
+  std::vector<torch::Tensor> rows;
+  for (GenerationState* s : states) {
+    s->trajectory_.push_back(s->x_t_);
+    torch::Tensor prefix = torch::cat(s->trajectory_).unsqueeze(0);  // [1, n * K, d]
+    std::vector<int64_t> ids = {s->cond_id_};
+    if (s->guided_) {
+      prefix = prefix.expand({2, -1, -1});
+      ids.push_back(model_->config().null_class());
+    }
+    const torch::Tensor out = model_->forward(prefix, torch::tensor(ids, torch::kLong).to(prefix.device()));
+    const torch::Tensor last = out.narrow(1, out.size(1) - k, k);
+    for (int64_t r = 0; r < last.size(0); ++r) rows.push_back(last[r]);
+  }
+  return torch::stack(rows);
 }
 
 absl::StatusOr<torch::Tensor> Sampler::Generate(const SampleParams& params) {

@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -44,12 +45,19 @@ struct SampleParams {
   float temperature = 1.0f;
 };
 
+struct SamplerOptions {
+  // true: each step runs only the new block against the request's KV cache (DART's AR property).
+  // false: each step recomputes the whole prefix x_{t:T} with the teacher-forced forward; no KV
+  // memory is held. Same results; kept as the baseline the cache is measured against.
+  bool kv_cache = true;
+};
+
 class GenerationState {
  public:
   int steps_done() const { return steps_done_; }
   int total_steps() const { return total_steps_; }
   bool finished() const { return steps_done_ == total_steps_; }
-  bool guided() const { return uncond_cache_.has_value(); }
+  bool guided() const { return guided_; }
   const SampleParams& params() const { return params_; }
   // The noisy block the next step consumes ([K, token_dim]); undefined once finished.
   const torch::Tensor& next_input() const { return x_t_; }
@@ -66,17 +74,19 @@ class GenerationState {
   int64_t cond_id_ = 0;
   int steps_done_ = 0;
   int total_steps_ = 0;
+  bool guided_ = false;
   torch::Generator generator_;
-  KvCache cond_cache_;
-  std::optional<KvCache> uncond_cache_;
+  KvCache cond_cache_;    // empty without a KV cache
+  KvCache uncond_cache_;  // empty unless guided
   torch::Tensor x_t_;
   torch::Tensor x0_;
+  std::vector<torch::Tensor> trajectory_;  // inputs so far; only without a KV cache
 };
 
 class Sampler {
  public:
   // `model` is shared, not copied; it must outlive the sampler.
-  explicit Sampler(Dart model);
+  explicit Sampler(Dart model, SamplerOptions options = {});
 
   const ModelConfig& config() const { return model_->config(); }
   const NoiseSchedule& schedule() const { return schedule_; }
@@ -97,7 +107,12 @@ class Sampler {
   torch::Tensor Image(const GenerationState& state) const;
 
  private:
+  // x_0 predictions [rows, K, d] for every state's next block, in the row order of Step().
+  torch::Tensor PredictWithCache(std::span<GenerationState* const> states);
+  torch::Tensor PredictByRecompute(std::span<GenerationState* const> states);
+
   Dart model_;
+  SamplerOptions options_;
   NoiseSchedule schedule_;
 };
 

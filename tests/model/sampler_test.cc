@@ -117,6 +117,19 @@ TEST(SamplerTest, GuidanceEndpoints) {
   EXPECT_GT(MaxDiff(w0.back(), w1.back()), 1e-3);  // the condition matters
 }
 
+// The recompute baseline (no KV cache) follows the same trajectory as the cached sampler and holds
+// no KV memory.
+TEST(SamplerTest, RecomputeMatchesKvCache) {
+  Dart model = MakeTinyModel();
+  Sampler cached(model);
+  Sampler recompute(model, {.kv_cache = false});
+  const SampleParams p{.condition = 8, .seed = 13, .guidance_scale = 3.0f};
+  const std::vector<torch::Tensor> a = RunAlone(cached, p);
+  const std::vector<torch::Tensor> b = RunAlone(recompute, p);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_LE(MaxDiff(a[i], b[i]), 1e-4) << i;
+  EXPECT_EQ(MustStart(recompute, p)->kv_bytes(), 0);
+}
+
 TEST(SamplerTest, PreviewsAreEachStepsEstimate) {
   Sampler sampler(MakeTinyModel());
   auto s = MustStart(sampler, {.condition = 0, .seed = 1});

@@ -1,0 +1,132 @@
+// dartserve-model-bench: the cost of generating one image with the KV cache, against one
+// teacher-forced forward over the whole sequence and against recomputing the prefix every step.
+//
+//   dartserve-model-bench [--checkpoint DIR | --config FILE] [--reps 5] [--threads 2] [--json F]
+//
+// With the KV cache, T steps of K tokens cost about one full-sequence forward (the linear layers
+// see T*K tokens in total); recomputing the prefix costs sum_b (b+1) K tokens, about (T+1)/2 times
+// more. Weights are random unless a checkpoint is given (speed does not depend on them).
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_format.h"
+#include "model/checkpoint.h"
+#include "model/sampler.h"
+#include "nlohmann/json.hpp"
+
+ABSL_FLAG(std::string, checkpoint, "", "Checkpoint folder to benchmark (its config and weights).");
+ABSL_FLAG(std::string, config, "", "Config JSON to benchmark with random weights.");
+ABSL_FLAG(int, reps, 5, "Timed repetitions per measurement (after one warm-up).");
+ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
+ABSL_FLAG(std::string, json, "", "Also write the results as JSON to this file.");
+
+namespace dm = dartserve::model;
+
+namespace {
+
+struct Stats {
+  double min, median, max;
+};
+
+Stats Time(int reps, const std::function<void()>& fn) {
+  fn();  // warm-up: allocator, OpenMP pool, first-touch
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return {ms.front(), ms[ms.size() / 2], ms.back()};
+}
+
+nlohmann::json ToJson(const Stats& s) {
+  return {{"min_ms", s.min}, {"median_ms", s.median}, {"max_ms", s.max}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  torch::set_num_threads(absl::GetFlag(FLAGS_threads));
+  const int reps = std::max(1, absl::GetFlag(FLAGS_reps));
+
+  dm::Dart model{nullptr};
+  if (!absl::GetFlag(FLAGS_checkpoint).empty()) {
+    auto loaded = dm::LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
+    if (!loaded.ok()) {
+      std::cerr << "dartserve-model-bench: " << loaded.status().message() << "\n";
+      return 1;
+    }
+    model = *loaded;
+  } else {
+    dm::ModelConfig config;
+    if (!absl::GetFlag(FLAGS_config).empty()) {
+      auto text = dm::ReadFile(absl::GetFlag(FLAGS_config));
+      auto parsed = text.ok() ? dm::ModelConfigFromJson(*text) : absl::StatusOr<dm::ModelConfig>(text.status());
+      if (!parsed.ok()) {
+        std::cerr << "dartserve-model-bench: " << parsed.status().message() << "\n";
+        return 1;
+      }
+      config = *parsed;
+    }
+    model = dm::Dart(config);
+  }
+  model->eval();
+  const dm::ModelConfig& c = model->config();
+  torch::NoGradGuard no_grad;
+
+  const torch::Tensor x = torch::randn({1, c.sequence_length(), c.token_dim()});
+  const torch::Tensor ids = torch::zeros({1}, torch::kLong);
+  const Stats full = Time(reps, [&] { model->forward(x, ids); });
+
+  uint64_t seed = 0;
+  const auto generate = [&](dm::Sampler& sampler) {
+    return [&sampler, &seed] {
+      auto image = sampler.Generate({.seed = seed++});
+      if (!image.ok()) throw std::runtime_error(std::string(image.status().message()));
+    };
+  };
+  dm::Sampler cached(model);
+  dm::Sampler recompute(model, {.kv_cache = false});
+  const Stats kv = Time(reps, generate(cached));
+  const Stats re = Time(reps, generate(recompute));
+
+  int64_t params = 0;
+  for (const auto& p : model->parameters()) params += p.numel();
+  std::cout << absl::StrFormat(
+      "config: %dx%dx%d patch %d (K=%d), T=%d, width %d, depth %d, %.2fM params, %d threads\n",
+      c.image_size, c.image_size, c.channels, c.patch_size, c.tokens_per_block(), c.num_steps,
+      c.width, c.depth, params / 1e6, torch::get_num_threads());
+  std::cout << absl::StrFormat("%-34s %9s %9s %9s %8s\n", "measurement", "min ms", "median", "max",
+                               "x full");
+  const auto row = [&](const char* name, const Stats& s) {
+    std::cout << absl::StrFormat("%-34s %9.2f %9.2f %9.2f %8.2f\n", name, s.min, s.median, s.max,
+                                 s.median / full.median);
+  };
+  row("full-sequence forward (T*K tokens)", full);
+  row("generate 1 image, KV cache", kv);
+  row("generate 1 image, recompute prefix", re);
+  std::cout << absl::StrFormat("theory: KV cache ~1.0x, recompute (T+1)/2 = %.1fx\n",
+                               (c.num_steps + 1) / 2.0);
+
+  if (!absl::GetFlag(FLAGS_json).empty()) {
+    nlohmann::json j = {{"config", nlohmann::json::parse(dm::ModelConfigToJson(c))},
+                        {"params", params},
+                        {"threads", torch::get_num_threads()},
+                        {"full_forward", ToJson(full)},
+                        {"generate_kv_cache", ToJson(kv)},
+                        {"generate_recompute", ToJson(re)},
+                        {"kv_over_full", kv.median / full.median},
+                        {"recompute_over_full", re.median / full.median}};
+    std::ofstream(absl::GetFlag(FLAGS_json)) << j.dump(2) << "\n";
+  }
+  return 0;
+}
