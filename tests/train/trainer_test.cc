@@ -1,0 +1,137 @@
+#include "train/trainer.h"
+
+#include <filesystem>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace dartserve::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+InMemoryDataset SyntheticData() {
+  torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(4);
+  InMemoryDataset ds;
+  const torch::Tensor coarse = torch::randint(0, 256, {24, 1, 4, 4}, gen, torch::kLong);
+  ds.images = coarse.repeat_interleave(2, 2).repeat_interleave(2, 3).to(torch::kUInt8);
+  ds.labels = torch::arange(24, torch::kLong) % 10;
+  ds.num_classes = 10;
+  return ds;
+}
+
+TrainConfig TinyTrainConfig() {
+  TrainConfig c;
+  c.model = model::ModelConfig::Tiny();
+  c.batch_size = 8;
+  c.total_steps = 1000;
+  c.lr = 3e-3;
+  c.warmup_steps = 5;
+  c.log_every = 1000;
+  c.checkpoint_every = 1000;
+  c.sample_every = 0;
+  c.weight_decay = 0.01;
+  return c;
+}
+
+fs::path TestDir() {
+  const fs::path dir = fs::path(::testing::TempDir()) /
+                       ::testing::UnitTest::GetInstance()->current_test_info()->name();
+  fs::remove_all(dir);
+  return dir;
+}
+
+std::unique_ptr<Trainer> MustCreate(const TrainConfig& c, const fs::path& dir) {
+  auto t = Trainer::Create(c, SyntheticData(), dir.string());
+  EXPECT_TRUE(t.ok()) << t.status();
+  return *std::move(t);
+}
+
+TEST(TrainerTest, SmokeLossIsFiniteAndFalls) {
+  torch::set_num_threads(1);
+  auto trainer = MustCreate(TinyTrainConfig(), TestDir());
+  std::vector<double> losses;
+  for (int i = 0; i < 60; ++i) losses.push_back(trainer->TrainStep());
+  for (double l : losses) ASSERT_TRUE(std::isfinite(l));
+  const double first = (losses[0] + losses[1] + losses[2]) / 3;
+  const double last = (losses[57] + losses[58] + losses[59]) / 3;
+  EXPECT_LT(last, 0.7 * first) << "first " << first << " last " << last;
+  EXPECT_EQ(trainer->step(), 60);
+}
+
+// Stopping after a checkpoint and resuming reproduces the next step bit for bit: same batch, same
+// noise, same optimiser state, same EMA.
+TEST(TrainerTest, ResumeReproducesTheNextStepExactly) {
+  torch::set_num_threads(1);
+  const fs::path dir = TestDir();
+  const fs::path copy = dir.string() + "_copy";
+  fs::remove_all(copy);
+  auto a = MustCreate(TinyTrainConfig(), dir);
+  std::atomic<bool> stop{false};
+  ASSERT_TRUE(a->Run(stop, /*max_steps=*/7).ok());  // checkpoints at the end
+  ASSERT_EQ(a->step(), 7);
+  fs::copy(dir, copy, fs::copy_options::recursive);
+  const double loss_a = a->TrainStep();
+
+  auto b = MustCreate(TinyTrainConfig(), copy);
+  ASSERT_EQ(b->step(), 7);
+  const double loss_b = b->TrainStep();
+  EXPECT_EQ(loss_a, loss_b);
+  const auto pa = a->model()->parameters(), pb = b->model()->parameters();
+  const auto ea = a->ema()->parameters(), eb = b->ema()->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_TRUE(torch::equal(pa[i], pb[i])) << "param " << i;
+    EXPECT_TRUE(torch::equal(ea[i], eb[i])) << "ema " << i;
+  }
+  // The EMA export is a servable checkpoint.
+  EXPECT_TRUE(fs::exists(dir / "ema" / "model.safetensors"));
+  EXPECT_TRUE(fs::exists(dir / "ema" / "config.json"));
+}
+
+TEST(TrainerTest, ResumeRefusesADifferentModel) {
+  const fs::path dir = TestDir();
+  auto a = MustCreate(TinyTrainConfig(), dir);
+  ASSERT_TRUE(a->SaveCheckpoint().ok());
+  TrainConfig other = TinyTrainConfig();
+  other.model.depth = 3;
+  auto b = Trainer::Create(other, SyntheticData(), dir.string());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(TrainerTest, RejectsMismatchedData) {
+  TrainConfig c = TinyTrainConfig();
+  c.model.image_size = 16;
+  auto t = Trainer::Create(c, SyntheticData(), TestDir().string());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(TrainerTest, LearningRateWarmsUpThenDecays) {
+  auto t = MustCreate(TinyTrainConfig(), TestDir());
+  EXPECT_NEAR(t->LearningRate(0), 3e-3 / 5, 1e-12);
+  EXPECT_NEAR(t->LearningRate(4), 3e-3, 1e-12);
+  EXPECT_NEAR(t->LearningRate(1000), TinyTrainConfig().min_lr, 1e-12);
+  EXPECT_GT(t->LearningRate(100), t->LearningRate(500));
+}
+
+TEST(TrainerTest, SampleGridIsWritten) {
+  const fs::path dir = TestDir();
+  auto t = MustCreate(TinyTrainConfig(), dir);
+  ASSERT_TRUE(t->WriteSampleGrid(2).ok());
+  EXPECT_TRUE(fs::exists(dir / "samples" / "step_0000000.png"));
+}
+
+TEST(TrainConfigTest, JsonRoundTripAndErrors) {
+  const TrainConfig c = TinyTrainConfig();
+  auto back = TrainConfigFromJson(TrainConfigToJson(c));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(TrainConfigToJson(*back), TrainConfigToJson(c));
+  EXPECT_THAT(std::string(TrainConfigFromJson(R"({"lr": 0})").status().message()),
+              ::testing::HasSubstr("lr"));
+  EXPECT_THAT(std::string(TrainConfigFromJson(R"({"batch": 3})").status().message()),
+              ::testing::HasSubstr("batch"));
+  EXPECT_THAT(std::string(TrainConfigFromJson(R"({"model": {"depth": 0}})").status().message()),
+              ::testing::HasSubstr("model.depth"));
+}
+
+}  // namespace
+}  // namespace dartserve::train

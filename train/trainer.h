@@ -1,0 +1,88 @@
+// The DART trainer: AdamW with warm-up and cosine decay, gradient clipping, EMA weights,
+// background batch loading, periodic checkpoints with exact resume, sample grids.
+//
+// Exact resume without serialising RNG streams: every random choice is a pure function of
+// (seed, step) — the data order of each epoch and each step's noise and dropout come from
+// generators seeded from them — so the saved state is just the weights, the EMA weights, the
+// optimiser moments and the step. Resuming at step s then reproduces step s bit for bit.
+//
+// Output folder layout:
+//   train_config.json   the config this run was started with
+//   state/              config.json, model.safetensors (raw), ema.safetensors, optimizer.safetensors,
+//                       state.json ({"step": s}); replaced atomically at each checkpoint
+//   ema/                config.json + model.safetensors: the EMA weights, servable as they are
+//   samples/            step_<s>.png grids from the EMA weights
+// Thread-compatibility: one thread drives a Trainer; its loader thread is internal.
+#ifndef DARTSERVE_TRAIN_TRAINER_H_
+#define DARTSERVE_TRAIN_TRAINER_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/dart.h"
+#include "model/schedule.h"
+#include "train/dataset.h"
+#include "train/train_config.h"
+
+namespace dartserve::train {
+
+class BatchLoader;
+
+class Trainer {
+ public:
+  // Builds the model and, when `out_dir`/state holds a checkpoint, resumes from it (its config must
+  // build the same model). `data` must match the model's image size and channels.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config,
+                                                         InMemoryDataset data,
+                                                         const std::string& out_dir);
+  ~Trainer();
+
+  int64_t step() const { return step_; }
+  const TrainConfig& config() const { return config_; }
+  model::Dart& model() { return model_; }
+  model::Dart& ema() { return ema_; }
+
+  // One optimiser step on the next batch; returns the loss before the update.
+  double TrainStep();
+  // Learning rate at `step` (warm-up then cosine).
+  double LearningRate(int64_t step) const;
+
+  // Writes state/ and ema/ atomically.
+  absl::Status SaveCheckpoint();
+  // Writes samples/step_<s>.png: `per_class` images per class from the EMA weights.
+  absl::Status WriteSampleGrid(int per_class = 8);
+
+  // Trains until total_steps, `max_steps` more steps (-1: no limit) or `stop` becomes true,
+  // logging, checkpointing and sampling on the configured cadences; always checkpoints at the end.
+  absl::Status Run(const std::atomic<bool>& stop, int64_t max_steps = -1);
+
+ private:
+  Trainer(const TrainConfig& config, InMemoryDataset data, std::string out_dir);
+  absl::Status Load();
+
+  TrainConfig config_;
+  InMemoryDataset data_;
+  std::string out_dir_;
+  model::Dart model_;
+  model::Dart ema_;
+  model::NoiseSchedule schedule_;
+  std::vector<torch::Tensor> params_;
+  std::vector<torch::Tensor> ema_params_;
+  std::vector<torch::Tensor> adam_m_, adam_v_;
+  int64_t step_ = 0;
+  std::unique_ptr<BatchLoader> loader_;
+};
+
+// A 64-bit mix (splitmix64), used to derive per-step and per-epoch generator seeds.
+uint64_t MixSeed(uint64_t a, uint64_t b);
+
+}  // namespace dartserve::train
+
+#endif  // DARTSERVE_TRAIN_TRAINER_H_
