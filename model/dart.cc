@@ -68,7 +68,7 @@ torch::Tensor DartImpl::Condition(const torch::Tensor& cond_ids) {
 }
 
 torch::Tensor DartImpl::Head(const torch::Tensor& h, const torch::Tensor& cond) {
-  const std::vector<torch::Tensor> mod = final_ada_->forward(cond).chunk(2, -1);
+  const std::vector<torch::Tensor> mod = final_ada_->forward(cond).unsqueeze(1).chunk(2, -1);
   return out_proj_->forward(Modulate(final_norm_->forward(h), mod[0], mod[1]));
 }
 
@@ -80,7 +80,6 @@ torch::Tensor DartImpl::forward(const torch::Tensor& x, const torch::Tensor& con
   const int64_t n_blocks = len / k;
   const auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(x.device());
   const torch::Tensor block_of = torch::arange(n_blocks, long_opts).repeat_interleave(k);  // [L]
-  const torch::Tensor positions = torch::arange(k, long_opts).repeat({n_blocks});       // [L]
   // Block-causal mask: query i may attend key j iff block(j) <= block(i).
   const torch::Tensor mask = block_of.unsqueeze(1) >= block_of.unsqueeze(0);  // [L, L]
 
@@ -88,7 +87,7 @@ torch::Tensor DartImpl::forward(const torch::Tensor& x, const torch::Tensor& con
   torch::Tensor h = in_proj_->forward(x) + step_embed_->forward(block_of).unsqueeze(0);
   const AttendFn attend = [&mask](const torch::Tensor& q, const torch::Tensor& kk,
                                   const torch::Tensor& v) { return Attention(q, kk, v, mask); };
-  for (DartBlock& block : block_list_) h = block->forward(h, cond, rope_, positions, attend);
+  for (DartBlock& block : block_list_) h = block->forward(h, cond, rope_, attend);
   return Head(h, cond);
 }
 
@@ -104,8 +103,6 @@ torch::Tensor DartImpl::ForwardStep(const torch::Tensor& x, std::span<const int6
     TORCH_CHECK(blocks[r] >= 0 && blocks[r] < config_.num_steps, "block index out of range");
     TORCH_CHECK(caches[r]->length == blocks[r] * k, "KV cache length does not match the block");
   }
-  const auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(x.device());
-  const torch::Tensor positions = torch::arange(k, long_opts);
   const torch::Tensor block_ids =
       torch::from_blob(const_cast<int64_t*>(blocks.data()), {rows}, torch::kLong)
           .to(x.device());
@@ -129,7 +126,7 @@ torch::Tensor DartImpl::ForwardStep(const torch::Tensor& x, std::span<const int6
       }
       return torch::stack(outs);
     };
-    h = block_list_[layer]->forward(h, cond, rope_, positions, attend);
+    h = block_list_[layer]->forward(h, cond, rope_, attend);
   }
   for (KvCache* cache : caches) cache->length += k;
   return Head(h, cond);

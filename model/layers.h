@@ -20,11 +20,16 @@ namespace dartserve::model {
 using AttendFn = std::function<torch::Tensor(const torch::Tensor& q, const torch::Tensor& k,
                                              const torch::Tensor& v)>;
 
-// x * rsqrt(mean(x^2) + eps) * weight over the last dim, computed in fp32.
+// x * rsqrt(mean(x^2) + eps) over the last dim, in fp32, without a learned scale.
+torch::Tensor RmsNormalize(const torch::Tensor& x, double eps);
+
+// RmsNormalize(x) * weight.
 class RmsNormImpl : public torch::nn::Module {
  public:
   explicit RmsNormImpl(int64_t dim, double eps = 1e-6);
   torch::Tensor forward(const torch::Tensor& x);
+  const torch::Tensor& weight() const { return weight_; }
+  double eps() const { return eps_; }
 
  private:
   double eps_;
@@ -38,16 +43,19 @@ TORCH_MODULE(RmsNorm);
 class Rope2d {
  public:
   explicit Rope2d(const ModelConfig& config);
-  // x: [R, H, N, head_dim] whose N tokens sit at `positions` (indices into the K patches of a block,
-  // given as a [N] int64 tensor). Returns the rotated tensor.
-  torch::Tensor Apply(const torch::Tensor& x, const torch::Tensor& positions) const;
+  // x: [..., N, head_dim] where the N tokens are whole blocks of K patches in raster order.
+  // Returns the rotated tensor. Not thread-safe (tables move lazily to x's device).
+  torch::Tensor Apply(const torch::Tensor& x) const;
 
  private:
-  torch::Tensor cos_;  // [K, head_dim / 2]
-  torch::Tensor sin_;
+  // Pair (x0, x1) rotates to (x0 c - x1 s, x0 s + x1 c) = x * cos_ + swap(x) * sin_, with cos_ =
+  // (c, c) and sin_ = (-s, s) per pair: few kernels per call, which matters for small steps.
+  int64_t tokens_per_block_;
+  mutable torch::Tensor cos_;  // [K, head_dim]
+  mutable torch::Tensor sin_;
 };
 
-// x * (1 + scale) + shift, with shift/scale of shape [R, D] broadcast over tokens.
+// x * (1 + scale) + shift, with shift/scale of shape [R, 1, D] broadcast over tokens.
 torch::Tensor Modulate(const torch::Tensor& x, const torch::Tensor& shift,
                        const torch::Tensor& scale);
 
@@ -55,9 +63,9 @@ class DartBlockImpl : public torch::nn::Module {
  public:
   explicit DartBlockImpl(const ModelConfig& config);
 
-  // x: [R, N, D] tokens; cond: [R, D] SiLU-activated condition; positions: [N] patch indices.
+  // x: [R, N, D] tokens, N a whole number of blocks; cond: [R, D] SiLU-activated condition.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cond, const Rope2d& rope,
-                        const torch::Tensor& positions, const AttendFn& attend);
+                        const AttendFn& attend);
 
  private:
   int64_t heads_;
