@@ -22,7 +22,9 @@
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint folder to benchmark (its config and weights).");
-ABSL_FLAG(std::string, config, "", "Config JSON to benchmark with random weights.");
+ABSL_FLAG(std::string, config, "",
+          "Model config JSON (or a training config: its \"model\" part) to benchmark with random "
+          "weights.");
 ABSL_FLAG(int, reps, 5, "Timed repetitions per measurement (after one warm-up).");
 ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
 ABSL_FLAG(std::string, json, "", "Also write the results as JSON to this file.");
@@ -70,6 +72,10 @@ int main(int argc, char** argv) {
     dm::ModelConfig config;
     if (!absl::GetFlag(FLAGS_config).empty()) {
       auto text = dm::ReadFile(absl::GetFlag(FLAGS_config));
+      if (text.ok()) {
+        const nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
+        if (j.is_object() && j.contains("model")) text = j["model"].dump();
+      }
       auto parsed = text.ok() ? dm::ModelConfigFromJson(*text) : absl::StatusOr<dm::ModelConfig>(text.status());
       if (!parsed.ok()) {
         std::cerr << "dartserve-model-bench: " << parsed.status().message() << "\n";

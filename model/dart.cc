@@ -1,5 +1,7 @@
 #include "model/dart.h"
 
+#include <map>
+
 #include "model/torch_compat.h"
 
 namespace dartserve::model {
@@ -107,22 +109,37 @@ torch::Tensor DartImpl::ForwardStep(const torch::Tensor& x, std::span<const int6
       torch::from_blob(const_cast<int64_t*>(blocks.data()), {rows}, torch::kLong)
           .to(x.device());
 
+  std::map<int64_t, std::vector<int64_t>> rows_by_length;  // cache length -> rows
+  for (int64_t r = 0; r < rows; ++r) rows_by_length[caches[r]->length].push_back(r);
+
   const torch::Tensor cond = Condition(cond_ids);
   torch::Tensor h = in_proj_->forward(x) + step_embed_->forward(block_ids).unsqueeze(1);
   for (size_t layer = 0; layer < block_list_.size(); ++layer) {
-    // Rows sit at different steps, so each attends over its own cache length. The linear layers
-    // (most of the FLOPs) stay batched across rows.
+    // Rows sit at different steps, so each attends over its own cache length. Rows at the same
+    // length are attended together (their cache prefixes stacked: a copy far cheaper than the
+    // attention itself). The linear layers, most of the FLOPs, stay batched across all rows.
     const AttendFn attend = [&, layer](const torch::Tensor& q, const torch::Tensor& kk,
                                        const torch::Tensor& v) {
-      std::vector<torch::Tensor> outs;
-      outs.reserve(rows);
-      for (int64_t r = 0; r < rows; ++r) {
-        KvCache& cache = *caches[r];
-        const int64_t start = cache.length;
-        cache.k[layer].narrow(1, start, k).copy_(kk[r]);
-        cache.v[layer].narrow(1, start, k).copy_(v[r]);
-        outs.push_back(Attention(q[r], cache.k[layer].narrow(1, 0, start + k),
-                                 cache.v[layer].narrow(1, 0, start + k)));
+      std::vector<torch::Tensor> outs(rows);
+      for (const auto& [start, members] : rows_by_length) {
+        for (int64_t r : members) {
+          caches[r]->k[layer].narrow(1, start, k).copy_(kk[r]);
+          caches[r]->v[layer].narrow(1, start, k).copy_(v[r]);
+        }
+        if (members.size() == 1) {
+          const int64_t r = members.front();
+          outs[r] = Attention(q[r], caches[r]->k[layer].narrow(1, 0, start + k),
+                              caches[r]->v[layer].narrow(1, 0, start + k));
+          continue;
+        }
+        std::vector<torch::Tensor> qs, ks, vs;
+        for (int64_t r : members) {
+          qs.push_back(q[r]);
+          ks.push_back(caches[r]->k[layer].narrow(1, 0, start + k));
+          vs.push_back(caches[r]->v[layer].narrow(1, 0, start + k));
+        }
+        const torch::Tensor out = Attention(torch::stack(qs), torch::stack(ks), torch::stack(vs));
+        for (size_t i = 0; i < members.size(); ++i) outs[members[i]] = out[i];
       }
       return torch::stack(outs);
     };

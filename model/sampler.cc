@@ -1,6 +1,7 @@
 #include "model/sampler.h"
 
 #include <cmath>
+#include <algorithm>
 #include <exception>
 
 #include "absl/strings/str_cat.h"
@@ -149,6 +150,28 @@ absl::StatusOr<torch::Tensor> Sampler::Generate(const SampleParams& params) {
     if (absl::Status st = Step({&s, 1}); !st.ok()) return st;
   }
   return Image(*s);
+}
+
+absl::StatusOr<torch::Tensor> Sampler::GenerateBatch(std::span<const SampleParams> params,
+                                                     int max_batch) {
+  std::vector<torch::Tensor> images;
+  const size_t batch = std::max(1, max_batch);
+  for (size_t first = 0; first < params.size(); first += batch) {
+    std::vector<std::unique_ptr<GenerationState>> owned;
+    std::vector<GenerationState*> states;
+    for (size_t i = first; i < std::min(params.size(), first + batch); ++i) {
+      absl::StatusOr<std::unique_ptr<GenerationState>> s = Start(params[i]);
+      if (!s.ok()) return s.status();
+      states.push_back(s->get());
+      owned.push_back(*std::move(s));
+    }
+    while (!states.front()->finished()) {
+      if (absl::Status st = Step(states); !st.ok()) return st;
+    }
+    for (const GenerationState* s : states) images.push_back(Image(*s));
+  }
+  if (images.empty()) return absl::InvalidArgumentError("GenerateBatch: no requests");
+  return torch::stack(images);
 }
 
 torch::Tensor Sampler::Image(const GenerationState& state) const {

@@ -103,6 +103,9 @@ class Sampler {
   // Convenience: runs one request to completion and returns its image [C, H, W] in [-1, 1].
   absl::StatusOr<torch::Tensor> Generate(const SampleParams& params);
 
+  // Runs many requests to completion, `max_batch` at a time; returns images [N, C, H, W].
+  absl::StatusOr<torch::Tensor> GenerateBatch(std::span<const SampleParams> params, int max_batch);
+
   // The image [C, H, W] for a state's latest x_0 estimate (a preview until finished).
   torch::Tensor Image(const GenerationState& state) const;
 

@@ -293,25 +293,18 @@ absl::Status Trainer::Load() {
 
 absl::Status Trainer::WriteSampleGrid(int per_class) {
   dm::Sampler sampler(ema_);
-  std::vector<std::unique_ptr<dm::GenerationState>> states;
-  std::vector<dm::GenerationState*> ptrs;
   const bool cls = config_.model.conditioning == dm::Conditioning::kClass;
-  const int rows = cls ? config_.model.num_classes : 1;
-  for (int c = 0; c < rows; ++c) {
+  std::vector<dm::SampleParams> params;
+  for (int c = 0; c < (cls ? config_.model.num_classes : 1); ++c) {
     for (int i = 0; i < per_class; ++i) {
-      auto s = sampler.Start({.condition = cls ? std::optional<int>(c) : std::nullopt,
-                              .seed = static_cast<uint64_t>(i)});
-      if (!s.ok()) return s.status();
-      ptrs.push_back(s->get());
-      states.push_back(*std::move(s));
+      params.push_back({.condition = cls ? std::optional<int>(c) : std::nullopt,
+                        .seed = static_cast<uint64_t>(i)});
     }
   }
-  while (!ptrs.front()->finished()) {
-    if (absl::Status s = sampler.Step(ptrs); !s.ok()) return s;
-  }
-  std::vector<torch::Tensor> images;
-  for (const auto* s : ptrs) images.push_back(sampler.Image(*s));
-  absl::StatusOr<std::string> png = dm::ImageToPng(dm::UpscaleNearest(dm::MakeGrid(images, per_class), 2));
+  absl::StatusOr<torch::Tensor> images = sampler.GenerateBatch(params, /*max_batch=*/128);
+  if (!images.ok()) return images.status();
+  absl::StatusOr<std::string> png =
+      dm::ImageToPng(dm::UpscaleNearest(dm::MakeGrid(images->unbind(0), per_class), 2));
   if (!png.ok()) return png.status();
   const fs::path dir = fs::path(out_dir_) / "samples";
   fs::create_directories(dir);

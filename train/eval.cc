@@ -1,0 +1,56 @@
+#include "train/eval.h"
+
+#include <chrono>
+
+#include "model/sampler.h"
+
+namespace dartserve::train {
+
+absl::StatusOr<EvalReport> EvaluateClassModel(model::Dart model, Classifier& classifier,
+                                              const torch::Tensor& reference_features,
+                                              const EvalOptions& options) {
+  const model::ModelConfig& config = model->config();
+  if (config.conditioning != model::Conditioning::kClass) {
+    return absl::InvalidArgumentError("evaluation needs a class-conditional model");
+  }
+  if (config.num_classes != classifier->num_classes() || config.channels != classifier->channels() ||
+      config.image_size != classifier->image_size()) {
+    return absl::InvalidArgumentError("the classifier does not match the model's classes or images");
+  }
+  std::vector<model::SampleParams> params;
+  std::vector<int64_t> labels;
+  for (int c = 0; c < config.num_classes; ++c) {
+    for (int i = 0; i < options.per_class; ++i) {
+      params.push_back({.condition = c,
+                        .seed = options.seed + static_cast<uint64_t>(c) * options.per_class + i,
+                        .guidance_scale = options.guidance_scale,
+                        .temperature = options.temperature});
+      labels.push_back(c);
+    }
+  }
+  model::Sampler sampler(model);
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<torch::Tensor> images = sampler.GenerateBatch(params, options.batch);
+  if (!images.ok()) return images.status();
+  EvalReport report;
+  report.generation_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.num_images = images->size(0);
+  report.images_per_second = report.num_images / report.generation_seconds;
+  report.images = *images;
+
+  torch::NoGradGuard no_grad;
+  const torch::Tensor y = torch::tensor(labels, torch::kLong);
+  report.conditional_accuracy = Accuracy(classifier, *images, y);
+  for (int c = 0; c < config.num_classes; ++c) {
+    const int64_t first = static_cast<int64_t>(c) * options.per_class;
+    report.per_class_accuracy.push_back(Accuracy(classifier, images->narrow(0, first, options.per_class),
+                                                 y.narrow(0, first, options.per_class)));
+  }
+  if (reference_features.defined()) {
+    report.fid = FrechetDistance(ExtractFeatures(classifier, *images), reference_features);
+  }
+  return report;
+}
+
+}  // namespace dartserve::train
