@@ -43,7 +43,8 @@ Stats Time(int reps, const std::function<void()>& fn) {
   for (int i = 0; i < reps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     fn();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(ms.begin(), ms.end());
   return {ms.front(), ms[ms.size() / 2], ms.back()};
@@ -76,7 +77,8 @@ int main(int argc, char** argv) {
         const nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
         if (j.is_object() && j.contains("model")) text = j["model"].dump();
       }
-      auto parsed = text.ok() ? dm::ModelConfigFromJson(*text) : absl::StatusOr<dm::ModelConfig>(text.status());
+      auto parsed = text.ok() ? dm::ModelConfigFromJson(*text)
+                              : absl::StatusOr<dm::ModelConfig>(text.status());
       if (!parsed.ok()) {
         std::cerr << "dartserve-model-bench: " << parsed.status().message() << "\n";
         return 1;

@@ -14,9 +14,12 @@ namespace {
 
 torch::ScalarType ToTorch(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return torch::kFloat;
-    case DType::kF16: return torch::kHalf;
-    case DType::kBF16: return torch::kBFloat16;
+    case DType::kF32:
+      return torch::kFloat;
+    case DType::kF16:
+      return torch::kHalf;
+    case DType::kBF16:
+      return torch::kBFloat16;
   }
   return torch::kFloat;
 }
@@ -51,9 +54,9 @@ absl::Status LoadWeights(torch::nn::Module& module, const SafetensorsFile& file)
       return absl::InvalidArgumentError(absl::StrCat("missing tensor '", name, "'"));
     }
     if (at::IntArrayRef(it->second.shape) != param.sizes()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", name, "' has shape ", ShapeString(it->second.shape),
-          " but the config needs ", ShapeString(param.sizes())));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' has shape ", ShapeString(it->second.shape),
+                       " but the config needs ", ShapeString(param.sizes())));
     }
     param.copy_(TensorFromBytes(it->second, file.Data(it->second)));
     used.insert(name);
@@ -102,10 +105,12 @@ absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir) {
 absl::Status SaveCheckpoint(const std::string& dir, Dart& model, DType dtype) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  if (ec)
+    return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   absl::StatusOr<std::string> bytes = SerializeSafetensors(WeightsToWrite(*model, dtype));
   if (!bytes.ok()) return bytes.status();
-  if (absl::Status s = WriteFileAtomically((std::filesystem::path(dir) / kWeightsFile).string(), *bytes);
+  if (absl::Status s =
+          WriteFileAtomically((std::filesystem::path(dir) / kWeightsFile).string(), *bytes);
       !s.ok()) {
     return s;
   }

@@ -6,9 +6,9 @@
 #ifndef DARTSERVE_MODEL_CHECKPOINT_H_
 #define DARTSERVE_MODEL_CHECKPOINT_H_
 
-#include <string>
-
 #include <torch/torch.h>
+
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"

@@ -16,16 +16,17 @@ using Json = nlohmann::json;
 template <typename E, size_t N>
 using EnumNames = std::array<std::pair<E, const char*>, N>;
 
-constexpr EnumNames<Conditioning, 3> kConditioningNames = {{
-    {Conditioning::kNone, "none"}, {Conditioning::kClass, "class"}, {Conditioning::kText, "text"}}};
-constexpr EnumNames<OutputHead, 2> kHeadNames = {{{OutputHead::kMean, "mean"},
-                                                 {OutputHead::kFlow, "flow"}}};
-constexpr EnumNames<Variant, 2> kVariantNames = {{{Variant::kDart, "dart"},
-                                                 {Variant::kDartAr, "dart_ar"}}};
+constexpr EnumNames<Conditioning, 3> kConditioningNames = {{{Conditioning::kNone, "none"},
+                                                            {Conditioning::kClass, "class"},
+                                                            {Conditioning::kText, "text"}}};
+constexpr EnumNames<OutputHead, 2> kHeadNames = {
+    {{OutputHead::kMean, "mean"}, {OutputHead::kFlow, "flow"}}};
+constexpr EnumNames<Variant, 2> kVariantNames = {
+    {{Variant::kDart, "dart"}, {Variant::kDartAr, "dart_ar"}}};
 constexpr EnumNames<Schedule, 1> kScheduleNames = {{{Schedule::kCosine, "cosine"}}};
 constexpr EnumNames<LossWeight, 3> kLossWeightNames = {{{LossWeight::kClampedSnr, "clamped_snr"},
-                                                       {LossWeight::kUniform, "uniform"},
-                                                       {LossWeight::kPaperSum, "paper_sum"}}};
+                                                        {LossWeight::kUniform, "uniform"},
+                                                        {LossWeight::kPaperSum, "paper_sum"}}};
 
 template <typename E, size_t N>
 std::string NameOf(const EnumNames<E, N>& names, E value) {
@@ -47,9 +48,8 @@ absl::Status ParseEnum(const EnumNames<E, N>& names, const Json& j, const char* 
     }
     accepted.emplace_back(name);
   }
-  return absl::InvalidArgumentError(absl::StrCat(field, ": unknown value \"", s,
-                                                 "\" (accepted: ", absl::StrJoin(accepted, ", "),
-                                                 ")"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": unknown value \"", s, "\" (accepted: ", absl::StrJoin(accepted, ", "), ")"));
 }
 
 absl::Status ParseInt(const Json& j, const char* field, int* out) {
@@ -110,8 +110,9 @@ absl::Status ModelConfig::Validate() const {
            Check(rope_theta > 1, "rope_theta", "must be > 1"),
            Check(conditioning != Conditioning::kText, "conditioning",
                  "\"text\" is not supported by this build yet"),
-           Check(conditioning != Conditioning::kClass || (num_classes >= 1 && num_classes <= 1 << 20),
-                 "num_classes", "must be in [1, 2^20] for class conditioning"),
+           Check(
+               conditioning != Conditioning::kClass || (num_classes >= 1 && num_classes <= 1 << 20),
+               "num_classes", "must be in [1, 2^20] for class conditioning"),
            Check(cond_dropout >= 0 && cond_dropout < 1, "cond_dropout", "must be in [0, 1)"),
            Check(head == OutputHead::kMean, "head", "\"flow\" is not supported by this build yet"),
            Check(variant == Variant::kDart, "variant",
@@ -142,26 +143,46 @@ absl::StatusOr<ModelConfig> ModelConfigFromJson(const std::string& text) {
   ModelConfig c;
   for (const auto& [key, value] : j.items()) {
     absl::Status s;
-    if (key == "image_size") s = ParseInt(value, "image_size", &c.image_size);
-    else if (key == "channels") s = ParseInt(value, "channels", &c.channels);
-    else if (key == "patch_size") s = ParseInt(value, "patch_size", &c.patch_size);
-    else if (key == "num_steps") s = ParseInt(value, "num_steps", &c.num_steps);
-    else if (key == "schedule") s = ParseEnum(kScheduleNames, value, "schedule", &c.schedule);
-    else if (key == "snr_shift") s = ParseDouble(value, "snr_shift", &c.snr_shift);
-    else if (key == "loss_weight") s = ParseEnum(kLossWeightNames, value, "loss_weight", &c.loss_weight);
-    else if (key == "loss_weight_min") s = ParseDouble(value, "loss_weight_min", &c.loss_weight_min);
-    else if (key == "loss_weight_max") s = ParseDouble(value, "loss_weight_max", &c.loss_weight_max);
-    else if (key == "width") s = ParseInt(value, "width", &c.width);
-    else if (key == "depth") s = ParseInt(value, "depth", &c.depth);
-    else if (key == "heads") s = ParseInt(value, "heads", &c.heads);
-    else if (key == "mlp_ratio") s = ParseDouble(value, "mlp_ratio", &c.mlp_ratio);
-    else if (key == "rope_theta") s = ParseDouble(value, "rope_theta", &c.rope_theta);
-    else if (key == "conditioning") s = ParseEnum(kConditioningNames, value, "conditioning", &c.conditioning);
-    else if (key == "num_classes") s = ParseInt(value, "num_classes", &c.num_classes);
-    else if (key == "cond_dropout") s = ParseDouble(value, "cond_dropout", &c.cond_dropout);
-    else if (key == "head") s = ParseEnum(kHeadNames, value, "head", &c.head);
-    else if (key == "variant") s = ParseEnum(kVariantNames, value, "variant", &c.variant);
-    else s = absl::InvalidArgumentError(absl::StrCat(key, ": unknown config field"));
+    if (key == "image_size")
+      s = ParseInt(value, "image_size", &c.image_size);
+    else if (key == "channels")
+      s = ParseInt(value, "channels", &c.channels);
+    else if (key == "patch_size")
+      s = ParseInt(value, "patch_size", &c.patch_size);
+    else if (key == "num_steps")
+      s = ParseInt(value, "num_steps", &c.num_steps);
+    else if (key == "schedule")
+      s = ParseEnum(kScheduleNames, value, "schedule", &c.schedule);
+    else if (key == "snr_shift")
+      s = ParseDouble(value, "snr_shift", &c.snr_shift);
+    else if (key == "loss_weight")
+      s = ParseEnum(kLossWeightNames, value, "loss_weight", &c.loss_weight);
+    else if (key == "loss_weight_min")
+      s = ParseDouble(value, "loss_weight_min", &c.loss_weight_min);
+    else if (key == "loss_weight_max")
+      s = ParseDouble(value, "loss_weight_max", &c.loss_weight_max);
+    else if (key == "width")
+      s = ParseInt(value, "width", &c.width);
+    else if (key == "depth")
+      s = ParseInt(value, "depth", &c.depth);
+    else if (key == "heads")
+      s = ParseInt(value, "heads", &c.heads);
+    else if (key == "mlp_ratio")
+      s = ParseDouble(value, "mlp_ratio", &c.mlp_ratio);
+    else if (key == "rope_theta")
+      s = ParseDouble(value, "rope_theta", &c.rope_theta);
+    else if (key == "conditioning")
+      s = ParseEnum(kConditioningNames, value, "conditioning", &c.conditioning);
+    else if (key == "num_classes")
+      s = ParseInt(value, "num_classes", &c.num_classes);
+    else if (key == "cond_dropout")
+      s = ParseDouble(value, "cond_dropout", &c.cond_dropout);
+    else if (key == "head")
+      s = ParseEnum(kHeadNames, value, "head", &c.head);
+    else if (key == "variant")
+      s = ParseEnum(kVariantNames, value, "variant", &c.variant);
+    else
+      s = absl::InvalidArgumentError(absl::StrCat(key, ": unknown config field"));
     if (!s.ok()) return s;
   }
   if (absl::Status s = c.Validate(); !s.ok()) return s;

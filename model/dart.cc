@@ -44,8 +44,7 @@ DartImpl::DartImpl(const ModelConfig& config) : config_(config), rope_(config) {
   const int64_t d = config.width;
   in_proj_ = register_module("in_proj", nn::Linear(config.token_dim(), d));
   step_embed_ = register_module("step_embed", nn::Embedding(config.num_steps, d));
-  const int64_t num_cond =
-      config.conditioning == Conditioning::kClass ? config.num_classes + 1 : 1;
+  const int64_t num_cond = config.conditioning == Conditioning::kClass ? config.num_classes + 1 : 1;
   cond_embed_ = register_module("cond_embed", nn::Embedding(num_cond, d));
   blocks_ = register_module("blocks", nn::ModuleList());
   for (int i = 0; i < config.depth; ++i) {
@@ -98,16 +97,15 @@ torch::Tensor DartImpl::ForwardStep(const torch::Tensor& x, std::span<const int6
                                     std::span<KvCache* const> caches) {
   const int64_t rows = x.size(0);
   const int64_t k = config_.tokens_per_block();
-  TORCH_CHECK(static_cast<int64_t>(blocks.size()) == rows &&
-                  static_cast<int64_t>(caches.size()) == rows,
-              "ForwardStep: blocks and caches must have one entry per row");
+  TORCH_CHECK(
+      static_cast<int64_t>(blocks.size()) == rows && static_cast<int64_t>(caches.size()) == rows,
+      "ForwardStep: blocks and caches must have one entry per row");
   for (int64_t r = 0; r < rows; ++r) {
     TORCH_CHECK(blocks[r] >= 0 && blocks[r] < config_.num_steps, "block index out of range");
     TORCH_CHECK(caches[r]->length == blocks[r] * k, "KV cache length does not match the block");
   }
   const torch::Tensor block_ids =
-      torch::from_blob(const_cast<int64_t*>(blocks.data()), {rows}, torch::kLong)
-          .to(x.device());
+      torch::from_blob(const_cast<int64_t*>(blocks.data()), {rows}, torch::kLong).to(x.device());
 
   std::map<int64_t, std::vector<int64_t>> rows_by_length;  // cache length -> rows
   for (int64_t r = 0; r < rows; ++r) rows_by_length[caches[r]->length].push_back(r);

@@ -13,10 +13,10 @@
 #ifndef DARTSERVE_MODEL_DART_H_
 #define DARTSERVE_MODEL_DART_H_
 
+#include <torch/torch.h>
+
 #include <span>
 #include <vector>
-
-#include <torch/torch.h>
 
 #include "model/config.h"
 #include "model/layers.h"

@@ -7,11 +7,12 @@ namespace dartserve::model {
 
 Pixels TensorToPixels(const torch::Tensor& image) {
   torch::NoGradGuard no_grad;
-  const torch::Tensor u8 = ((image.detach().to(torch::kCPU, torch::kFloat).clamp(-1, 1) + 1) * 127.5)
-                               .round()
-                               .to(torch::kUInt8)
-                               .permute({1, 2, 0})
-                               .contiguous();
+  const torch::Tensor u8 =
+      ((image.detach().to(torch::kCPU, torch::kFloat).clamp(-1, 1) + 1) * 127.5)
+          .round()
+          .to(torch::kUInt8)
+          .permute({1, 2, 0})
+          .contiguous();
   Pixels out;
   out.channels = static_cast<int>(image.size(0));
   out.height = static_cast<int>(image.size(1));

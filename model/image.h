@@ -3,10 +3,10 @@
 #ifndef DARTSERVE_MODEL_IMAGE_H_
 #define DARTSERVE_MODEL_IMAGE_H_
 
+#include <torch/torch.h>
+
 #include <string>
 #include <vector>
-
-#include <torch/torch.h>
 
 #include "absl/status/statusor.h"
 #include "model/png.h"

@@ -36,7 +36,7 @@ Rope2d::Rope2d(const ModelConfig& config) : tokens_per_block_(config.tokens_per_
   const torch::Tensor cols = (idx % grid).to(torch::kDouble).unsqueeze(1);
   const torch::Tensor angles = torch::cat({rows * freqs, cols * freqs}, 1);  // [K, head_dim / 2]
   const torch::Tensor c = torch::cos(angles), s = torch::sin(angles);
-  cos_ = torch::stack({c, c}, -1).flatten(-2).to(torch::kFloat);   // [K, head_dim]
+  cos_ = torch::stack({c, c}, -1).flatten(-2).to(torch::kFloat);  // [K, head_dim]
   sin_ = torch::stack({-s, s}, -1).flatten(-2).to(torch::kFloat);
 }
 

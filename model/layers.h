@@ -8,9 +8,9 @@
 #ifndef DARTSERVE_MODEL_LAYERS_H_
 #define DARTSERVE_MODEL_LAYERS_H_
 
-#include <functional>
-
 #include <torch/torch.h>
+
+#include <functional>
 
 #include "model/config.h"
 

@@ -14,8 +14,7 @@ absl::StatusOr<std::string> EncodePng(const Pixels& pixels) {
   if (pixels.channels != 1 && pixels.channels != 3) {
     return absl::InvalidArgumentError("png: channels must be 1 or 3");
   }
-  if (pixels.data.size() !=
-      static_cast<size_t>(pixels.width) * pixels.height * pixels.channels) {
+  if (pixels.data.size() != static_cast<size_t>(pixels.width) * pixels.height * pixels.channels) {
     return absl::InvalidArgumentError("png: data size does not match width x height x channels");
   }
   png_image image{};

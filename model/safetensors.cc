@@ -22,10 +22,14 @@ absl::Status Corrupt(absl::string_view what) {
 }
 
 bool ParseDType(const std::string& name, DType* out) {
-  if (name == "F32") *out = DType::kF32;
-  else if (name == "F16") *out = DType::kF16;
-  else if (name == "BF16") *out = DType::kBF16;
-  else return false;
+  if (name == "F32")
+    *out = DType::kF32;
+  else if (name == "F16")
+    *out = DType::kF16;
+  else if (name == "BF16")
+    *out = DType::kBF16;
+  else
+    return false;
   return true;
 }
 
@@ -33,9 +37,12 @@ bool ParseDType(const std::string& name, DType* out) {
 
 const char* DTypeName(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "F32";
-    case DType::kF16: return "F16";
-    case DType::kBF16: return "BF16";
+    case DType::kF32:
+      return "F32";
+    case DType::kF16:
+      return "F16";
+    case DType::kBF16:
+      return "BF16";
   }
   return "?";
 }
@@ -53,8 +60,8 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(bytes[i]);
   if (header_len > kMaxHeaderBytes) {
-    return Corrupt(absl::StrCat("oversized header: ", header_len, " bytes (limit ",
-                                kMaxHeaderBytes, ")"));
+    return Corrupt(
+        absl::StrCat("oversized header: ", header_len, " bytes (limit ", kMaxHeaderBytes, ")"));
   }
   if (header_len > bytes.size() - 8) {
     return Corrupt(absl::StrCat("truncated: header length is ", header_len, " bytes but only ",
@@ -65,7 +72,8 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
     return Corrupt("bad magic: the header does not start with '{'");
   }
   const Json j = Json::parse(header, /*cb=*/nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return Corrupt("bad JSON: the header is not a JSON object");
+  if (j.is_discarded() || !j.is_object())
+    return Corrupt("bad JSON: the header is not a JSON object");
 
   SafetensorsFile file;
   file.data_start_ = 8 + header_len;
@@ -74,7 +82,8 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
     if (name == "__metadata__") {
       if (!entry.is_object()) return Corrupt("bad JSON: __metadata__ is not an object");
       for (const auto& [key, value] : entry.items()) {
-        if (!value.is_string()) return Corrupt(absl::StrCat("bad JSON: metadata ", key, " is not a string"));
+        if (!value.is_string())
+          return Corrupt(absl::StrCat("bad JSON: metadata ", key, " is not a string"));
         file.metadata_[key] = value.get<std::string>();
       }
       continue;
@@ -85,16 +94,19 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
       return Corrupt(where + "entry needs dtype, shape and data_offsets");
     }
     TensorInfo info;
-    if (!entry["dtype"].is_string() || !ParseDType(entry["dtype"].get<std::string>(), &info.dtype)) {
+    if (!entry["dtype"].is_string() ||
+        !ParseDType(entry["dtype"].get<std::string>(), &info.dtype)) {
       return Corrupt(absl::StrCat(where, "unsupported dtype ", entry["dtype"].dump(),
                                   " (supported: F32, F16, BF16)"));
     }
     const Json& shape = entry["shape"];
-    if (!shape.is_array() || shape.size() > 8) return Corrupt(where + "shape must be an array of at most 8 dims");
+    if (!shape.is_array() || shape.size() > 8)
+      return Corrupt(where + "shape must be an array of at most 8 dims");
     // Bound the element count by the data section so the product cannot overflow.
     uint64_t numel = 1;
     for (const Json& dim : shape) {
-      if (!dim.is_number_unsigned()) return Corrupt(where + "shape entries must be non-negative integers");
+      if (!dim.is_number_unsigned())
+        return Corrupt(where + "shape entries must be non-negative integers");
       const uint64_t v = dim.get<uint64_t>();
       if (v > data_size && v > 0) return Corrupt(where + "shape is larger than the file");
       info.shape.push_back(static_cast<int64_t>(v));
@@ -143,12 +155,13 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
   absl::StatusOr<std::string> bytes = ReadFile(path);
   if (!bytes.ok()) return bytes.status();
   absl::StatusOr<SafetensorsFile> file = Parse(*std::move(bytes));
-  if (!file.ok()) return absl::Status(file.status().code(), absl::StrCat(path, ": ", file.status().message()));
+  if (!file.ok())
+    return absl::Status(file.status().code(), absl::StrCat(path, ": ", file.status().message()));
   return file;
 }
 
-absl::StatusOr<std::string> SerializeSafetensors(const std::vector<TensorToWrite>& tensors,
-                                                 const std::map<std::string, std::string>& metadata) {
+absl::StatusOr<std::string> SerializeSafetensors(
+    const std::vector<TensorToWrite>& tensors, const std::map<std::string, std::string>& metadata) {
   Json header = Json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
@@ -184,13 +197,16 @@ absl::Status WriteFileAtomically(const std::string& path, std::string_view conte
   const std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+    if (!f)
+      return absl::PermissionDeniedError(
+          absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
     f.write(contents.data(), static_cast<std::streamsize>(contents.size()));
     f.flush();
     if (!f) return absl::DataLossError(absl::StrCat("short write to ", tmp));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path, ": ", std::strerror(errno)));
+    return absl::InternalError(
+        absl::StrCat("cannot rename ", tmp, " to ", path, ": ", std::strerror(errno)));
   }
   return absl::OkStatus();
 }

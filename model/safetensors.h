@@ -4,10 +4,10 @@
 // the data section) plus an optional "__metadata__" string map.
 //
 // The reader is written for untrusted files: every length, offset and shape is checked before use
-// and each problem returns an absl::Status naming it (bad magic, bad JSON, truncated file, oversized
-// header, offsets out of range or overlapping, size not matching dtype x shape). It never crashes
-// and never allocates more than the file's own size. No torch here: conversion to tensors and
-// checks against a model's parameters live in checkpoint.h.
+// and each problem returns an absl::Status naming it (bad magic, bad JSON, truncated file,
+// oversized header, offsets out of range or overlapping, size not matching dtype x shape). It never
+// crashes and never allocates more than the file's own size. No torch here: conversion to tensors
+// and checks against a model's parameters live in checkpoint.h.
 #ifndef DARTSERVE_MODEL_SAFETENSORS_H_
 #define DARTSERVE_MODEL_SAFETENSORS_H_
 

@@ -1,22 +1,19 @@
 #include "model/sampler.h"
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <exception>
 
 #include "absl/strings/str_cat.h"
 
 namespace dartserve::model {
 
-int64_t GenerationState::kv_bytes() const {
-  return cond_cache_.bytes() + uncond_cache_.bytes();
-}
+int64_t GenerationState::kv_bytes() const { return cond_cache_.bytes() + uncond_cache_.bytes(); }
 
 Sampler::Sampler(Dart model, SamplerOptions options)
     : model_(std::move(model)), options_(options), schedule_(model_->config()) {}
 
-absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(
-    const SampleParams& params) const {
+absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const SampleParams& params) const {
   const ModelConfig& config = model_->config();
   const bool class_model = config.conditioning == Conditioning::kClass;
   if (params.condition.has_value()) {
@@ -54,8 +51,8 @@ absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(
     }
     // Noise is drawn on the CPU from the request's generator so a seed gives the same image on
     // every device and in every batch.
-    state->x_t_ = torch::randn({config.tokens_per_block(), config.token_dim()},
-                               state->generator_, torch::kFloat)
+    state->x_t_ = torch::randn({config.tokens_per_block(), config.token_dim()}, state->generator_,
+                               torch::kFloat)
                       .to(options.device());
     return state;
   } catch (const std::exception& e) {
@@ -135,7 +132,8 @@ torch::Tensor Sampler::PredictByRecompute(std::span<GenerationState* const> stat
       prefix = prefix.expand({2, -1, -1});
       ids.push_back(model_->config().null_class());
     }
-    const torch::Tensor out = model_->forward(prefix, torch::tensor(ids, torch::kLong).to(prefix.device()));
+    const torch::Tensor out =
+        model_->forward(prefix, torch::tensor(ids, torch::kLong).to(prefix.device()));
     const torch::Tensor last = out.narrow(1, out.size(1) - k, k);
     for (int64_t r = 0; r < last.size(0); ++r) rows.push_back(last[r]);
   }
@@ -177,7 +175,8 @@ absl::StatusOr<torch::Tensor> Sampler::GenerateBatch(std::span<const SampleParam
 torch::Tensor Sampler::Image(const GenerationState& state) const {
   const ModelConfig& c = model_->config();
   torch::NoGradGuard no_grad;
-  return Unpatchify(state.x0().unsqueeze(0), c.patch_size, c.channels, c.image_size)[0].clamp(-1, 1);
+  return Unpatchify(state.x0().unsqueeze(0), c.patch_size, c.channels, c.image_size)[0].clamp(-1,
+                                                                                              1);
 }
 
 }  // namespace dartserve::model

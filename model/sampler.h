@@ -19,13 +19,13 @@
 #ifndef DARTSERVE_MODEL_SAMPLER_H_
 #define DARTSERVE_MODEL_SAMPLER_H_
 
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
 #include <vector>
-
-#include <torch/torch.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"

@@ -38,8 +38,7 @@ NoiseSchedule::NoiseSchedule(const ModelConfig& config)
         weight_[t] = cumulative_snr_[t];
         break;
       case LossWeight::kClampedSnr:
-        weight_[t] =
-            std::clamp(cumulative_snr_[t], config.loss_weight_min, config.loss_weight_max);
+        weight_[t] = std::clamp(cumulative_snr_[t], config.loss_weight_min, config.loss_weight_max);
         break;
     }
   }

@@ -83,7 +83,8 @@ int main(int argc, char** argv) {
   } else {
     for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_classes), ',')) {
       int c = 0;
-      if (!absl::SimpleAtoi(part, &c)) return Fail(absl::StrCat("--classes: bad class id '", part, "'"));
+      if (!absl::SimpleAtoi(part, &c))
+        return Fail(absl::StrCat("--classes: bad class id '", part, "'"));
       conditions.push_back(c);
     }
   }
@@ -97,7 +98,8 @@ int main(int argc, char** argv) {
   for (const std::optional<int>& c : conditions) {
     for (int i = 0; i < per_class; ++i) {
       Job job{c, absl::GetFlag(FLAGS_seed) + i, nullptr, ""};
-      job.stem = c ? absl::StrCat("class_", *c, "_seed_", job.seed) : absl::StrCat("seed_", job.seed);
+      job.stem =
+          c ? absl::StrCat("class_", *c, "_seed_", job.seed) : absl::StrCat("seed_", job.seed);
       jobs.push_back(std::move(job));
     }
   }
@@ -109,10 +111,11 @@ int main(int argc, char** argv) {
     const size_t last = std::min(jobs.size(), first + batch);
     std::vector<dm::GenerationState*> states;
     for (size_t i = first; i < last; ++i) {
-      auto state = sampler.Start({.condition = jobs[i].condition,
-                                  .seed = jobs[i].seed,
-                                  .guidance_scale = static_cast<float>(absl::GetFlag(FLAGS_guidance)),
-                                  .temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature))});
+      auto state =
+          sampler.Start({.condition = jobs[i].condition,
+                         .seed = jobs[i].seed,
+                         .guidance_scale = static_cast<float>(absl::GetFlag(FLAGS_guidance)),
+                         .temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature))});
       if (!state.ok()) return Fail(std::string(state.status().message()));
       jobs[i].state = *std::move(state);
       states.push_back(jobs[i].state.get());
@@ -132,17 +135,19 @@ int main(int argc, char** argv) {
       images[i] = sampler.Image(*jobs[i].state);
       jobs[i].state.reset();  // frees the KV caches
       const auto path = out / (jobs[i].stem + ".png");
-      if (absl::Status s = WritePng(path, images[i], scale); !s.ok()) return Fail(std::string(s.message()));
+      if (absl::Status s = WritePng(path, images[i], scale); !s.ok())
+        return Fail(std::string(s.message()));
     }
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-  if (absl::Status s = WritePng(out / "grid.png", dm::MakeGrid(images, per_class, 1), scale); !s.ok()) {
+  if (absl::Status s = WritePng(out / "grid.png", dm::MakeGrid(images, per_class, 1), scale);
+      !s.ok()) {
     return Fail(std::string(s.message()));
   }
-  std::cout << absl::StrFormat("generated %d images (%d steps each) in %.2f s (%.2f images/s) -> %s\n",
-                               jobs.size(), config.num_steps, seconds, jobs.size() / seconds,
-                               (out / "grid.png").string());
+  std::cout << absl::StrFormat(
+      "generated %d images (%d steps each) in %.2f s (%.2f images/s) -> %s\n", jobs.size(),
+      config.num_steps, seconds, jobs.size() / seconds, (out / "grid.png").string());
   return 0;
 }

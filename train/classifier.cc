@@ -116,7 +116,8 @@ absl::StatusOr<Classifier> LoadClassifier(const std::string& dir, double* test_a
   }
   Classifier model(meta["channels"].get<int>(), meta["image_size"].get<int>(),
                    meta["num_classes"].get<int>());
-  absl::StatusOr<dm::SafetensorsFile> file = dm::SafetensorsFile::Read(dir + "/classifier.safetensors");
+  absl::StatusOr<dm::SafetensorsFile> file =
+      dm::SafetensorsFile::Read(dir + "/classifier.safetensors");
   if (!file.ok()) return file.status();
   if (absl::Status s = dm::LoadWeights(*model, *file); !s.ok()) return s;
   if (test_accuracy != nullptr) *test_accuracy = meta.value("test_accuracy", 0.0);

@@ -4,9 +4,9 @@
 #ifndef DARTSERVE_TRAIN_CLASSIFIER_H_
 #define DARTSERVE_TRAIN_CLASSIFIER_H_
 
-#include <string>
-
 #include <torch/torch.h>
+
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "train/dataset.h"

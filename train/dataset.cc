@@ -18,7 +18,8 @@ namespace {
 absl::StatusOr<std::string> ReadGzip(const std::string& path) {
   if (!std::filesystem::exists(path)) {
     return absl::NotFoundError(absl::StrCat(
-        path, " not found: install Debian's dataset-fashion-mnist package (scripts/install-deps.sh)"));
+        path,
+        " not found: install Debian's dataset-fashion-mnist package (scripts/install-deps.sh)"));
   }
   gzFile f = gzopen(path.c_str(), "rb");
   if (f == nullptr) return absl::NotFoundError(absl::StrCat("cannot open ", path));
@@ -66,7 +67,8 @@ absl::StatusOr<InMemoryDataset> LoadFashionMnist(const std::string& split, const
   const int64_t n = BigEndian32(*img, 4), h = BigEndian32(*img, 8), w = BigEndian32(*img, 12);
   if (h != 28 || w != 28 || img->size() != static_cast<size_t>(16 + n * h * w) ||
       BigEndian32(*lab, 4) != n || lab->size() != static_cast<size_t>(8 + n)) {
-    return absl::DataLossError(absl::StrCat(dir, ": Fashion-MNIST ", split, " files are inconsistent"));
+    return absl::DataLossError(
+        absl::StrCat(dir, ": Fashion-MNIST ", split, " files are inconsistent"));
   }
   InMemoryDataset ds;
   ds.num_classes = 10;
@@ -103,7 +105,8 @@ absl::StatusOr<InMemoryDataset> LoadImageFolder(const std::string& dir) {
     absl::StatusOr<std::string> png = model::ReadFile(absl::StrCat(dir, "/", name));
     if (!png.ok()) return png.status();
     absl::StatusOr<model::Pixels> px = model::DecodePng(*png);
-    if (!px.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": ", px.status().message()));
+    if (!px.ok())
+      return absl::InvalidArgumentError(absl::StrCat(name, ": ", px.status().message()));
     torch::Tensor t = torch::empty({px->height, px->width, px->channels}, torch::kUInt8);
     std::memcpy(t.data_ptr(), px->data.data(), px->data.size());
     t = t.permute({2, 0, 1}).contiguous();

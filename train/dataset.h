@@ -6,9 +6,9 @@
 #ifndef DARTSERVE_TRAIN_DATASET_H_
 #define DARTSERVE_TRAIN_DATASET_H_
 
-#include <string>
-
 #include <torch/torch.h>
+
+#include <string>
 
 #include "absl/status/statusor.h"
 

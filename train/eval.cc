@@ -13,9 +13,10 @@ absl::StatusOr<EvalReport> EvaluateClassModel(model::Dart model, Classifier& cla
   if (config.conditioning != model::Conditioning::kClass) {
     return absl::InvalidArgumentError("evaluation needs a class-conditional model");
   }
-  if (config.num_classes != classifier->num_classes() || config.channels != classifier->channels() ||
-      config.image_size != classifier->image_size()) {
-    return absl::InvalidArgumentError("the classifier does not match the model's classes or images");
+  if (config.num_classes != classifier->num_classes() ||
+      config.channels != classifier->channels() || config.image_size != classifier->image_size()) {
+    return absl::InvalidArgumentError(
+        "the classifier does not match the model's classes or images");
   }
   std::vector<model::SampleParams> params;
   std::vector<int64_t> labels;
@@ -44,7 +45,8 @@ absl::StatusOr<EvalReport> EvaluateClassModel(model::Dart model, Classifier& cla
   report.conditional_accuracy = Accuracy(classifier, *images, y);
   for (int c = 0; c < config.num_classes; ++c) {
     const int64_t first = static_cast<int64_t>(c) * options.per_class;
-    report.per_class_accuracy.push_back(Accuracy(classifier, images->narrow(0, first, options.per_class),
+    report.per_class_accuracy.push_back(Accuracy(classifier,
+                                                 images->narrow(0, first, options.per_class),
                                                  y.narrow(0, first, options.per_class)));
   }
   if (reference_features.defined()) {

@@ -4,10 +4,10 @@
 #ifndef DARTSERVE_TRAIN_EVAL_H_
 #define DARTSERVE_TRAIN_EVAL_H_
 
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <vector>
-
-#include <torch/torch.h>
 
 #include "absl/status/statusor.h"
 #include "model/dart.h"

@@ -85,11 +85,13 @@ int main(int argc, char** argv) {
   std::vector<torch::Tensor> grid;
   const int per_class = options.per_class;
   for (int c = 0; c < (*model)->config().num_classes; ++c) {
-    for (int i = 0; i < std::min(10, per_class); ++i) grid.push_back(report->images[c * per_class + i]);
+    for (int i = 0; i < std::min(10, per_class); ++i)
+      grid.push_back(report->images[c * per_class + i]);
   }
   auto png = dm::ImageToPng(dm::UpscaleNearest(dm::MakeGrid(grid, std::min(10, per_class)), 2));
   if (!png.ok()) return Fail(png.status().message());
-  if (absl::Status s = dm::WriteFileAtomically(out + "/grid.png", *png); !s.ok()) return Fail(s.message());
+  if (absl::Status s = dm::WriteFileAtomically(out + "/grid.png", *png); !s.ok())
+    return Fail(s.message());
 
   const nlohmann::json j = {{"checkpoint", absl::GetFlag(FLAGS_checkpoint)},
                             {"classifier_test_accuracy", clf_acc},

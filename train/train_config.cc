@@ -60,24 +60,42 @@ absl::StatusOr<TrainConfig> TrainConfigFromJson(const std::string& text) {
       absl::StatusOr<model::ModelConfig> m = model::ModelConfigFromJson(value.dump());
       if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat("model.", m.status().message()));
       c.model = *m;
-    } else if (key == "dataset") s = Get(value, key, &c.dataset);
-    else if (key == "data_path") s = Get(value, key, &c.data_path);
-    else if (key == "batch_size") s = Get(value, key, &c.batch_size);
-    else if (key == "total_steps") s = Get(value, key, &c.total_steps);
-    else if (key == "lr") s = Get(value, key, &c.lr);
-    else if (key == "min_lr") s = Get(value, key, &c.min_lr);
-    else if (key == "warmup_steps") s = Get(value, key, &c.warmup_steps);
-    else if (key == "beta1") s = Get(value, key, &c.beta1);
-    else if (key == "beta2") s = Get(value, key, &c.beta2);
-    else if (key == "adam_eps") s = Get(value, key, &c.adam_eps);
-    else if (key == "weight_decay") s = Get(value, key, &c.weight_decay);
-    else if (key == "grad_clip") s = Get(value, key, &c.grad_clip);
-    else if (key == "ema_decay") s = Get(value, key, &c.ema_decay);
-    else if (key == "seed") s = Get(value, key, &c.seed);
-    else if (key == "log_every") s = Get(value, key, &c.log_every);
-    else if (key == "checkpoint_every") s = Get(value, key, &c.checkpoint_every);
-    else if (key == "sample_every") s = Get(value, key, &c.sample_every);
-    else s = absl::InvalidArgumentError(absl::StrCat(key, ": unknown train config field"));
+    } else if (key == "dataset")
+      s = Get(value, key, &c.dataset);
+    else if (key == "data_path")
+      s = Get(value, key, &c.data_path);
+    else if (key == "batch_size")
+      s = Get(value, key, &c.batch_size);
+    else if (key == "total_steps")
+      s = Get(value, key, &c.total_steps);
+    else if (key == "lr")
+      s = Get(value, key, &c.lr);
+    else if (key == "min_lr")
+      s = Get(value, key, &c.min_lr);
+    else if (key == "warmup_steps")
+      s = Get(value, key, &c.warmup_steps);
+    else if (key == "beta1")
+      s = Get(value, key, &c.beta1);
+    else if (key == "beta2")
+      s = Get(value, key, &c.beta2);
+    else if (key == "adam_eps")
+      s = Get(value, key, &c.adam_eps);
+    else if (key == "weight_decay")
+      s = Get(value, key, &c.weight_decay);
+    else if (key == "grad_clip")
+      s = Get(value, key, &c.grad_clip);
+    else if (key == "ema_decay")
+      s = Get(value, key, &c.ema_decay);
+    else if (key == "seed")
+      s = Get(value, key, &c.seed);
+    else if (key == "log_every")
+      s = Get(value, key, &c.log_every);
+    else if (key == "checkpoint_every")
+      s = Get(value, key, &c.checkpoint_every);
+    else if (key == "sample_every")
+      s = Get(value, key, &c.sample_every);
+    else
+      s = absl::InvalidArgumentError(absl::StrCat(key, ": unknown train config field"));
     if (!s.ok()) return s;
   }
   if (absl::Status s = c.Validate(); !s.ok()) return s;

@@ -16,7 +16,8 @@
 #include "train/trainer.h"
 
 ABSL_FLAG(std::string, config, "", "Training config JSON (required).");
-ABSL_FLAG(std::string, out, "", "Output folder: checkpoints, EMA weights, sample grids (required).");
+ABSL_FLAG(std::string, out, "",
+          "Output folder: checkpoints, EMA weights, sample grids (required).");
 ABSL_FLAG(int64_t, max_steps, -1, "Stop after this many steps in this invocation (-1: no limit).");
 ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
 
@@ -40,17 +41,22 @@ int main(int argc, char** argv) {
 
   absl::StatusOr<std::string> text = dartserve::model::ReadFile(absl::GetFlag(FLAGS_config));
   if (!text.ok()) return Fail(text.status().message());
-  absl::StatusOr<dartserve::train::TrainConfig> config = dartserve::train::TrainConfigFromJson(*text);
-  if (!config.ok()) return Fail(absl::StrCat(absl::GetFlag(FLAGS_config), ": ", config.status().message()));
+  absl::StatusOr<dartserve::train::TrainConfig> config =
+      dartserve::train::TrainConfigFromJson(*text);
+  if (!config.ok())
+    return Fail(absl::StrCat(absl::GetFlag(FLAGS_config), ": ", config.status().message()));
 
   absl::StatusOr<dartserve::train::InMemoryDataset> data =
-      config->dataset == "fashion_mnist" ? dartserve::train::LoadFashionMnist("train", config->data_path)
-                                         : dartserve::train::LoadImageFolder(config->data_path);
+      config->dataset == "fashion_mnist"
+          ? dartserve::train::LoadFashionMnist("train", config->data_path)
+          : dartserve::train::LoadImageFolder(config->data_path);
   if (!data.ok()) return Fail(data.status().message());
 
-  auto trainer = dartserve::train::Trainer::Create(*config, *std::move(data), absl::GetFlag(FLAGS_out));
+  auto trainer =
+      dartserve::train::Trainer::Create(*config, *std::move(data), absl::GetFlag(FLAGS_out));
   if (!trainer.ok()) return Fail(trainer.status().message());
-  std::cout << "dartserve-train: " << ((*trainer)->step() > 0 ? "resuming at step " : "starting at step ")
+  std::cout << "dartserve-train: "
+            << ((*trainer)->step() > 0 ? "resuming at step " : "starting at step ")
             << (*trainer)->step() << ", output " << absl::GetFlag(FLAGS_out) << std::endl;
 
   std::signal(SIGINT, OnSignal);

@@ -68,7 +68,8 @@ class BatchLoader {
 
   torch::Tensor Permutation(int64_t epoch) {
     if (epoch != perm_epoch_) {
-      torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(MixSeed(seed_, 0x5eed0000 + epoch));
+      torch::Generator gen =
+          at::make_generator<at::CPUGeneratorImpl>(MixSeed(seed_, 0x5eed0000 + epoch));
       perm_ = torch::randperm(data_.size(), gen, torch::kLong);
       perm_epoch_ = epoch;
     }
@@ -127,15 +128,15 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
                                                          const std::string& out_dir) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   const dm::ModelConfig& mc = config.model;
-  if (data.size() == 0 || data.images.size(1) != mc.channels || data.images.size(2) != mc.image_size ||
-      data.images.size(3) != mc.image_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "dataset images do not match the model's image_size ", mc.image_size, " and channels ",
-        mc.channels));
+  if (data.size() == 0 || data.images.size(1) != mc.channels ||
+      data.images.size(2) != mc.image_size || data.images.size(3) != mc.image_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dataset images do not match the model's image_size ", mc.image_size,
+                     " and channels ", mc.channels));
   }
   if (mc.conditioning == dm::Conditioning::kClass && data.num_classes > mc.num_classes) {
-    return absl::InvalidArgumentError(absl::StrCat("model.num_classes: the dataset has ",
-                                                   data.num_classes, " classes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model.num_classes: the dataset has ", data.num_classes, " classes"));
   }
   auto trainer = std::unique_ptr<Trainer>(new Trainer(config, std::move(data), out_dir));
   torch::manual_seed(config.seed);
@@ -156,15 +157,16 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   }
   std::error_code ec;
   fs::create_directories(out_dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
+  if (ec)
+    return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
   if (absl::Status s = trainer->Load(); !s.ok()) return s;
   if (absl::Status s = dm::WriteFileAtomically((fs::path(out_dir) / "train_config.json").string(),
                                                TrainConfigToJson(config));
       !s.ok()) {
     return s;
   }
-  trainer->loader_ = std::make_unique<BatchLoader>(trainer->data_, config.batch_size, config.seed,
-                                                   trainer->step_);
+  trainer->loader_ =
+      std::make_unique<BatchLoader>(trainer->data_, config.batch_size, config.seed, trainer->step_);
   return trainer;
 }
 
@@ -236,13 +238,16 @@ absl::Status Trainer::SaveCheckpoint() {
     return s;
   }
   const std::string meta = nlohmann::json({{"step", step_}}).dump() + "\n";
-  if (absl::Status s = dm::WriteFileAtomically((tmp / "state.json").string(), meta); !s.ok()) return s;
+  if (absl::Status s = dm::WriteFileAtomically((tmp / "state.json").string(), meta); !s.ok())
+    return s;
   // Swap in the new state; a crash between the renames leaves state.old, which Load() accepts.
   fs::remove_all(old, ec);
   if (fs::exists(state)) fs::rename(state, old, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot move ", state.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot move ", state.string(), ": ", ec.message()));
   fs::rename(tmp, state, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot move ", tmp.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot move ", tmp.string(), ": ", ec.message()));
   fs::remove_all(old, ec);
   return dm::SaveCheckpoint((fs::path(out_dir_) / "ema").string(), ema_);
 }
@@ -267,16 +272,18 @@ absl::Status Trainer::Load() {
     if (!file.ok()) return fail(file.status().message());
     if (absl::Status s = dm::LoadWeights(*module, *file); !s.ok()) return fail(s.message());
   }
-  absl::StatusOr<dm::SafetensorsFile> opt = dm::SafetensorsFile::Read((dir / "optimizer.safetensors").string());
+  absl::StatusOr<dm::SafetensorsFile> opt =
+      dm::SafetensorsFile::Read((dir / "optimizer.safetensors").string());
   if (!opt.ok()) return fail(opt.status().message());
   torch::NoGradGuard no_grad;
   const auto named = model_->named_parameters();
   for (size_t i = 0; i < named.size(); ++i) {
-    for (auto& [prefix, target] : {std::pair<std::string, torch::Tensor*>{"m/", &adam_m_[i]},
-                                   {"v/", &adam_v_[i]}}) {
+    for (auto& [prefix, target] :
+         {std::pair<std::string, torch::Tensor*>{"m/", &adam_m_[i]}, {"v/", &adam_v_[i]}}) {
       auto it = opt->tensors().find(prefix + named[i].key());
       if (it == opt->tensors().end() || at::IntArrayRef(it->second.shape) != target->sizes()) {
-        return fail(absl::StrCat("optimizer state for ", named[i].key(), " is missing or misshapen"));
+        return fail(
+            absl::StrCat("optimizer state for ", named[i].key(), " is missing or misshapen"));
       }
       target->copy_(dm::TensorFromBytes(it->second, opt->Data(it->second)));
     }
@@ -312,8 +319,8 @@ absl::Status Trainer::WriteSampleGrid(int per_class) {
 }
 
 absl::Status Trainer::Run(const std::atomic<bool>& stop, int64_t max_steps) {
-  const int64_t end = max_steps < 0 ? config_.total_steps
-                                    : std::min(config_.total_steps, step_ + max_steps);
+  const int64_t end =
+      max_steps < 0 ? config_.total_steps : std::min(config_.total_steps, step_ + max_steps);
   auto last_time = std::chrono::steady_clock::now();
   int64_t last_step = step_;
   double loss_sum = 0;
@@ -326,8 +333,9 @@ absl::Status Trainer::Run(const std::atomic<bool>& stop, int64_t max_steps) {
       const double ips = done * config_.batch_size / std::max(secs, 1e-9);
       const double eta = (config_.total_steps - step_) * secs / std::max<int64_t>(done, 1);
       std::cout << absl::StrFormat("step %d/%d  loss %.5f  lr %.2e  %.1f img/s  eta %dh%02dm\n",
-                                   step_, config_.total_steps, loss_sum / std::max<int64_t>(done, 1),
-                                   LearningRate(step_ - 1), ips, static_cast<int>(eta / 3600),
+                                   step_, config_.total_steps,
+                                   loss_sum / std::max<int64_t>(done, 1), LearningRate(step_ - 1),
+                                   ips, static_cast<int>(eta / 3600),
                                    static_cast<int>(eta / 60) % 60)
                 << std::flush;
       last_time = now;

@@ -8,7 +8,8 @@
 //
 // Output folder layout:
 //   train_config.json   the config this run was started with
-//   state/              config.json, model.safetensors (raw), ema.safetensors, optimizer.safetensors,
+//   state/              config.json, model.safetensors (raw), ema.safetensors,
+//   optimizer.safetensors,
 //                       state.json ({"step": s}); replaced atomically at each checkpoint
 //   ema/                config.json + model.safetensors: the EMA weights, servable as they are
 //   samples/            step_<s>.png grids from the EMA weights
@@ -16,13 +17,13 @@
 #ifndef DARTSERVE_TRAIN_TRAINER_H_
 #define DARTSERVE_TRAIN_TRAINER_H_
 
+#include <torch/torch.h>
+
 #include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <torch/torch.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"

@@ -1,10 +1,10 @@
 #include "model/checkpoint.h"
 
-#include <filesystem>
-#include <fstream>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "tests/testing/tiny_model.h"
 
@@ -32,7 +32,8 @@ class CheckpointTest : public ::testing::Test {
   torch::Tensor Predict(Dart& m) {
     torch::NoGradGuard no_grad;
     torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
-    const torch::Tensor x = torch::randn({1, m->config().sequence_length(), m->config().token_dim()}, gen, torch::kFloat);
+    const torch::Tensor x = torch::randn(
+        {1, m->config().sequence_length(), m->config().token_dim()}, gen, torch::kFloat);
     return m->forward(x, torch::tensor({2}, torch::kLong));
   }
   std::filesystem::path dir_;
@@ -75,12 +76,14 @@ TEST_F(CheckpointTest, MissingAndUnexpectedTensors) {
   WriteText(kConfigFile, ModelConfigToJson(model->config()));
 
   std::vector<TensorToWrite> missing(tensors.begin() + 1, tensors.end());
-  ASSERT_TRUE(WriteFileAtomically((dir_ / kWeightsFile).string(), *SerializeSafetensors(missing)).ok());
+  ASSERT_TRUE(
+      WriteFileAtomically((dir_ / kWeightsFile).string(), *SerializeSafetensors(missing)).ok());
   EXPECT_THAT(Error(), HasSubstr("missing tensor '" + tensors[0].name + "'"));
 
   std::vector<TensorToWrite> extra = tensors;
   extra.push_back({"stray.weight", DType::kF32, {1}, std::string(4, '\0')});
-  ASSERT_TRUE(WriteFileAtomically((dir_ / kWeightsFile).string(), *SerializeSafetensors(extra)).ok());
+  ASSERT_TRUE(
+      WriteFileAtomically((dir_ / kWeightsFile).string(), *SerializeSafetensors(extra)).ok());
   EXPECT_THAT(Error(), HasSubstr("unexpected tensor 'stray.weight'"));
 }
 

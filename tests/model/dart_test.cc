@@ -106,7 +106,8 @@ TEST(DartTest, PatchifyRoundTrip) {
   const torch::Tensor tokens = Patchify(images, 3);
   EXPECT_EQ(tokens.sizes(), (std::vector<int64_t>{2, 16, 27}));
   // Token 1 is the patch at row 0, column 1.
-  EXPECT_TRUE(torch::equal(tokens[0][1].view({3, 3, 3}), images[0].narrow(1, 0, 3).narrow(2, 3, 3)));
+  EXPECT_TRUE(
+      torch::equal(tokens[0][1].view({3, 3, 3}), images[0].narrow(1, 0, 3).narrow(2, 3, 3)));
   EXPECT_TRUE(torch::equal(Unpatchify(tokens, 3, 3, 12), images));
 }
 

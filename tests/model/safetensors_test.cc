@@ -1,9 +1,9 @@
 #include "model/safetensors.h"
 
-#include <cstring>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <cstring>
 
 #include "nlohmann/json.hpp"
 
@@ -60,16 +60,17 @@ TEST(SafetensorsTest, RoundTripAllDtypes) {
 
 TEST(SafetensorsTest, SerializeRejectsSizeMismatchAndDuplicates) {
   EXPECT_FALSE(SerializeSafetensors({{"x", DType::kF32, {3}, Floats({1, 2})}}).ok());
-  EXPECT_FALSE(SerializeSafetensors({{"x", DType::kF32, {1}, Floats({1})},
-                                     {"x", DType::kF32, {1}, Floats({1})}})
+  EXPECT_FALSE(SerializeSafetensors(
+                   {{"x", DType::kF32, {1}, Floats({1})}, {"x", DType::kF32, {1}, Floats({1})}})
                    .ok());
 }
 
 TEST(SafetensorsTest, Truncated) {
   ExpectCorrupt("", "truncated");
   ExpectCorrupt(std::string("\x10\x00\x00", 3), "truncated");
-  ExpectCorrupt(RawFile(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "").substr(0, 20),
-                "truncated");
+  ExpectCorrupt(
+      RawFile(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "").substr(0, 20),
+      "truncated");
 }
 
 TEST(SafetensorsTest, OversizedHeader) {
@@ -87,12 +88,12 @@ TEST(SafetensorsTest, BadMagicAndBadJson) {
 
 TEST(SafetensorsTest, BadEntries) {
   ExpectCorrupt(RawFile(R"({"x":{"dtype":"F32","shape":[1]}})", ""), "data_offsets");
-  ExpectCorrupt(RawFile(R"({"x":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})",
-                        std::string(8, '\0')),
-                "unsupported dtype");
-  ExpectCorrupt(RawFile(R"({"x":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})",
-                        std::string(4, '\0')),
-                "shape");
+  ExpectCorrupt(
+      RawFile(R"({"x":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})", std::string(8, '\0')),
+      "unsupported dtype");
+  ExpectCorrupt(
+      RawFile(R"({"x":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", std::string(4, '\0')),
+      "shape");
   ExpectCorrupt(
       RawFile(R"({"x":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})",
               std::string(4, '\0')),
@@ -100,18 +101,18 @@ TEST(SafetensorsTest, BadEntries) {
 }
 
 TEST(SafetensorsTest, OffsetsOutOfRange) {
-  ExpectCorrupt(RawFile(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
-                        std::string(4, '\0')),
-                "offsets out of range");
-  ExpectCorrupt(RawFile(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})",
-                        std::string(8, '\0')),
-                "offsets out of range");
+  ExpectCorrupt(
+      RawFile(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", std::string(4, '\0')),
+      "offsets out of range");
+  ExpectCorrupt(
+      RawFile(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}})", std::string(8, '\0')),
+      "offsets out of range");
 }
 
 TEST(SafetensorsTest, SizeNotMatchingShape) {
-  ExpectCorrupt(RawFile(R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
-                        std::string(8, '\0')),
-                "need 12");
+  ExpectCorrupt(
+      RawFile(R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, '\0')),
+      "need 12");
 }
 
 TEST(SafetensorsTest, OverlappingTensors) {

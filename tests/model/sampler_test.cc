@@ -49,7 +49,8 @@ TEST(SamplerTest, SameSeedSameImageDifferentSeedDifferentImage) {
 // shares batches with other requests at other steps, with other guidance and temperatures.
 TEST(SamplerTest, BatchInvariance) {
   Sampler sampler(MakeTinyModel());
-  const SampleParams target{.condition = 2, .seed = 11, .guidance_scale = 2.0f, .temperature = 0.9f};
+  const SampleParams target{
+      .condition = 2, .seed = 11, .guidance_scale = 2.0f, .temperature = 0.9f};
   const std::vector<torch::Tensor> alone = RunAlone(sampler, target);
 
   auto early = MustStart(sampler, {.condition = 5, .seed = 1});
@@ -160,7 +161,8 @@ TEST(SamplerTest, InvalidParamsNameTheField) {
   ModelConfig c = ModelConfig::Tiny();
   c.conditioning = Conditioning::kNone;
   Sampler uncond(MakeTinyModel(c));
-  EXPECT_THAT(std::string(uncond.Start({.condition = 1}).status().message()), HasSubstr("condition"));
+  EXPECT_THAT(std::string(uncond.Start({.condition = 1}).status().message()),
+              HasSubstr("condition"));
   EXPECT_TRUE(uncond.Start({.seed = 1}).ok());
 }
 

@@ -1,8 +1,8 @@
 #include "model/schedule.h"
 
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 namespace dartserve::model {
 namespace {

@@ -2,9 +2,9 @@
 #ifndef DARTSERVE_TESTS_TESTING_TINY_MODEL_H_
 #define DARTSERVE_TESTS_TESTING_TINY_MODEL_H_
 
-#include <cstdint>
-
 #include <torch/torch.h>
+
+#include <cstdint>
 
 #include "model/config.h"
 #include "model/dart.h"

@@ -1,10 +1,10 @@
 #include "train/dataset.h"
 
-#include <filesystem>
-#include <fstream>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "model/png.h"
 #include "model/safetensors.h"

@@ -1,9 +1,9 @@
 #include "train/trainer.h"
 
-#include <filesystem>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
 
 namespace dartserve::train {
 namespace {
