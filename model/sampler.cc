@@ -13,7 +13,7 @@ int64_t GenerationState::kv_bytes() const { return cond_cache_.bytes() + uncond_
 Sampler::Sampler(Dart model, SamplerOptions options)
     : model_(std::move(model)), options_(options), schedule_(model_->config()) {}
 
-absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const SampleParams& params) const {
+absl::Status Sampler::Validate(const SampleParams& params) const {
   const ModelConfig& config = model_->config();
   const bool class_model = config.conditioning == Conditioning::kClass;
   if (params.condition.has_value()) {
@@ -35,7 +35,14 @@ absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const SamplePara
   if (!std::isfinite(params.temperature) || params.temperature < 0 || params.temperature > 10) {
     return absl::InvalidArgumentError("temperature: must be in [0, 10]");
   }
+  return absl::OkStatus();
+}
 
+absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(
+    const SampleParams& params) const {
+  if (absl::Status s = Validate(params); !s.ok()) return s;
+  const ModelConfig& config = model_->config();
+  const bool class_model = config.conditioning == Conditioning::kClass;
   try {
     torch::NoGradGuard no_grad;
     auto state = std::unique_ptr<GenerationState>(new GenerationState());

@@ -91,7 +91,10 @@ class Sampler {
   const ModelConfig& config() const { return model_->config(); }
   const NoiseSchedule& schedule() const { return schedule_; }
 
-  // Checks `params` (INVALID_ARGUMENT naming the field), allocates the request's KV caches at
+  // OK, or INVALID_ARGUMENT naming the field of `params` this model cannot serve.
+  absl::Status Validate(const SampleParams& params) const;
+
+  // Checks `params` (as Validate), allocates the request's KV caches at
   // their peak size and draws x_T from the request's own generator.
   absl::StatusOr<std::unique_ptr<GenerationState>> Start(const SampleParams& params) const;
 

@@ -1,0 +1,82 @@
+#include "model/dart_engine.h"
+
+#include <algorithm>
+#include <exception>
+
+#include "absl/strings/str_cat.h"
+#include "model/image.h"
+
+namespace dartserve::model {
+namespace {
+
+class DartRequest : public EngineRequest {
+ public:
+  explicit DartRequest(std::unique_ptr<GenerationState> state) : state_(std::move(state)) {}
+  int steps_done() const override { return state_->steps_done(); }
+  int total_steps() const override { return state_->total_steps(); }
+  GenerationState* state() const { return state_.get(); }
+
+ private:
+  std::unique_ptr<GenerationState> state_;
+};
+
+SampleParams ToSampleParams(const GenerateParams& p) {
+  return {.condition = p.class_id,
+          .seed = p.seed,
+          .guidance_scale = p.guidance_scale,
+          .temperature = p.temperature};
+}
+
+}  // namespace
+
+DartEngine::DartEngine(Dart model, SamplerOptions options)
+    : sampler_(std::move(model), options), options_(options) {}
+
+absl::Status DartEngine::Validate(const GenerateParams& params) const {
+  return sampler_.Validate(ToSampleParams(params));
+}
+
+int64_t DartEngine::KvBytes(const GenerateParams& params) const {
+  if (!options_.kv_cache) return 0;
+  return sampler_.config().kv_bytes_per_row() * (params.guidance_scale != 1.0f ? 2 : 1);
+}
+
+int DartEngine::Steps(const GenerateParams& params) const { return sampler_.config().num_steps; }
+
+int64_t DartEngine::TokensPerStep(const GenerateParams& params) const {
+  return int64_t{sampler_.config().tokens_per_block()} * (params.guidance_scale != 1.0f ? 2 : 1);
+}
+
+absl::StatusOr<std::unique_ptr<EngineRequest>> DartEngine::Start(const GenerateParams& params) {
+  absl::StatusOr<std::unique_ptr<GenerationState>> state = sampler_.Start(ToSampleParams(params));
+  if (!state.ok()) return state.status();
+  return std::make_unique<DartRequest>(*std::move(state));
+}
+
+absl::Status DartEngine::Step(std::span<EngineRequest* const> requests) {
+  std::vector<GenerationState*> states;
+  states.reserve(requests.size());
+  for (EngineRequest* r : requests) states.push_back(static_cast<DartRequest*>(r)->state());
+  return sampler_.Step(states);
+}
+
+absl::StatusOr<Pixels> DartEngine::Render(const EngineRequest& request, int max_side) {
+  const GenerationState& state = *static_cast<const DartRequest&>(request).state();
+  if (!state.x0().defined()) return absl::FailedPreconditionError("Render: no step has run yet");
+  try {
+    torch::NoGradGuard no_grad;
+    torch::Tensor image = sampler_.Image(state);
+    const int64_t h = image.size(1), w = image.size(2);
+    if (max_side > 0 && std::max(h, w) > max_side) {
+      const double scale = static_cast<double>(max_side) / std::max(h, w);
+      const int64_t nh = std::max<int64_t>(1, static_cast<int64_t>(h * scale));
+      const int64_t nw = std::max<int64_t>(1, static_cast<int64_t>(w * scale));
+      image = torch::adaptive_avg_pool2d(image.unsqueeze(0), {nh, nw})[0];
+    }
+    return TensorToPixels(image);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("rendering image: ", e.what()));
+  }
+}
+
+}  // namespace dartserve::model

@@ -1,0 +1,63 @@
+// The narrow, torch-free interface between the scheduler and a model (DESIGN.md §2, §4).
+//
+// The scheduler owns admission, batching and delivery; an Engine owns the maths. Engine
+// implementations are driven by exactly one thread (the scheduler's worker), so they need no
+// locking; the `const` queries (Validate, KvBytes, Steps) may be called from any thread.
+#ifndef DARTSERVE_MODEL_ENGINE_H_
+#define DARTSERVE_MODEL_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/png.h"
+
+namespace dartserve::model {
+
+// What a request asks the model for. Validated by Engine::Validate.
+struct GenerateParams {
+  std::optional<int> class_id;  // nullopt: unconditional
+  uint64_t seed = 0;
+  float guidance_scale = 1.0f;
+  float temperature = 1.0f;
+};
+
+// One request's in-flight generation state (KV cache, RNG, step index).
+class EngineRequest {
+ public:
+  virtual ~EngineRequest() = default;
+  virtual int steps_done() const = 0;
+  virtual int total_steps() const = 0;
+  bool finished() const { return steps_done() == total_steps(); }
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  // INVALID_ARGUMENT naming the field when `params` cannot be served by this model.
+  virtual absl::Status Validate(const GenerateParams& params) const = 0;
+  // Exact peak KV memory of a request, held from Start() until the state is destroyed.
+  virtual int64_t KvBytes(const GenerateParams& params) const = 0;
+  // Denoising steps a request takes.
+  virtual int Steps(const GenerateParams& params) const = 0;
+  // Tokens one step of this request puts through the model (rows x tokens per block).
+  virtual int64_t TokensPerStep(const GenerateParams& params) const = 0;
+
+  // Allocates the request's state (its whole KV memory) and draws its initial noise.
+  virtual absl::StatusOr<std::unique_ptr<EngineRequest>> Start(const GenerateParams& params) = 0;
+  // Advances every request by one step in one batched call. On error every request in the
+  // batch must be considered failed.
+  virtual absl::Status Step(std::span<EngineRequest* const> requests) = 0;
+  // The request's current x_0 estimate (the final image once finished) as 8-bit pixels, downscaled
+  // so the longer side is at most `max_side` (0: full size).
+  virtual absl::StatusOr<Pixels> Render(const EngineRequest& request, int max_side) = 0;
+};
+
+}  // namespace dartserve::model
+
+#endif  // DARTSERVE_MODEL_ENGINE_H_
