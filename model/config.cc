@@ -86,6 +86,17 @@ int64_t ModelConfig::kv_bytes_per_row() const {
   return int64_t{2} * depth * sequence_length() * width * static_cast<int64_t>(sizeof(float));
 }
 
+double FlopsPerImage(const ModelConfig& c, bool guided) {
+  const double d = c.width, h = c.mlp_hidden(), k = c.tokens_per_block(), td = c.token_dim();
+  const double linear_per_token = c.depth * 2.0 * (4 * d * d + 3 * d * h) + 2.0 * 2 * td * d;
+  double total = 0;
+  for (int b = 0; b < c.num_steps; ++b) {
+    const double context = (b + 1) * k;
+    total += k * (linear_per_token + c.depth * 4.0 * context * d);
+  }
+  return total * (guided ? 2 : 1);
+}
+
 absl::Status ModelConfig::Validate() const {
   // Each check names its field; the first failure wins so the message stays one line.
   for (const absl::Status& s : {

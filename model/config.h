@@ -70,6 +70,11 @@ struct ModelConfig {
   static ModelConfig Tiny();
 };
 
+// Multiply-add FLOPs (2 per MAC) to generate one image with the KV cache: per-token linear layers
+// plus attention over the growing context; doubled when guided (two rows). AdaLN and the
+// embedding lookups are per row and negligible.
+double FlopsPerImage(const ModelConfig& config, bool guided);
+
 // JSON (de)serialisation. Parsing validates; unknown keys are rejected so typos do not silently
 // fall back to defaults.
 absl::StatusOr<ModelConfig> ModelConfigFromJson(const std::string& json);

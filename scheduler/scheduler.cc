@@ -322,6 +322,8 @@ bool Scheduler::RunIteration() {
     ++stats_.iterations;
     stats_.last_batch_requests = static_cast<int>(batch.size());
     stats_.last_batch_tokens = tokens;
+    stats_.total_batch_requests += static_cast<int64_t>(batch.size());
+    stats_.total_batch_tokens += tokens;
     if (queued_ == 0 && active_.empty()) idle_cv_.notify_all();
   }
   return true;

@@ -62,6 +62,8 @@ struct SchedulerStats {
   int64_t iterations = 0;
   int last_batch_requests = 0;
   int64_t last_batch_tokens = 0;
+  int64_t total_batch_requests = 0;  // summed over iterations: / iterations = mean batch size
+  int64_t total_batch_tokens = 0;
 };
 
 class Scheduler {

@@ -1,0 +1,294 @@
+// dartserve-bench: the scheduler driven in-process with a real model, against the ways image
+// servers usually run: one request at a time, and static batches that start and finish together.
+//
+//   dartserve-bench --checkpoint weights/fmnist-dart --json out/bench.json
+//
+// Runs, in one process and one sitting so the numbers are comparable:
+//   sequential   one request at a time (scheduler with max_batch_requests = 1)
+//   static       batches of --batch requests that start and finish together
+//   continuous   the scheduler at saturation (closed loop, --concurrency requests in flight)
+//   recompute    continuous batching without the KV cache (prefix recomputed every step)
+//   poisson@r    open-loop Poisson arrivals at rate r (fractions of the continuous saturation rate)
+// and reports images/s, latency p50/p95/p99, time to first preview, mean batch size, achieved
+// FLOP/s and its ratio to the matrix-multiply peak measured at the start of the run.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "model/checkpoint.h"
+#include "model/dart_engine.h"
+#include "nlohmann/json.hpp"
+#include "scheduler/scheduler.h"
+
+ABSL_FLAG(std::string, checkpoint, "weights/fmnist-dart", "Checkpoint folder.");
+ABSL_FLAG(int, images, 128, "Requests per closed-loop run.");
+ABSL_FLAG(int, batch, 32, "Static batch size.");
+ABSL_FLAG(int, concurrency, 32, "Requests in flight for the continuous closed loop.");
+ABSL_FLAG(std::string, loads, "0.5,0.7,0.9", "Poisson rates as fractions of continuous saturation.");
+ABSL_FLAG(double, poisson_seconds, 20, "Duration of each Poisson run.");
+ABSL_FLAG(double, guidance, 1.0, "Guidance scale of every request.");
+ABSL_FLAG(int, preview_every, 1, "Preview cadence (steps) requested by every request.");
+ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
+ABSL_FLAG(std::string, json, "", "Write the results as JSON here.");
+
+namespace dm = dartserve::model;
+namespace ds = dartserve::scheduler;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// FLOP/s of a large fp32 matrix multiply on this machine, now.
+double MeasureMatmulPeak() {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor a = torch::randn({1024, 1024}), b = torch::randn({1024, 1024});
+  torch::mm(a, b);
+  double best = 0;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = Clock::now();
+    torch::mm(a, b);
+    best = std::max(best, 2.0 * 1024 * 1024 * 1024 / Seconds(Clock::now() - t0));
+  }
+  return best;
+}
+
+struct Sample {
+  double latency = 0, first_preview = -1;
+  bool ok = false;
+};
+
+struct RunResult {
+  std::string name;
+  double seconds = 0, images_per_second = 0, mean_batch = 0;
+  std::vector<Sample> samples;
+  double flops_per_second = 0;
+};
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+}
+
+// Sink that timestamps a request and reports completion to the driver.
+class TimingSink : public ds::RequestSink {
+ public:
+  TimingSink(Clock::time_point submitted, std::function<void(const Sample&)> done)
+      : submitted_(submitted), done_(std::move(done)) {}
+  void OnProgress(int step, int total, const dm::Pixels* preview) override {
+    if (preview != nullptr && sample_.first_preview < 0) {
+      sample_.first_preview = Seconds(Clock::now() - submitted_);
+    }
+  }
+  void OnFinished(absl::StatusOr<ds::Result> result) override {
+    sample_.latency = Seconds(Clock::now() - submitted_);
+    sample_.ok = result.ok();
+    done_(sample_);
+  }
+
+ private:
+  Clock::time_point submitted_;
+  Sample sample_;
+  std::function<void(const Sample&)> done_;
+};
+
+// Drives a scheduler: closed loop (`concurrency` in flight until `total` done) when rate <= 0,
+// else open-loop Poisson arrivals at `rate` per second for `duration` seconds.
+RunResult Drive(const std::string& name, dm::Engine& engine, const ds::SchedulerOptions& options,
+                int total, int concurrency, double rate, double duration) {
+  ds::Scheduler scheduler(options, &engine);
+  scheduler.Start();
+  std::mutex mu;
+  std::condition_variable cv;
+  RunResult out{name};
+  int submitted = 0, finished = 0;
+  std::function<void()> submit_one;
+  const double guidance = absl::GetFlag(FLAGS_guidance);
+  submit_one = [&] {
+    int index;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      index = submitted++;
+    }
+    auto req = std::make_unique<ds::Request>();
+    req->id = absl::StrCat(name, "-", index);
+    req->params = {.class_id = index % 10, .seed = static_cast<uint64_t>(index),
+                   .guidance_scale = static_cast<float>(guidance)};
+    req->preview_every = absl::GetFlag(FLAGS_preview_every);
+    req->sink = std::make_shared<TimingSink>(Clock::now(), [&, rate](const Sample& s) {
+      bool more;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        out.samples.push_back(s);
+        ++finished;
+        more = rate <= 0 && submitted < total;
+      }
+      cv.notify_all();
+      if (more) submit_one();  // closed loop: replace the finished request
+    });
+    if (absl::Status st = scheduler.Submit(req); !st.ok()) {
+      std::cerr << name << ": submit failed: " << st << "\n";
+      std::lock_guard<std::mutex> lock(mu);
+      ++finished;
+      cv.notify_all();
+    }
+  };
+
+  const auto start = Clock::now();
+  if (rate <= 0) {
+    for (int i = 0; i < std::min(concurrency, total); ++i) submit_one();
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return finished >= total; });
+  } else {
+    std::mt19937_64 rng(7);
+    std::exponential_distribution<double> gap(rate);
+    auto next = start;
+    while (Seconds(next - start) < duration) {
+      std::this_thread::sleep_until(next);
+      submit_one();
+      next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap(rng)));
+    }
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return finished >= submitted; });
+  }
+  out.seconds = Seconds(Clock::now() - start);
+  out.images_per_second = out.samples.size() / out.seconds;
+  const ds::SchedulerStats stats = scheduler.stats();
+  out.mean_batch = stats.iterations ? double(stats.total_batch_requests) / stats.iterations : 0;
+  return out;
+}
+
+// Static batching: batches of `batch` requests that start and finish together.
+RunResult Static(dm::Dart model, int total, int batch) {
+  dm::Sampler sampler(model);
+  RunResult out{"static"};
+  const auto start = Clock::now();
+  for (int first = 0; first < total; first += batch) {
+    std::vector<dm::SampleParams> params;
+    for (int i = first; i < std::min(total, first + batch); ++i) {
+      params.push_back({.condition = i % 10, .seed = static_cast<uint64_t>(i),
+                        .guidance_scale = static_cast<float>(absl::GetFlag(FLAGS_guidance))});
+    }
+    // Every request in the batch waited from the batch's start (closed loop: all arrive at once).
+    const auto t0 = Clock::now();
+    auto images = sampler.GenerateBatch(params, batch);
+    const double latency = Seconds(Clock::now() - t0);
+    for (size_t i = 0; i < params.size(); ++i) out.samples.push_back({latency, -1, images.ok()});
+  }
+  out.seconds = Seconds(Clock::now() - start);
+  out.images_per_second = total / out.seconds;
+  out.mean_batch = batch;
+  return out;
+}
+
+nlohmann::json Report(const RunResult& r, double flops_per_image, double peak) {
+  std::vector<double> lat, ttfp;
+  int errors = 0;
+  for (const Sample& s : r.samples) {
+    lat.push_back(s.latency);
+    if (s.first_preview >= 0) ttfp.push_back(s.first_preview);
+    errors += !s.ok;
+  }
+  const double flops = r.images_per_second * flops_per_image;
+  std::cout << absl::StrFormat("%-14s %7.2f img/s  p50 %7.3f s  p95 %7.3f  p99 %7.3f  ttfp p50 %6.3f s"
+                               "  batch %5.1f  %5.1f GFLOP/s (%4.1f%% of peak)  errors %d\n",
+                               r.name, r.images_per_second, Percentile(lat, 0.5),
+                               Percentile(lat, 0.95), Percentile(lat, 0.99), Percentile(ttfp, 0.5),
+                               r.mean_batch, flops / 1e9, 100 * flops / peak, errors);
+  return {{"name", r.name},
+          {"images", r.samples.size()},
+          {"seconds", r.seconds},
+          {"images_per_second", r.images_per_second},
+          {"latency_p50_s", Percentile(lat, 0.5)},
+          {"latency_p95_s", Percentile(lat, 0.95)},
+          {"latency_p99_s", Percentile(lat, 0.99)},
+          {"time_to_first_preview_p50_s", Percentile(ttfp, 0.5)},
+          {"mean_batch_requests", r.mean_batch},
+          {"achieved_flops", flops},
+          {"fraction_of_matmul_peak", flops / peak},
+          {"errors", errors}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  torch::set_num_threads(absl::GetFlag(FLAGS_threads));
+  auto model = dm::LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
+  if (!model.ok()) {
+    std::cerr << "dartserve-bench: " << model.status().message() << "\n";
+    return 1;
+  }
+  const dm::ModelConfig& config = (*model)->config();
+  const bool guided = absl::GetFlag(FLAGS_guidance) != 1.0;
+  const double flops_per_image = dm::FlopsPerImage(config, guided);
+  const double peak = MeasureMatmulPeak();
+  const int total = absl::GetFlag(FLAGS_images);
+  std::cout << absl::StrFormat("model %s: %.2f GFLOP/image, matmul peak %.1f GFLOP/s, %d threads\n",
+                               absl::GetFlag(FLAGS_checkpoint), flops_per_image / 1e9, peak / 1e9,
+                               torch::get_num_threads());
+
+  dm::DartEngine engine(*model);
+  dm::DartEngine recompute_engine(*model, {.kv_cache = false});
+  const int conc = absl::GetFlag(FLAGS_concurrency);
+  ds::SchedulerOptions continuous{.max_batch_requests = conc};
+  nlohmann::json runs = nlohmann::json::array();
+  // Warm-up (allocator, thread pool) outside the measurements.
+  Drive("warmup", engine, continuous, std::min(total, conc), conc, 0, 0);
+
+  const RunResult seq =
+      Drive("sequential", engine, {.max_batch_requests = 1}, std::max(8, total / 8), 1, 0, 0);
+  runs.push_back(Report(seq, flops_per_image, peak));
+  const RunResult stat = Static(*model, total, absl::GetFlag(FLAGS_batch));
+  runs.push_back(Report(stat, flops_per_image, peak));
+  const RunResult cont = Drive("continuous", engine, continuous, total, conc, 0, 0);
+  runs.push_back(Report(cont, flops_per_image, peak));
+  const RunResult re = Drive("recompute", recompute_engine, continuous, std::max(8, total / 4),
+                             conc, 0, 0);
+  runs.push_back(Report(re, flops_per_image, peak));
+  // Unloaded latency: one request alone, for the p99-under-load comparison.
+  std::vector<double> alone;
+  for (const Sample& s : seq.samples) alone.push_back(s.latency);
+  const double unloaded = Percentile(alone, 0.5);
+  nlohmann::json poisson = nlohmann::json::array();
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_loads), ',')) {
+    double frac = 0;
+    if (!absl::SimpleAtod(part, &frac) || frac <= 0) continue;
+    const double rate = frac * cont.images_per_second;
+    const RunResult r = Drive(absl::StrFormat("poisson@%.0f%%", 100 * frac), engine, continuous, 0,
+                              conc, rate, absl::GetFlag(FLAGS_poisson_seconds));
+    nlohmann::json j = Report(r, flops_per_image, peak);
+    j["offered_rate"] = rate;
+    j["p99_over_unloaded"] = j["latency_p99_s"].get<double>() / unloaded;
+    poisson.push_back(j);
+  }
+  std::cout << absl::StrFormat(
+      "continuous vs sequential %.2fx, vs static %.2fx; KV cache vs recompute %.2fx\n",
+      cont.images_per_second / seq.images_per_second, cont.images_per_second / stat.images_per_second,
+      cont.images_per_second / re.images_per_second);
+
+  if (!absl::GetFlag(FLAGS_json).empty()) {
+    nlohmann::json j = {{"checkpoint", absl::GetFlag(FLAGS_checkpoint)},
+                        {"threads", torch::get_num_threads()},
+                        {"flops_per_image", flops_per_image},
+                        {"matmul_peak_flops", peak},
+                        {"guidance", absl::GetFlag(FLAGS_guidance)},
+                        {"unloaded_latency_s", unloaded},
+                        {"runs", runs},
+                        {"poisson", poisson}};
+    std::ofstream(absl::GetFlag(FLAGS_json)) << j.dump(2) << "\n";
+  }
+  return 0;
+}
