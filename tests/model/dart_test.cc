@@ -18,18 +18,6 @@ namespace {
 
 using dartserve::testing::MakeTinyModel;
 
-ModelConfig OddConfig() {
-  // Non-default geometry: RGB, patch 3 (K = 16, d = 27), T = 6, three heads.
-  ModelConfig c = ModelConfig::Tiny();
-  c.image_size = 12;
-  c.channels = 3;
-  c.patch_size = 3;
-  c.num_steps = 6;
-  c.width = 48;
-  c.heads = 3;
-  return c;
-}
-
 class CachedVsFullTest : public ::testing::TestWithParam<ModelConfig> {};
 
 // Step-by-step sampling with the KV cache must see exactly what a full-sequence teacher-forced
@@ -65,7 +53,7 @@ TEST_P(CachedVsFullTest, PerStepOutputsMatchTeacherForcedForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, CachedVsFullTest,
-                         ::testing::Values(ModelConfig::Tiny(), OddConfig()),
+                         ::testing::Values(ModelConfig::Tiny(), dartserve::testing::TinyRgbConfig()),
                          [](const auto& info) { return info.index == 0 ? "Tiny" : "RgbPatch3"; });
 
 // A block's outputs never depend on a cleaner block's inputs: their gradients are exactly zero,

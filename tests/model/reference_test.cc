@@ -16,13 +16,7 @@ namespace {
 TEST(ReferenceTest, PythonReferenceProducesTheSameImages) {
   const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "reference";
   std::filesystem::remove_all(dir);
-  ModelConfig config = ModelConfig::Tiny();
-  config.image_size = 12;
-  config.channels = 3;
-  config.patch_size = 3;
-  config.num_steps = 5;
-  config.width = 48;
-  config.heads = 3;
+  const ModelConfig config = dartserve::testing::TinyRgbConfig();
   Dart model = dartserve::testing::MakeTinyModel(config, /*seed=*/4);
   // Moderate weights keep activations O(1), so 1e-4 measures agreement rather than how far
   // float rounding is amplified by a chaotic random network.

@@ -10,6 +10,17 @@ void RandomizeParameters(torch::nn::Module& module, uint64_t seed, double stddev
   }
 }
 
+model::ModelConfig TinyRgbConfig() {
+  model::ModelConfig c = model::ModelConfig::Tiny();
+  c.image_size = 12;
+  c.channels = 3;
+  c.patch_size = 3;
+  c.num_steps = 6;
+  c.width = 48;
+  c.heads = 3;
+  return c;
+}
+
 model::Dart MakeTinyModel(const model::ModelConfig& config, uint64_t seed) {
   torch::set_num_threads(1);
   model::Dart model(config);

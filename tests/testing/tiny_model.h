@@ -16,6 +16,9 @@ namespace dartserve::testing {
 // equality and causality tests pass vacuously.
 void RandomizeParameters(torch::nn::Module& module, uint64_t seed, double stddev = 0.2);
 
+// A second tiny geometry: 12x12 RGB, patch 3 (K = 16, token dim 27), T = 6, width 48, 3 heads.
+model::ModelConfig TinyRgbConfig();
+
 // A tiny model (ModelConfig::Tiny() unless given) with randomised weights, in eval mode.
 model::Dart MakeTinyModel(const model::ModelConfig& config = model::ModelConfig::Tiny(),
                           uint64_t seed = 1);
