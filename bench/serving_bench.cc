@@ -35,7 +35,8 @@ ABSL_FLAG(std::string, checkpoint, "weights/fmnist-dart", "Checkpoint folder.");
 ABSL_FLAG(int, images, 128, "Requests per closed-loop run.");
 ABSL_FLAG(int, batch, 32, "Static batch size.");
 ABSL_FLAG(int, concurrency, 32, "Requests in flight for the continuous closed loop.");
-ABSL_FLAG(std::string, loads, "0.5,0.7,0.9", "Poisson rates as fractions of continuous saturation.");
+ABSL_FLAG(std::string, loads, "0.5,0.7,0.9",
+          "Poisson rates as fractions of continuous saturation.");
 ABSL_FLAG(double, poisson_seconds, 20, "Duration of each Poisson run.");
 ABSL_FLAG(double, guidance, 1.0, "Guidance scale of every request.");
 ABSL_FLAG(int, preview_every, 1, "Preview cadence (steps) requested by every request.");
@@ -124,7 +125,8 @@ RunResult Drive(const std::string& name, dm::Engine& engine, const ds::Scheduler
     }
     auto req = std::make_unique<ds::Request>();
     req->id = absl::StrCat(name, "-", index);
-    req->params = {.class_id = index % 10, .seed = static_cast<uint64_t>(index),
+    req->params = {.class_id = index % 10,
+                   .seed = static_cast<uint64_t>(index),
                    .guidance_scale = static_cast<float>(guidance)};
     req->preview_every = absl::GetFlag(FLAGS_preview_every);
     req->sink = std::make_shared<TimingSink>(Clock::now(), [&, rate](const Sample& s) {
@@ -178,7 +180,8 @@ RunResult Static(dm::Dart model, int total, int batch) {
   for (int first = 0; first < total; first += batch) {
     std::vector<dm::SampleParams> params;
     for (int i = first; i < std::min(total, first + batch); ++i) {
-      params.push_back({.condition = i % 10, .seed = static_cast<uint64_t>(i),
+      params.push_back({.condition = i % 10,
+                        .seed = static_cast<uint64_t>(i),
                         .guidance_scale = static_cast<float>(absl::GetFlag(FLAGS_guidance))});
     }
     // Every request in the batch waited from the batch's start (closed loop: all arrive at once).
@@ -202,11 +205,12 @@ nlohmann::json Report(const RunResult& r, double flops_per_image, double peak) {
     errors += !s.ok;
   }
   const double flops = r.images_per_second * flops_per_image;
-  std::cout << absl::StrFormat("%-14s %7.2f img/s  p50 %7.3f s  p95 %7.3f  p99 %7.3f  ttfp p50 %6.3f s"
-                               "  batch %5.1f  %5.1f GFLOP/s (%4.1f%% of peak)  errors %d\n",
-                               r.name, r.images_per_second, Percentile(lat, 0.5),
-                               Percentile(lat, 0.95), Percentile(lat, 0.99), Percentile(ttfp, 0.5),
-                               r.mean_batch, flops / 1e9, 100 * flops / peak, errors);
+  std::cout << absl::StrFormat(
+      "%-14s %7.2f img/s  p50 %7.3f s  p95 %7.3f  p99 %7.3f  ttfp p50 %6.3f s"
+      "  batch %5.1f  %5.1f GFLOP/s (%4.1f%% of peak)  errors %d\n",
+      r.name, r.images_per_second, Percentile(lat, 0.5), Percentile(lat, 0.95),
+      Percentile(lat, 0.99), Percentile(ttfp, 0.5), r.mean_batch, flops / 1e9, 100 * flops / peak,
+      errors);
   return {{"name", r.name},
           {"images", r.samples.size()},
           {"seconds", r.seconds},
@@ -255,8 +259,8 @@ int main(int argc, char** argv) {
   runs.push_back(Report(stat, flops_per_image, peak));
   const RunResult cont = Drive("continuous", engine, continuous, total, conc, 0, 0);
   runs.push_back(Report(cont, flops_per_image, peak));
-  const RunResult re = Drive("recompute", recompute_engine, continuous, std::max(8, total / 4),
-                             conc, 0, 0);
+  const RunResult re =
+      Drive("recompute", recompute_engine, continuous, std::max(8, total / 4), conc, 0, 0);
   runs.push_back(Report(re, flops_per_image, peak));
   // Unloaded latency: one request alone, for the p99-under-load comparison.
   std::vector<double> alone;
@@ -276,7 +280,8 @@ int main(int argc, char** argv) {
   }
   std::cout << absl::StrFormat(
       "continuous vs sequential %.2fx, vs static %.2fx; KV cache vs recompute %.2fx\n",
-      cont.images_per_second / seq.images_per_second, cont.images_per_second / stat.images_per_second,
+      cont.images_per_second / seq.images_per_second,
+      cont.images_per_second / stat.images_per_second,
       cont.images_per_second / re.images_per_second);
 
   if (!absl::GetFlag(FLAGS_json).empty()) {

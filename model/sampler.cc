@@ -38,8 +38,7 @@ absl::Status Sampler::Validate(const SampleParams& params) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(
-    const SampleParams& params) const {
+absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const SampleParams& params) const {
   if (absl::Status s = Validate(params); !s.ok()) return s;
   const ModelConfig& config = model_->config();
   const bool class_model = config.conditioning == Conditioning::kClass;

@@ -38,7 +38,7 @@ struct Request {
   model::GenerateParams params;
   int priority = 1;  // 0 is the most urgent; must be < SchedulerOptions::num_priorities
   absl::Time deadline = absl::InfiniteFuture();  // counts queue time too
-  int preview_every = 0;     // send a preview every n steps (0: none)
+  int preview_every = 0;                         // send a preview every n steps (0: none)
   int preview_max_side = 0;  // downscale previews to this longer side (0: full size)
   std::shared_ptr<RequestSink> sink;
 };

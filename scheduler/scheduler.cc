@@ -19,7 +19,10 @@ struct Scheduler::Entry {
 };
 
 Scheduler::Scheduler(const SchedulerOptions& options, model::Engine* engine, Clock* clock)
-    : options_(options), engine_(engine), clock_(clock), queues_(std::max(1, options.num_priorities)) {
+    : options_(options),
+      engine_(engine),
+      clock_(clock),
+      queues_(std::max(1, options.num_priorities)) {
   stats_.kv_budget_bytes = options.kv_budget_bytes;
 }
 
@@ -62,9 +65,8 @@ absl::Status Scheduler::Submit(std::unique_ptr<Request>& request) {
   if (absl::Status s = engine_->Validate(request->params); !s.ok()) return s;
   const int64_t kv = engine_->KvBytes(request->params);
   if (kv > options_.kv_budget_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat("request needs ", kv,
-                                                     " bytes of KV memory; the budget is ",
-                                                     options_.kv_budget_bytes));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request needs ", kv, " bytes of KV memory; the budget is ", options_.kv_budget_bytes));
   }
   auto entry = std::make_unique<Entry>();
   entry->kv_bytes = kv;
@@ -287,8 +289,8 @@ bool Scheduler::RunIteration() {
   }
   std::vector<std::pair<EntryPtr, absl::StatusOr<Result>>> done;
   for (Entry* e : leaving) {
-    absl::StatusOr<Result> result = absl::InternalError(
-        absl::StrCat("denoising step failed: ", step_status.message()));
+    absl::StatusOr<Result> result =
+        absl::InternalError(absl::StrCat("denoising step failed: ", step_status.message()));
     if (step_status.ok()) {
       const int total = e->state->total_steps();
       e->request.sink->OnProgress(total, total, nullptr);

@@ -46,11 +46,11 @@
 namespace dartserve::scheduler {
 
 struct SchedulerOptions {
-  int max_queued = 256;         // waiting requests (all classes); beyond: RESOURCE_EXHAUSTED
-  int num_priorities = 3;       // classes 0 .. num_priorities - 1
-  absl::Duration aging = absl::Seconds(10);  // waited per one-class promotion
-  int max_batch_requests = 64;  // active requests stepped per iteration
-  int64_t max_batch_tokens = 1 << 16;        // tokens put through the model per iteration
+  int max_queued = 256;    // waiting requests (all classes); beyond: RESOURCE_EXHAUSTED
+  int num_priorities = 3;  // classes 0 .. num_priorities - 1
+  absl::Duration aging = absl::Seconds(10);    // waited per one-class promotion
+  int max_batch_requests = 64;                 // active requests stepped per iteration
+  int64_t max_batch_tokens = 1 << 16;          // tokens put through the model per iteration
   int64_t kv_budget_bytes = int64_t{4} << 30;  // total KV memory of active requests
 };
 

@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
 exec "${BUILD_DIR:-build}"/tools/dartserve-generate --checkpoint weights/fmnist-dart \
-  --per_class 8 --previews --out out/generate "$@"
+  --per_class 8 --guidance 2 --previews --out out/generate "$@"

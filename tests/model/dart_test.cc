@@ -53,7 +53,8 @@ TEST_P(CachedVsFullTest, PerStepOutputsMatchTeacherForcedForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, CachedVsFullTest,
-                         ::testing::Values(ModelConfig::Tiny(), dartserve::testing::TinyRgbConfig()),
+                         ::testing::Values(ModelConfig::Tiny(),
+                                           dartserve::testing::TinyRgbConfig()),
                          [](const auto& info) { return info.index == 0 ? "Tiny" : "RgbPatch3"; });
 
 // A block's outputs never depend on a cleaner block's inputs: their gradients are exactly zero,

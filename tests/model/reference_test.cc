@@ -1,10 +1,10 @@
 // Cross-check against the independent PyTorch reference (bench/reference/dart_reference.py): the
 // same weights and the same seeds (so the same noise) give the same images within 1e-4.
+#include <gtest/gtest.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-
-#include <gtest/gtest.h>
 
 #include "model/checkpoint.h"
 #include "model/sampler.h"
@@ -28,7 +28,9 @@ TEST(ReferenceTest, PythonReferenceProducesTheSameImages) {
     uint64_t seed;
     float guidance, temperature;
   };
-  const std::vector<Req> reqs = {{3, 1, 1.0f, 1.0f}, {7, 2, 2.5f, 1.0f}, {std::nullopt, 3, 1.0f, 0.7f},
+  const std::vector<Req> reqs = {{3, 1, 1.0f, 1.0f},
+                                 {7, 2, 2.5f, 1.0f},
+                                 {std::nullopt, 3, 1.0f, 0.7f},
                                  {0, 123456789, 4.0f, 0.9f}};
   Sampler sampler(model);
   std::vector<torch::Tensor> images;
@@ -36,8 +38,10 @@ TEST(ReferenceTest, PythonReferenceProducesTheSameImages) {
   json << "[";
   for (size_t i = 0; i < reqs.size(); ++i) {
     const Req& r = reqs[i];
-    auto image = sampler.Generate(
-        {.condition = r.cls, .seed = r.seed, .guidance_scale = r.guidance, .temperature = r.temperature});
+    auto image = sampler.Generate({.condition = r.cls,
+                                   .seed = r.seed,
+                                   .guidance_scale = r.guidance,
+                                   .temperature = r.temperature});
     ASSERT_TRUE(image.ok()) << image.status();
     images.push_back(*image);
     json << (i ? ", " : "") << "{\"class\": " << (r.cls ? std::to_string(*r.cls) : "null")

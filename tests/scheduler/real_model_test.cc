@@ -42,7 +42,8 @@ TEST(RealModelSchedulerTest, ImageIsTheSameAloneAndUnderLoad) {
   s.RunIteration();
   s.RunIteration();
   auto target = Submit(s, "target", 77, 3, 2.0f);  // joins two steps behind the others
-  for (int i = 0; i < 4; ++i) others.push_back(Submit(s, "late" + std::to_string(i), 10 + i, 9, 3.0f));
+  for (int i = 0; i < 4; ++i)
+    others.push_back(Submit(s, "late" + std::to_string(i), 10 + i, 9, 3.0f));
   while (s.RunIteration()) {
   }
   ASSERT_TRUE(target->result.ok()) << target->result.status();

@@ -1,9 +1,9 @@
 #include "scheduler/scheduler.h"
 
-#include <thread>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <thread>
 
 #include "tests/testing/fake_engine.h"
 

@@ -92,7 +92,8 @@ class FakeEngine : public model::Engine {
   absl::StatusOr<model::Pixels> Render(const model::EngineRequest& r, int max_side) override {
     const auto& req = static_cast<const Req&>(r);
     const int side = max_side > 0 ? std::min(max_side, 8) : 8;
-    model::Pixels px{side, side, 1, std::vector<uint8_t>(side * side, static_cast<uint8_t>(req.done))};
+    model::Pixels px{side, side, 1,
+                     std::vector<uint8_t>(side * side, static_cast<uint8_t>(req.done))};
     return px;
   }
 
