@@ -21,7 +21,9 @@ TEST(QualityGateTest, ShippedClassifierIsAccurateOnRealTestImages) {
   auto [x, y] = test->Batch(torch::arange(test->size(), torch::kLong));
   const double acc = Accuracy(*clf, x, y);
   EXPECT_GE(acc, 0.88);
-  EXPECT_NEAR(acc, recorded, 1e-6);  // the shipped file is the one docs/quality.md measured
+  // The shipped file is the one docs/quality.md measured (a few borderline images may flip on a
+  // CPU with other SIMD kernels).
+  EXPECT_NEAR(acc, recorded, 2e-3);
 }
 
 // 200 samples (20 per class, fixed seeds): the classifier must recognise at least 80% as the class
