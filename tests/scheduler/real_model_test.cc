@@ -47,7 +47,14 @@ TEST(RealModelSchedulerTest, ImageIsTheSameAloneAndUnderLoad) {
   while (s.RunIteration()) {
   }
   ASSERT_TRUE(target->result.ok()) << target->result.status();
-  EXPECT_EQ(target->result->image.data, alone);
+  // Float results agree to ~1e-6 (sampler_test checks 1e-5); after 8-bit rounding a value sitting
+  // on a rounding boundary may differ by one level, never more.
+  const std::vector<uint8_t>& loaded = target->result->image.data;
+  ASSERT_EQ(loaded.size(), alone.size());
+  int max_diff = 0;
+  for (size_t i = 0; i < alone.size(); ++i)
+    max_diff = std::max(max_diff, std::abs(loaded[i] - alone[i]));
+  EXPECT_LE(max_diff, 1);
   for (const auto& o : others) EXPECT_TRUE(o->result.ok());
 }
 
