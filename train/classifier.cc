@@ -72,14 +72,17 @@ Classifier TrainClassifier(const InMemoryDataset& train, const InMemoryDataset& 
   return model;
 }
 
-double Accuracy(Classifier& classifier, const torch::Tensor& images, const torch::Tensor& labels) {
+torch::Tensor Predict(Classifier& classifier, const torch::Tensor& images) {
   torch::NoGradGuard no_grad;
-  int64_t correct = 0;
+  std::vector<torch::Tensor> parts;
   ForBatches(images.size(0), 500, [&](int64_t start, int64_t n) {
-    const torch::Tensor pred = classifier->forward(images.narrow(0, start, n)).argmax(1);
-    correct += (pred == labels.narrow(0, start, n)).sum().item<int64_t>();
+    parts.push_back(classifier->forward(images.narrow(0, start, n)).argmax(1));
   });
-  return static_cast<double>(correct) / images.size(0);
+  return torch::cat(parts);
+}
+
+double Accuracy(Classifier& classifier, const torch::Tensor& images, const torch::Tensor& labels) {
+  return (Predict(classifier, images) == labels).to(torch::kDouble).mean().item<double>();
 }
 
 torch::Tensor ExtractFeatures(Classifier& classifier, const torch::Tensor& images) {

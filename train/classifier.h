@@ -43,7 +43,9 @@ struct ClassifierTraining {
 Classifier TrainClassifier(const InMemoryDataset& train, const InMemoryDataset& test,
                            const ClassifierTraining& options, double* test_accuracy);
 
-// Fraction of `images` ([N, C, H, W] in [-1, 1]) classified as `labels`, batched.
+// Predicted class of each of `images` ([N, C, H, W] in [-1, 1]), batched: [N] int64.
+torch::Tensor Predict(Classifier& classifier, const torch::Tensor& images);
+// Fraction of `images` classified as `labels`.
 double Accuracy(Classifier& classifier, const torch::Tensor& images, const torch::Tensor& labels);
 // Penultimate features of `images`, batched: [N, 128] double.
 torch::Tensor ExtractFeatures(Classifier& classifier, const torch::Tensor& images);
