@@ -64,16 +64,11 @@ absl::StatusOr<Pixels> DartEngine::Render(const EngineRequest& request, int max_
   const GenerationState& state = *static_cast<const DartRequest&>(request).state();
   if (!state.x0().defined()) return absl::FailedPreconditionError("Render: no step has run yet");
   try {
-    torch::NoGradGuard no_grad;
-    torch::Tensor image = sampler_.Image(state);
-    const int64_t h = image.size(1), w = image.size(2);
-    if (max_side > 0 && std::max(h, w) > max_side) {
-      const double scale = static_cast<double>(max_side) / std::max(h, w);
-      const int64_t nh = std::max<int64_t>(1, static_cast<int64_t>(h * scale));
-      const int64_t nw = std::max<int64_t>(1, static_cast<int64_t>(w * scale));
-      image = torch::adaptive_avg_pool2d(image.unsqueeze(0), {nh, nw})[0];
-    }
-    return TensorToPixels(image);
+    // One copy to contiguous CPU floats (no copy when x0 already is), then plain loops.
+    const torch::Tensor x0 = state.x0().to(torch::kCPU, torch::kFloat).contiguous();
+    const ModelConfig& c = sampler_.config();
+    return TokensToPixels({x0.data_ptr<float>(), static_cast<size_t>(x0.numel())}, c.patch_size,
+                          c.channels, c.image_size, max_side);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("rendering image: ", e.what()));
   }

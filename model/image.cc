@@ -1,6 +1,7 @@
 #include "model/image.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace dartserve::model {
@@ -19,6 +20,41 @@ Pixels TensorToPixels(const torch::Tensor& image) {
   out.width = static_cast<int>(image.size(2));
   out.data.resize(u8.numel());
   std::memcpy(out.data.data(), u8.data_ptr(), out.data.size());
+  return out;
+}
+
+Pixels TokensToPixels(std::span<const float> tokens, int patch, int channels, int image_size,
+                      int max_side) {
+  const int g = image_size / patch;
+  TORCH_CHECK(g * patch == image_size &&
+                  tokens.size() == static_cast<size_t>(channels) * image_size * image_size,
+              "TokensToPixels: token count does not match the image geometry");
+  // Value of channel c at pixel (y, x): token (y / p, x / p), feature (c, y % p, x % p).
+  auto at = [&](int c, int y, int x) {
+    const size_t token = static_cast<size_t>(y / patch) * g + x / patch;
+    const size_t feature = (static_cast<size_t>(c) * patch + y % patch) * patch + x % patch;
+    return std::clamp(tokens[token * channels * patch * patch + feature], -1.0f, 1.0f);
+  };
+  int out_h = image_size, out_w = image_size;
+  if (max_side > 0 && image_size > max_side) out_h = out_w = max_side;
+  Pixels out{.width = out_w, .height = out_h, .channels = channels};
+  out.data.resize(static_cast<size_t>(out_h) * out_w * channels);
+  for (int oy = 0; oy < out_h; ++oy) {
+    const int y0 = oy * image_size / out_h, y1 = ((oy + 1) * image_size + out_h - 1) / out_h;
+    for (int ox = 0; ox < out_w; ++ox) {
+      const int x0 = ox * image_size / out_w, x1 = ((ox + 1) * image_size + out_w - 1) / out_w;
+      for (int c = 0; c < channels; ++c) {
+        float sum = 0;
+        for (int y = y0; y < y1; ++y) {
+          for (int x = x0; x < x1; ++x) sum += at(c, y, x);
+        }
+        // Same float operations as TensorToPixels: (v + 1) * 127.5, rounded half to even.
+        const float v = (sum / static_cast<float>((y1 - y0) * (x1 - x0)) + 1.0f) * 127.5f;
+        out.data[(static_cast<size_t>(oy) * out_w + ox) * channels + c] =
+            static_cast<uint8_t>(std::clamp(std::nearbyint(v), 0.0f, 255.0f));
+      }
+    }
+  }
   return out;
 }
 

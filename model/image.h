@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include <span>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,13 @@ namespace dartserve::model {
 
 // [C, H, W] in [-1, 1] (clamped) -> interleaved 8-bit pixels.
 Pixels TensorToPixels(const torch::Tensor& image);
+// Patch tokens of one image ([G*G, C*p*p] floats in [-1, 1], row-major, G = image_size / p, the
+// layout Unpatchify inverts) -> interleaved 8-bit pixels, box-downscaled so the longer side is at
+// most `max_side` (0: full size; the boxes are adaptive_avg_pool2d's). Plain loops, no torch
+// ops: rendering a preview costs microseconds and no kernel launches on the engine thread.
+// Full size quantises exactly like TensorToPixels(Unpatchify(tokens)).
+Pixels TokensToPixels(std::span<const float> tokens, int patch, int channels, int image_size,
+                      int max_side = 0);
 // Interleaved 8-bit pixels -> [C, H, W] in [-1, 1].
 torch::Tensor PixelsToTensor(const Pixels& pixels);
 // Shorthand for EncodePng(TensorToPixels(image)).

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "model/dart.h"
 #include "model/image.h"
 
 namespace dartserve::model {
@@ -39,6 +40,30 @@ TEST(ImageTest, TensorPixelsRoundTrip) {
   absl::StatusOr<std::string> png = ImageToPng(img);
   ASSERT_TRUE(png.ok());
   EXPECT_EQ(DecodePng(*png)->data, p.data);
+}
+
+// The engine renders previews from patch tokens with plain loops; they must agree with the
+// torch path (Unpatchify, then quantise; adaptive average pooling when downscaled).
+TEST(ImageTest, TokensToPixelsMatchesTorchPath) {
+  torch::manual_seed(3);
+  for (const auto& [channels, patch, size] : {std::tuple{1, 4, 28}, {3, 2, 8}}) {
+    const torch::Tensor images = torch::rand({1, channels, size, size}) * 2.4 - 1.2;
+    const torch::Tensor tokens = Patchify(images, patch).contiguous();
+    const std::span<const float> data(tokens.data_ptr<float>(), tokens.numel());
+    const Pixels full = TokensToPixels(data, patch, channels, size);
+    EXPECT_EQ(full.data, TensorToPixels(Unpatchify(tokens, patch, channels, size)[0]).data);
+    for (const int side : {size / 2, 5}) {
+      const Pixels small = TokensToPixels(data, patch, channels, size, side);
+      ASSERT_EQ(small.width, side);
+      ASSERT_EQ(small.height, side);
+      const Pixels expected = TensorToPixels(
+          torch::adaptive_avg_pool2d(images.clamp(-1, 1), {side, side})[0]);
+      ASSERT_EQ(small.data.size(), expected.data.size());
+      for (size_t i = 0; i < expected.data.size(); ++i) {
+        EXPECT_NEAR(small.data[i], expected.data[i], 1) << "channels " << channels << " i " << i;
+      }
+    }
+  }
 }
 
 TEST(ImageTest, GridAndUpscale) {
