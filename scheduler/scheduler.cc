@@ -319,6 +319,12 @@ bool Scheduler::RunIteration() {
     entry->state.reset();
     Finish(*entry, std::move(result));
   }
+  if (options_.on_iteration) {
+    options_.on_iteration({.duration = clock_->Now() - now,
+                           .batch_requests = static_cast<int>(batch.size()),
+                           .batch_tokens = tokens,
+                           .step_failed = !step_status.ok()});
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.iterations;
@@ -337,6 +343,7 @@ SchedulerStats Scheduler::stats() const {
   s.queued = queued_;
   s.active = static_cast<int>(active_.size());
   s.kv_bytes_used = kv_used_;
+  s.draining = draining_;
   return s;
 }
 

@@ -29,6 +29,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -45,6 +46,14 @@
 
 namespace dartserve::scheduler {
 
+// What one iteration did; reported to SchedulerOptions::on_iteration (metrics).
+struct IterationInfo {
+  absl::Duration duration;  // admission + step + delivery, by the scheduler's clock
+  int batch_requests = 0;
+  int64_t batch_tokens = 0;
+  bool step_failed = false;
+};
+
 struct SchedulerOptions {
   int max_queued = 256;    // waiting requests (all classes); beyond: RESOURCE_EXHAUSTED
   int num_priorities = 3;  // classes 0 .. num_priorities - 1
@@ -52,6 +61,9 @@ struct SchedulerOptions {
   int max_batch_requests = 64;                 // active requests stepped per iteration
   int64_t max_batch_tokens = 1 << 16;          // tokens put through the model per iteration
   int64_t kv_budget_bytes = int64_t{4} << 30;  // total KV memory of active requests
+  // Called on the worker thread after every iteration that stepped a batch. Must be cheap and must
+  // not call back into the scheduler.
+  std::function<void(const IterationInfo&)> on_iteration;
 };
 
 struct SchedulerStats {
@@ -64,6 +76,7 @@ struct SchedulerStats {
   int64_t last_batch_tokens = 0;
   int64_t total_batch_requests = 0;  // summed over iterations: / iterations = mean batch size
   int64_t total_batch_tokens = 0;
+  bool draining = false;
 };
 
 class Scheduler {

@@ -11,11 +11,12 @@ PACKAGES=(
   # Common libraries.
   libabsl-dev nlohmann-json3-dev libpng-dev
   # Service layers.
-  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libcivetweb-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libcivetweb-dev curl
   # Text conditioning.
   libsentencepiece-dev sentencepiece
-  # Tests, benchmarks, the Python reference peer.
-  libgtest-dev libgmock-dev python3-torch zlib1g-dev
+  # Tests, benchmarks, the Python reference peer; promtool and a real Prometheus for the metrics
+  # tests.
+  libgtest-dev libgmock-dev python3-torch zlib1g-dev prometheus
   # Data.
   dataset-fashion-mnist
 )

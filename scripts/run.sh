@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The main job from a fresh Debian 12 machine: install dependencies, build, and generate images
-# with the shipped model (one per class, with their denoising previews) into out/generate.
+# The main job from a fresh Debian 12 machine: install dependencies, build, and start the dartserve
+# server with the shipped model(s): gRPC on port 50051, Prometheus metrics on port 9464.
+# Extra arguments go to the server (e.g. --port 50052 --auth_token_file token.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
-exec "${BUILD_DIR:-build}"/tools/dartserve-generate --checkpoint weights/fmnist-dart \
-  --per_class 8 --guidance 2 --previews --out out/generate "$@"
+exec "${BUILD_DIR:-build}"/server/dartserve --model fmnist-dart=weights/fmnist-dart \
+  --port 50051 --metrics_port 9464 "$@"

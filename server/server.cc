@@ -1,0 +1,152 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <condition_variable>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace dartserve::server {
+namespace {
+
+// Sink for warm-up requests: the caller waits for OnFinished.
+class WarmUpSink : public scheduler::RequestSink {
+ public:
+  void OnFinished(absl::StatusOr<scheduler::Result> result) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = result.status();
+    done_ = true;
+    cv_.notify_all();
+  }
+  absl::Status Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return done_; });
+    return status_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  absl::Status status_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
+                                                      std::vector<ModelSpec> models) {
+  if (models.empty()) return absl::InvalidArgumentError("model: at least one model is needed");
+  absl::flat_hash_set<std::string> names;
+  for (const ModelSpec& m : models) {
+    if (m.info.name.empty() || !names.insert(m.info.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model: names must be unique and non-empty ('", m.info.name, "')"));
+    }
+  }
+  std::unique_ptr<Server> server(new Server());
+  server->metrics_ = std::make_unique<ServerMetrics>(&server->registry_);
+  server->pump_ = std::make_unique<WorkQueue>(options.pump_threads);
+  std::vector<ServedModel*> served;
+  for (ModelSpec& spec : models) {
+    auto m = std::make_unique<ServedModel>();
+    m->info = spec.info;
+    m->engine = std::move(spec.engine);
+    ModelMetrics* mm = &server->metrics_->ForModel(m->info.name);
+    spec.scheduler.on_iteration = [mm](const scheduler::IterationInfo& it) {
+      mm->step_duration.Observe(absl::ToDoubleSeconds(it.duration));
+      mm->step_batch_requests.Observe(it.batch_requests);
+      mm->step_batch_tokens.Observe(static_cast<double>(it.batch_tokens));
+    };
+    m->scheduler = std::make_unique<scheduler::Scheduler>(spec.scheduler, m->engine.get());
+    m->scheduler->Start();
+    scheduler::Scheduler* sched = m->scheduler.get();
+    const int64_t budget = spec.scheduler.kv_budget_bytes;
+    server->registry_.AddCollectHook([mm, sched, budget] {
+      const scheduler::SchedulerStats s = sched->stats();
+      mm->running.Set(s.active);
+      mm->waiting.Set(s.queued);
+      mm->kv_bytes.Set(static_cast<double>(s.kv_bytes_used));
+      mm->kv_usage_ratio.Set(budget > 0 ? static_cast<double>(s.kv_bytes_used) / budget : 0);
+    });
+    served.push_back(m.get());
+    server->models_.push_back(std::move(m));
+  }
+  server->service_ = std::make_unique<ImageGeneratorService>(
+      std::move(served), server->metrics_.get(), server->pump_.get(), options.service);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options.tls_cert_pem.empty() || !options.tls_key_pem.empty()) {
+    if (options.tls_cert_pem.empty() || options.tls_key_pem.empty()) {
+      return absl::InvalidArgumentError("tls: both a certificate and a key are needed");
+    }
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({options.tls_key_pem, options.tls_cert_pem});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort(options.address, credentials, &server->port_);
+  builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_send_message_bytes);
+  builder.RegisterService(server->service_.get());
+  server->grpc_server_ = builder.BuildAndStart();
+  if (server->grpc_server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address));
+  }
+  server->SetServing(false);
+
+  if (!options.metrics_address.empty()) {
+    absl::StatusOr<std::unique_ptr<metrics::MetricsHttpServer>> http =
+        metrics::MetricsHttpServer::Start(&server->registry_, options.metrics_address);
+    if (!http.ok()) return http.status();
+    server->metrics_http_ = *std::move(http);
+  }
+  return server;
+}
+
+Server::~Server() { Shutdown(absl::ZeroDuration()); }
+
+void Server::SetServing(bool serving) {
+  if (grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService()) {
+    health->SetServingStatus(serving);
+  }
+}
+
+absl::Status Server::WarmUp() {
+  for (const auto& m : models_) {
+    auto sink = std::make_shared<WarmUpSink>();
+    auto request = std::make_unique<scheduler::Request>();
+    request->id = "#warmup";
+    request->params.class_id =
+        m->info.conditioning == "class" ? std::optional<int>(0) : std::nullopt;
+    request->params.guidance_scale = m->info.default_guidance;
+    request->sink = sink;
+    if (absl::Status s = m->scheduler->Submit(request); !s.ok()) return s;
+    if (absl::Status s = sink->Wait(); !s.ok()) {
+      return absl::Status(
+          s.code(), absl::StrCat("warm-up of model '", m->info.name, "' failed: ", s.message()));
+    }
+  }
+  SetServing(true);
+  return absl::OkStatus();
+}
+
+void Server::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  SetServing(false);
+  service_->StopAccepting();
+  for (const auto& m : models_) m->scheduler->BeginDrain(grace);
+  // Bounded: at the end of `grace` the schedulers fail what is left with UNAVAILABLE.
+  for (const auto& m : models_) m->scheduler->WaitUntilIdle();
+  // The calls now only have their last messages to write; give them a moment, then cancel.
+  grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc_server_->Wait();
+  metrics_http_.reset();
+}
+
+}  // namespace dartserve::server

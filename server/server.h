@@ -1,0 +1,81 @@
+// The dartserve server: gRPC (ImageGenerator, grpc.health.v1, reflection), one scheduler per
+// model, the PNG/write pump, and the metrics endpoint, wired together with one lifecycle:
+//
+//   Start (health NOT_SERVING) -> WarmUp (health SERVING) -> Shutdown(grace) (NOT_SERVING, no new
+//   calls, in-flight calls finish within `grace`, the rest fail with UNAVAILABLE) -> destroyed.
+#ifndef DARTSERVE_SERVER_SERVER_H_
+#define DARTSERVE_SERVER_SERVER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "scheduler/scheduler.h"
+#include "server/metrics.h"
+#include "server/metrics_http.h"
+#include "server/server_metrics.h"
+#include "server/service.h"
+#include "server/work_queue.h"
+
+namespace dartserve::server {
+
+struct ModelSpec {
+  ModelInfo info;
+  std::unique_ptr<model::Engine> engine;
+  scheduler::SchedulerOptions scheduler;  // on_iteration is set by the server (metrics)
+};
+
+struct ServerOptions {
+  // gRPC listen address; port 0 picks a free port (see Server::port()).
+  std::string address = "0.0.0.0:50051";
+  // Metrics HTTP listen address; empty: no metrics endpoint.
+  std::string metrics_address = "0.0.0.0:9464";
+  ServiceOptions service;
+  // TLS: both PEM strings set -> TLS; both empty -> plaintext.
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+  int max_receive_message_bytes = 1 << 20;  // requests are small; bounds client-driven memory
+  int max_send_message_bytes = 64 << 20;
+  int pump_threads = 2;  // PNG encoding and writes
+};
+
+class Server {
+ public:
+  // Starts listening at once (health NOT_SERVING until WarmUp succeeds). `models` must not be
+  // empty; the first is the default. Model names must be unique.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options,
+                                                       std::vector<ModelSpec> models);
+  ~Server();
+
+  int port() const { return port_; }
+  int metrics_port() const { return metrics_http_ ? metrics_http_->port() : 0; }
+  metrics::Registry& registry() { return registry_; }
+  ServedModel& model(size_t i) { return *models_[i]; }
+
+  // Generates one image per model through its scheduler, then marks the server SERVING.
+  absl::Status WarmUp();
+  void SetServing(bool serving);
+  // Graceful stop; idempotent. Returns when every call has ended.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  Server() = default;
+
+  metrics::Registry registry_;
+  std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<WorkQueue> pump_;
+  std::vector<std::unique_ptr<ServedModel>> models_;
+  std::unique_ptr<ImageGeneratorService> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<metrics::MetricsHttpServer> metrics_http_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace dartserve::server
+
+#endif  // DARTSERVE_SERVER_SERVER_H_

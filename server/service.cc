@@ -1,0 +1,152 @@
+#include "server/service.h"
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "server/grpc_status.h"
+
+namespace dartserve::server {
+namespace {
+
+grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* context, const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+class RejectedCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse> {
+ public:
+  explicit RejectedCall(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
+
+// Compares without an early exit, so the time taken does not reveal how much of a token matched.
+bool ConstantTimeEquals(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % std::max<size_t>(1, b.size())];
+  return diff == 0;
+}
+
+}  // namespace
+
+ImageGeneratorService::ImageGeneratorService(std::vector<ServedModel*> models,
+                                             ServerMetrics* metrics, WorkQueue* pump,
+                                             ServiceOptions options)
+    : models_(std::move(models)),
+      metrics_(metrics),
+      pump_(pump),
+      options_(std::move(options)),
+      started_(absl::Now()) {}
+
+absl::Status ImageGeneratorService::Authenticate(const grpc::CallbackServerContext& context) const {
+  if (options_.auth_token.empty()) return absl::OkStatus();
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError("authorization: a bearer token is required");
+  }
+  const std::string value(it->second.data(), it->second.size());
+  if (!ConstantTimeEquals(value, absl::StrCat("Bearer ", options_.auth_token))) {
+    return absl::UnauthenticatedError("authorization: the bearer token is not valid");
+  }
+  return absl::OkStatus();
+}
+
+ServedModel* ImageGeneratorService::FindModel(const std::string& name) const {
+  if (name.empty()) return models_.front();
+  for (ServedModel* m : models_) {
+    if (m->info.name == name) return m;
+  }
+  return nullptr;
+}
+
+grpc::ServerWriteReactor<v1::GenerateImageResponse>* ImageGeneratorService::GenerateImage(
+    grpc::CallbackServerContext* context, const v1::GenerateImageRequest* request) {
+  ServedModel* model = FindModel(request->model());
+  const std::string model_label = model != nullptr ? model->info.name : "unknown";
+  auto reject = [&](const absl::Status& status) {
+    metrics_->RecordRequest(model_label, status, 0);
+    return new RejectedCall(status);
+  };
+  if (absl::Status s = Authenticate(*context); !s.ok()) return reject(s);
+  if (draining_) return reject(absl::UnavailableError("server is shutting down"));
+  if (model == nullptr) {
+    std::vector<std::string> names;
+    for (const ServedModel* m : models_) names.push_back(m->info.name);
+    return reject(absl::NotFoundError(absl::StrCat("model: unknown model '", request->model(),
+                                                   "'; served: ", absl::StrJoin(names, ", "))));
+  }
+  if (absl::Status s = ValidateRequestId(request->request_id()); !s.ok()) return reject(s);
+  absl::StatusOr<ValidatedRequest> validated =
+      ValidateGenerateRequest(*request, model->info, absl::Uniform<uint64_t>(absl::BitGen()));
+  if (!validated.ok()) return reject(validated.status());
+  // Engine-level checks (the scheduler repeats them; doing them here keeps the field names).
+  if (absl::Status s = model->engine->Validate(validated->params); !s.ok()) return reject(s);
+
+  std::string id = request->request_id();
+  if (id.empty()) id = absl::StrCat("req-", absl::ToUnixMicros(started_), "-", next_id_++);
+  const CallContext deps{.scheduler = model->scheduler.get(),
+                         .model = &model->info,
+                         .model_metrics = &metrics_->ForModel(model->info.name),
+                         .metrics = metrics_,
+                         .pump = pump_,
+                         .registry = &calls_};
+  return GenerateCall::Start(context, deps, std::move(id), *validated);
+}
+
+grpc::ServerUnaryReactor* ImageGeneratorService::CancelGeneration(
+    grpc::CallbackServerContext* context, const v1::CancelGenerationRequest* request,
+    v1::CancelGenerationResponse* response) {
+  if (absl::Status s = Authenticate(*context); !s.ok()) return Reply(context, s);
+  if (request->request_id().empty()) {
+    return Reply(context, absl::InvalidArgumentError("request_id: must not be empty"));
+  }
+  std::shared_ptr<GenerateCall> call = calls_.Find(request->request_id());
+  if (call == nullptr) {
+    return Reply(context, absl::NotFoundError(absl::StrCat("request_id: no request '",
+                                                           request->request_id(), "' in flight")));
+  }
+  call->Cancel("cancelled by CancelGeneration");
+  return Reply(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* ImageGeneratorService::ListModels(grpc::CallbackServerContext* context,
+                                                            const v1::ListModelsRequest* request,
+                                                            v1::ListModelsResponse* response) {
+  if (absl::Status s = Authenticate(*context); !s.ok()) return Reply(context, s);
+  for (const ServedModel* m : models_) {
+    v1::ModelInfo* info = response->add_models();
+    info->set_name(m->info.name);
+    info->set_conditioning(m->info.conditioning);
+    info->set_num_classes(static_cast<uint32_t>(m->info.num_classes));
+    for (const std::string& n : m->info.class_names) info->add_class_names(n);
+    info->set_image_size(static_cast<uint32_t>(m->info.image_size));
+    info->set_channels(static_cast<uint32_t>(m->info.channels));
+    info->set_steps(static_cast<uint32_t>(m->info.steps));
+    info->set_default_guidance_scale(m->info.default_guidance);
+    info->set_is_default(m == models_.front());
+    info->set_parameters(static_cast<uint64_t>(m->info.parameters));
+  }
+  return Reply(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* ImageGeneratorService::GetServerInfo(
+    grpc::CallbackServerContext* context, const v1::GetServerInfoRequest* request,
+    v1::GetServerInfoResponse* response) {
+  if (absl::Status s = Authenticate(*context); !s.ok()) return Reply(context, s);
+  response->set_version(options_.version);
+  response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - started_));
+  uint32_t waiting = 0, running = 0;
+  for (const ServedModel* m : models_) {
+    const scheduler::SchedulerStats stats = m->scheduler->stats();
+    waiting += static_cast<uint32_t>(stats.queued);
+    running += static_cast<uint32_t>(stats.active);
+  }
+  response->set_requests_waiting(waiting);
+  response->set_requests_running(running);
+  response->set_draining(draining_);
+  return Reply(context, absl::OkStatus());
+}
+
+}  // namespace dartserve::server

@@ -1,0 +1,72 @@
+// The ImageGenerator gRPC service (callback API) over one scheduler per served model.
+#ifndef DARTSERVE_SERVER_SERVICE_H_
+#define DARTSERVE_SERVER_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "dartserve/v1/image_generator.grpc.pb.h"
+#include "model/engine.h"
+#include "scheduler/scheduler.h"
+#include "server/server_metrics.h"
+#include "server/stream.h"
+#include "server/validation.h"
+#include "server/work_queue.h"
+
+namespace dartserve::server {
+
+// A model as served: its description, its engine and the scheduler that owns the engine's thread.
+struct ServedModel {
+  ModelInfo info;
+  std::unique_ptr<model::Engine> engine;
+  std::unique_ptr<scheduler::Scheduler> scheduler;
+};
+
+struct ServiceOptions {
+  std::string version = "dev";
+  // When set, every ImageGenerator call must carry "authorization: Bearer <token>".
+  std::string auth_token;
+};
+
+class ImageGeneratorService final : public v1::ImageGenerator::CallbackService {
+ public:
+  // `models` (the first is the default), `metrics` and `pump` must outlive the service.
+  ImageGeneratorService(std::vector<ServedModel*> models, ServerMetrics* metrics, WorkQueue* pump,
+                        ServiceOptions options);
+
+  // New GenerateImage calls fail with UNAVAILABLE from now on.
+  void StopAccepting() { draining_ = true; }
+
+  grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateImage(
+      grpc::CallbackServerContext* context, const v1::GenerateImageRequest* request) override;
+  grpc::ServerUnaryReactor* CancelGeneration(grpc::CallbackServerContext* context,
+                                             const v1::CancelGenerationRequest* request,
+                                             v1::CancelGenerationResponse* response) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const v1::ListModelsRequest* request,
+                                       v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
+                                          const v1::GetServerInfoRequest* request,
+                                          v1::GetServerInfoResponse* response) override;
+
+ private:
+  // UNAUTHENTICATED unless the call carries the configured bearer token (or none is configured).
+  absl::Status Authenticate(const grpc::CallbackServerContext& context) const;
+  ServedModel* FindModel(const std::string& name) const;
+
+  const std::vector<ServedModel*> models_;
+  ServerMetrics* const metrics_;
+  WorkQueue* const pump_;
+  const ServiceOptions options_;
+  const absl::Time started_;
+  std::atomic<bool> draining_{false};
+  std::atomic<uint64_t> next_id_{0};
+  CallRegistry calls_;
+};
+
+}  // namespace dartserve::server
+
+#endif  // DARTSERVE_SERVER_SERVICE_H_

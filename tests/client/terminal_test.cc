@@ -1,0 +1,246 @@
+#include "client/terminal.h"
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace dartserve::client {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+model::Pixels Gray(int width, int height, std::vector<uint8_t> data) {
+  return {.width = width, .height = height, .channels = 1, .data = std::move(data)};
+}
+
+model::Pixels Rgb(int width, int height, std::vector<uint8_t> data) {
+  return {.width = width, .height = height, .channels = 3, .data = std::move(data)};
+}
+
+TEST(RenderHalfBlocksTest, GrayTwoByTwoIsOneLineOfTwoCells) {
+  // Upper row 0 255, lower row 128 64: foreground = upper pixel, background = lower pixel.
+  const std::string out = RenderHalfBlocks(Gray(2, 2, {0, 255, 128, 64}), 80, 48);
+  EXPECT_EQ(out,
+            "\x1b[38;2;0;0;0;48;2;128;128;128m\u2580"
+            "\x1b[38;2;255;255;255;48;2;64;64;64m\u2580"
+            "\x1b[0m\n");
+}
+
+TEST(RenderHalfBlocksTest, RgbTwoByTwo) {
+  const std::string out = RenderHalfBlocks(Rgb(2, 2,
+                                               {255, 0, 0, 0, 255, 0,  // red, green
+                                                0, 0, 255, 10, 20, 30}),  // blue, (10,20,30)
+                                           80, 48);
+  EXPECT_EQ(out,
+            "\x1b[38;2;255;0;0;48;2;0;0;255m\u2580"
+            "\x1b[38;2;0;255;0;48;2;10;20;30m\u2580"
+            "\x1b[0m\n");
+}
+
+TEST(RenderHalfBlocksTest, OddHeightLeavesLastLowerHalfDefault) {
+  const std::string out = RenderHalfBlocks(Gray(2, 3, {1, 2, 3, 4, 5, 6}), 80, 48);
+  EXPECT_EQ(out,
+            "\x1b[38;2;1;1;1;48;2;3;3;3m\u2580\x1b[38;2;2;2;2;48;2;4;4;4m\u2580\x1b[0m\n"
+            "\x1b[38;2;5;5;5;49m\u2580\x1b[38;2;6;6;6;49m\u2580\x1b[0m\n");
+}
+
+TEST(RenderHalfBlocksTest, SingleRowImage) {
+  EXPECT_EQ(RenderHalfBlocks(Rgb(1, 1, {7, 8, 9}), 80, 48),
+            "\x1b[38;2;7;8;9;49m\u2580\x1b[0m\n");
+}
+
+TEST(RenderHalfBlocksTest, ShrinksWithBoxFilterToFit) {
+  // 4x4 of four 2x2 blocks with means 10, 20, 30 and 41 (40, 41, 41, 42 rounds to 41).
+  const model::Pixels image = Gray(4, 4,
+                                   {
+                                       10, 10, 20, 20,  //
+                                       10, 10, 20, 20,  //
+                                       30, 30, 40, 41,  //
+                                       30, 30, 41, 42,  //
+                                   });
+  EXPECT_EQ(RenderHalfBlocks(image, 2, 2),
+            "\x1b[38;2;10;10;10;48;2;30;30;30m\u2580\x1b[38;2;20;20;20;48;2;41;41;41m\u2580"
+            "\x1b[0m\n");
+  // The tighter bound wins: 3 columns x 2 pixel rows still gives 2 x 2.
+  EXPECT_EQ(RenderHalfBlocks(image, 3, 2), RenderHalfBlocks(image, 2, 2));
+}
+
+TEST(RenderHalfBlocksTest, NeverEnlarges) {
+  const model::Pixels image = Gray(2, 2, {0, 255, 128, 64});
+  EXPECT_EQ(RenderHalfBlocks(image, 100, 100), RenderHalfBlocks(image, 2, 2));
+}
+
+TEST(RenderHalfBlocksTest, EmptyOrShortImageRendersNothing) {
+  EXPECT_EQ(RenderHalfBlocks(model::Pixels{}, 80, 48), "");
+  EXPECT_EQ(RenderHalfBlocks(Gray(2, 2, {1, 2, 3}), 80, 48), "");
+}
+
+TEST(FitSizeTest, KeepsSmallImagesUnlessUpscaling) {
+  EXPECT_EQ(FitSize(28, 28, 80, 40), (Size{28, 28}));
+  EXPECT_EQ(FitSize(28, 28, 80, 60, /*upscale=*/true), (Size{56, 56}));
+  EXPECT_EQ(FitSize(28, 28, 80, 84, /*upscale=*/true), (Size{84, 84}));
+  EXPECT_EQ(FitSize(28, 28, 27, 84, /*upscale=*/true), (Size{27, 27}));
+}
+
+TEST(FitSizeTest, ShrinksKeepingAspectRatio) {
+  EXPECT_EQ(FitSize(100, 50, 20, 20), (Size{20, 10}));
+  EXPECT_EQ(FitSize(50, 100, 20, 20), (Size{10, 20}));
+  EXPECT_EQ(FitSize(1000, 1, 10, 10), (Size{10, 1}));
+}
+
+TEST(ResizePixelsTest, EnlargingIsNearestNeighbour) {
+  const model::Pixels out = ResizePixels(Gray(2, 1, {5, 9}), 4, 2);
+  EXPECT_EQ(out.width, 4);
+  EXPECT_EQ(out.height, 2);
+  EXPECT_THAT(out.data, ElementsAre(5, 5, 9, 9, 5, 5, 9, 9));
+}
+
+TEST(ResizePixelsTest, KeepsChannels) {
+  const model::Pixels out = ResizePixels(Rgb(2, 1, {0, 100, 200, 10, 110, 210}), 1, 1);
+  EXPECT_EQ(out.channels, 3);
+  EXPECT_THAT(out.data, ElementsAre(5, 105, 205));
+}
+
+TEST(ProgressLineTest, Format) {
+  EXPECT_EQ(FormatProgressLine(0, 2, 3, 8, 0.42), "image 1/2 step 3/8 [###-----] 0.42s");
+  EXPECT_EQ(FormatProgressLine(1, 2, 8, 8, 1.5), "image 2/2 step 8/8 [########] 1.50s");
+  EXPECT_EQ(FormatProgressLine(0, 1, 1, 4, 0, 4), "image 1/1 step 1/4 [#---] 0.00s");
+  EXPECT_EQ(FormatProgressLine(0, 1, 0, 0, 0), "image 1/1 step 0/0 [--------] 0.00s");
+}
+
+TEST(LiveAreaTest, RedrawsInPlace) {
+  LiveArea area;
+  EXPECT_EQ(area.Update("a\nb\n"), "a\nb\n");
+  // Up two lines, erase to the end of the screen, draw the new block.
+  EXPECT_EQ(area.Update("c\n"), "\x1b[2A\x1b[Jc\n");
+  // A log line goes above the block, which is redrawn under it.
+  EXPECT_EQ(area.Log("saved x.png"), "\x1b[1A\x1b[Jsaved x.png\nc\n");
+  EXPECT_EQ(area.Update("d\ne\n"), "\x1b[1A\x1b[Jd\ne\n");
+  area.Release();
+  EXPECT_EQ(area.Update("f\n"), "f\n");
+  EXPECT_EQ(area.Log("x"), "\x1b[1A\x1b[Jx\nf\n");
+}
+
+TEST(LiveAreaTest, LogWithoutBlockIsAPlainLine) {
+  LiveArea area;
+  EXPECT_EQ(area.Log("hello"), "hello\n");
+}
+
+TEST(CursorUpTest, Sequence) {
+  EXPECT_EQ(CursorUp(3), "\x1b[3A");
+  EXPECT_EQ(CursorUp(0), "");
+}
+
+TEST(StatusTest, CodeNamesAndFormatting) {
+  EXPECT_EQ(StatusCodeName(grpc::StatusCode::INVALID_ARGUMENT), "INVALID_ARGUMENT");
+  EXPECT_EQ(StatusCodeName(grpc::StatusCode::RESOURCE_EXHAUSTED), "RESOURCE_EXHAUSTED");
+  EXPECT_EQ(StatusCodeName(grpc::StatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
+  EXPECT_EQ(StatusCodeName(static_cast<grpc::StatusCode>(99)), "CODE_99");
+  EXPECT_EQ(FormatStatus(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                      "guidance_scale: must be in [0, 20]")),
+            "INVALID_ARGUMENT: guidance_scale: must be in [0, 20]");
+  EXPECT_EQ(FormatStatus(grpc::Status::CANCELLED), "CANCELLED");
+}
+
+TEST(ConnectionTest, MissingCaFileIsNotFound) {
+  ConnectionOptions options;
+  options.tls_ca_path = "/nonexistent/ca.pem";
+  EXPECT_EQ(CreateChannel(options).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(ConnectionTest, PlaintextChannelIsCreatedLazily) {
+  ConnectionOptions options;
+  options.server = "localhost:1";
+  EXPECT_TRUE(CreateChannel(options).ok());
+}
+
+TEST(RequestTest, Priority) {
+  EXPECT_EQ(*ParsePriority("interactive"), v1::PRIORITY_INTERACTIVE);
+  EXPECT_EQ(*ParsePriority("normal"), v1::PRIORITY_NORMAL);
+  EXPECT_EQ(*ParsePriority("batch"), v1::PRIORITY_BATCH);
+  EXPECT_EQ(ParsePriority("urgent").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RequestTest, OutputPathsAreConfinedToTheFolder) {
+  EXPECT_EQ(PreviewPath("out", "req-1", 0, 3), "out/req-1_img0_step3.png");
+  EXPECT_EQ(ResultPath("out", "req-1", 1), "out/req-1_img1.png");
+  EXPECT_EQ(SafeFileStem("../../etc/passwd"), ".._.._etc_passwd");
+  EXPECT_EQ(SafeFileStem(".."), "__");
+  EXPECT_EQ(SafeFileStem(""), "request");
+  EXPECT_EQ(SafeFileStem("a:b.c_d-e"), "a:b.c_d-e");
+}
+
+TEST(LoadMixTest, ParsesEveryKey) {
+  absl::StatusOr<LoadMix> mix = ParseLoadMix(
+      "class:0-2|7, guidance:1|2.5,preview_every:0|1,n:1-2,priority:interactive|batch,"
+      "model:a|b");
+  ASSERT_TRUE(mix.ok()) << mix.status();
+  EXPECT_THAT(mix->classes, ElementsAre(0, 1, 2, 7));
+  EXPECT_THAT(mix->guidance, ElementsAre(1.0f, 2.5f));
+  EXPECT_THAT(mix->preview_every, ElementsAre(0u, 1u));
+  EXPECT_THAT(mix->num_images, ElementsAre(1u, 2u));
+  EXPECT_THAT(mix->priorities, ElementsAre(v1::PRIORITY_INTERACTIVE, v1::PRIORITY_BATCH));
+  EXPECT_THAT(mix->models, ElementsAre("a", "b"));
+}
+
+TEST(LoadMixTest, EmptyMixSetsNothing) {
+  absl::StatusOr<LoadMix> mix = ParseLoadMix("");
+  ASSERT_TRUE(mix.ok());
+  std::mt19937_64 rng(1);
+  const v1::GenerateImageRequest request = SampleRequest(*mix, rng);
+  EXPECT_TRUE(request.has_seed());
+  EXPECT_EQ(request.condition_case(), v1::GenerateImageRequest::CONDITION_NOT_SET);
+  EXPECT_FALSE(request.has_guidance_scale());
+  EXPECT_FALSE(request.has_preview());
+  EXPECT_TRUE(request.model().empty());
+}
+
+TEST(LoadMixTest, RejectsBadInput) {
+  for (const char* text : {"class", "class:", "class:a", "class:5-3", "colour:red", "n:-1",
+                           "guidance:x", "priority:urgent", "class:1,class:2", "class:1||2",
+                           "class:0-100000000"}) {
+    absl::StatusOr<LoadMix> mix = ParseLoadMix(text);
+    EXPECT_EQ(mix.status().code(), absl::StatusCode::kInvalidArgument) << text;
+  }
+  EXPECT_THAT(std::string(ParseLoadMix("colour:red").status().message()), HasSubstr("colour"));
+}
+
+TEST(LoadMixTest, SamplesUniformlyAndReproducibly) {
+  absl::StatusOr<LoadMix> mix = ParseLoadMix("class:0-9,guidance:1|2");
+  ASSERT_TRUE(mix.ok());
+  std::mt19937_64 rng(42);
+  std::vector<int> counts(10);
+  int guided = 0;
+  constexpr int kDraws = 10000;
+  for (int i = 0; i < kDraws; ++i) {
+    const v1::GenerateImageRequest request = SampleRequest(*mix, rng);
+    ASSERT_EQ(request.condition_case(), v1::GenerateImageRequest::kClassId);
+    ASSERT_GE(request.class_id(), 0);
+    ASSERT_LE(request.class_id(), 9);
+    ++counts[request.class_id()];
+    guided += request.guidance_scale() == 2.0f;
+  }
+  for (int c : counts) EXPECT_NEAR(c, kDraws / 10, 150);
+  EXPECT_NEAR(guided, kDraws / 2, 300);
+
+  std::mt19937_64 a(7), b(7);
+  EXPECT_EQ(SampleRequest(*mix, a).SerializeAsString(), SampleRequest(*mix, b).SerializeAsString());
+}
+
+TEST(PercentileTest, NearestRank) {
+  const std::vector<double> v = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  EXPECT_EQ(Percentile(v, 0.5), 5);
+  EXPECT_EQ(Percentile(v, 0.9), 9);
+  EXPECT_EQ(Percentile(v, 0.95), 10);
+  EXPECT_EQ(Percentile(v, 0.99), 10);
+  EXPECT_EQ(Percentile(v, 1.0), 10);
+  EXPECT_EQ(Percentile({3.5}, 0.5), 3.5);
+  EXPECT_EQ(Percentile({}, 0.5), 0);
+}
+
+}  // namespace
+}  // namespace dartserve::client

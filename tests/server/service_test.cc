@@ -1,0 +1,563 @@
+// The gRPC service end to end: an in-process Server on a free port, driven through the real
+// generated stub. A gated fake engine lets tests hold requests mid-run without sleeps.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "dartserve/v1/image_generator.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "model/dart_engine.h"
+#include "model/png.h"
+#include "server/server.h"
+#include "tests/testing/fake_engine.h"
+#include "tests/testing/prometheus.h"
+#include "tests/testing/tiny_model.h"
+
+namespace dartserve::server {
+namespace {
+
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+// FakeEngine whose Step waits for permits (or an open gate), so tests control progress.
+class GatedEngine : public testing::FakeEngine {
+ public:
+  int render_side = 8;
+
+  absl::Status Step(std::span<model::EngineRequest* const> requests) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      ++entered_;
+      cv_.notify_all();
+      cv_.wait(lock, [this] { return open_ || permits_ > 0; });
+      if (!open_) --permits_;
+    }
+    absl::Status s = FakeEngine::Step(requests);
+    std::lock_guard<std::mutex> lock(mu_);
+    ++steps_run_;
+    cv_.notify_all();
+    return s;
+  }
+  absl::StatusOr<model::Pixels> Render(const model::EngineRequest& r, int max_side) override {
+    const int side = max_side > 0 ? std::min(max_side, render_side) : render_side;
+    model::Pixels px{side, side, 3, std::vector<uint8_t>(side * side * 3)};
+    // Noise-like content, so PNG previews are large (to exceed HTTP/2 flow-control windows).
+    uint32_t x = static_cast<uint32_t>(static_cast<const Req&>(r).done) * 2654435761u + 1;
+    for (uint8_t& b : px.data) b = static_cast<uint8_t>((x = x * 1664525u + 1013904223u) >> 24);
+    return px;
+  }
+
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  // Closes the gate and restarts the step counts (after warm-up).
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = false;
+    entered_ = steps_run_ = 0;
+  }
+  void Allow(int steps) {
+    std::lock_guard<std::mutex> lock(mu_);
+    permits_ += steps;
+    cv_.notify_all();
+  }
+  // Blocks until Step has been entered `n` times in total.
+  void WaitEntered(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return entered_ >= n; });
+  }
+  void WaitStepsRun(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return steps_run_ >= n; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+  int permits_ = 0;
+  int entered_ = 0;
+  int steps_run_ = 0;
+};
+
+// The value of one sample line of a Prometheus exposition (0 when absent).
+double MetricValue(const std::string& exposition, const std::string& series) {
+  const std::string key = series + " ";
+  const size_t at = exposition.find(key);
+  return at == std::string::npos ? 0 : std::stod(exposition.substr(at + key.size()));
+}
+
+ModelInfo FakeInfo() {
+  ModelInfo info;
+  info.name = "fake";
+  info.num_classes = 10;
+  info.class_names = {"zero", "one", "two",   "three", "four",
+                      "five", "six", "seven", "eight", "nine"};
+  info.image_size = 8;
+  info.channels = 3;
+  info.steps = 4;  // FakeEngine::default_steps
+  info.default_guidance = 1.0f;
+  return info;
+}
+
+struct Harness {
+  std::unique_ptr<Server> server;
+  GatedEngine* engine = nullptr;  // owned by the server
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::ImageGenerator::Stub> stub;
+
+  HealthCheckResponse::ServingStatus Health() {
+    grpc::ClientContext ctx;
+    HealthCheckResponse response;
+    grpc::Status s =
+        grpc::health::v1::Health::NewStub(channel)->Check(&ctx, HealthCheckRequest(), &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response.status();
+  }
+};
+
+struct HarnessOptions {
+  scheduler::SchedulerOptions scheduler;
+  std::string auth_token;
+  bool warm_up = true;
+  bool open_gate = true;
+  bool metrics = false;
+};
+
+Harness Start(HarnessOptions opts = {}) {
+  Harness h;
+  auto engine = std::make_unique<GatedEngine>();
+  h.engine = engine.get();
+  h.engine->Open();
+  std::vector<ModelSpec> models;
+  models.push_back({.info = FakeInfo(), .engine = std::move(engine), .scheduler = opts.scheduler});
+  ServerOptions options;
+  options.address = "127.0.0.1:0";
+  options.metrics_address = opts.metrics ? "127.0.0.1:0" : "";
+  options.service.auth_token = opts.auth_token;
+  absl::StatusOr<std::unique_ptr<Server>> server =
+      Server::Start(std::move(options), std::move(models));
+  EXPECT_TRUE(server.ok()) << server.status();
+  h.server = *std::move(server);
+  if (opts.warm_up) EXPECT_TRUE(h.server->WarmUp().ok());
+  if (!opts.open_gate) h.engine->Close();
+  h.channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", h.server->port()),
+                                  grpc::InsecureChannelCredentials());
+  h.stub = v1::ImageGenerator::NewStub(h.channel);
+  return h;
+}
+
+struct CallResult {
+  std::vector<v1::GenerateImageResponse> messages;
+  grpc::Status status;
+};
+
+CallResult Generate(v1::ImageGenerator::Stub& stub, const v1::GenerateImageRequest& request,
+                    grpc::ClientContext* context = nullptr) {
+  grpc::ClientContext local;
+  if (context == nullptr) context = &local;
+  CallResult out;
+  auto reader = stub.GenerateImage(context, request);
+  v1::GenerateImageResponse m;
+  while (reader->Read(&m)) out.messages.push_back(m);
+  out.status = reader->Finish();
+  return out;
+}
+
+v1::GenerateImageRequest ClassRequest(int class_id, uint64_t seed, int n = 1) {
+  v1::GenerateImageRequest r;
+  r.set_class_id(class_id);
+  r.set_seed(seed);
+  r.set_num_images(static_cast<uint32_t>(n));
+  return r;
+}
+
+// The real tiny DART model behind the service: stream order, preview count, PNG size, seeds.
+TEST(ServiceTest, StreamsAcceptedProgressAndDecodableResults) {
+  model::ModelConfig config = model::ModelConfig::Tiny();
+  ModelInfo info;
+  info.name = "tiny";
+  info.num_classes = config.num_classes;
+  info.image_size = config.image_size;
+  info.channels = config.channels;
+  info.steps = config.num_steps;
+  info.default_guidance = 2.0f;
+  std::vector<ModelSpec> models;
+  models.push_back({.info = info,
+                    .engine = std::make_unique<model::DartEngine>(testing::MakeTinyModel(config))});
+  ServerOptions options{.address = "127.0.0.1:0", .metrics_address = ""};
+  auto server = Server::Start(std::move(options), std::move(models));
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE((*server)->WarmUp().ok());
+  auto stub = v1::ImageGenerator::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+
+  v1::GenerateImageRequest request = ClassRequest(3, 42, 2);
+  request.set_request_id("order-1");
+  request.mutable_preview()->set_every_n_steps(1);
+  const CallResult call = Generate(*stub, request);
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  ASSERT_FALSE(call.messages.empty());
+  ASSERT_TRUE(call.messages.front().has_accepted());
+  const v1::Accepted& accepted = call.messages.front().accepted();
+  EXPECT_EQ(accepted.request_id(), "order-1");
+  EXPECT_EQ(accepted.seed(), 42u);
+  EXPECT_EQ(accepted.num_images(), 2u);
+  EXPECT_EQ(accepted.total_steps(), static_cast<uint32_t>(config.num_steps));
+
+  int previews = 0;
+  std::vector<int> last_step(2, 0);
+  std::vector<bool> done(2, false);
+  for (size_t i = 1; i < call.messages.size(); ++i) {
+    const v1::GenerateImageResponse& m = call.messages[i];
+    ASSERT_FALSE(m.has_accepted()) << "Accepted must come first and once";
+    if (m.has_progress()) {
+      const int index = static_cast<int>(m.progress().image_index());
+      ASSERT_LT(index, 2);
+      EXPECT_FALSE(done[index]) << "progress after the result";
+      EXPECT_GT(static_cast<int>(m.progress().step()), last_step[index]);
+      last_step[index] = static_cast<int>(m.progress().step());
+      if (!m.progress().preview_png().empty()) {
+        ++previews;
+        absl::StatusOr<model::Pixels> px = model::DecodePng(m.progress().preview_png());
+        ASSERT_TRUE(px.ok());
+        EXPECT_EQ(px->width, config.image_size);
+      }
+    } else {
+      ASSERT_TRUE(m.has_result());
+      const v1::Result& r = m.result();
+      ASSERT_LT(r.image_index(), 2u);
+      EXPECT_FALSE(done[r.image_index()]);
+      done[r.image_index()] = true;
+      EXPECT_EQ(r.seed(), 42u + r.image_index());
+      absl::StatusOr<model::Pixels> px = model::DecodePng(r.png());
+      ASSERT_TRUE(px.ok()) << px.status();
+      EXPECT_EQ(px->width, config.image_size);
+      EXPECT_EQ(px->height, config.image_size);
+      EXPECT_EQ(px->channels, config.channels);
+      EXPECT_EQ(r.width(), static_cast<uint32_t>(config.image_size));
+      EXPECT_GE(r.timings().compute_seconds(), 0);
+    }
+  }
+  EXPECT_TRUE(done[0] && done[1]);
+  // Every intermediate step of both images made a preview; each one either reached the client
+  // or was replaced by a newer one (counted).
+  const double dropped =
+      MetricValue((*server)->registry().Serialize(),
+                  "dartserve_previews_dropped_total{model=\"tiny\",reason=\"backpressure\"}");
+  EXPECT_EQ(previews + dropped, 2 * (config.num_steps - 1));
+
+  // The same seed gives the same image.
+  v1::GenerateImageRequest again = ClassRequest(3, 42, 1);
+  again.mutable_preview()->set_every_n_steps(0);
+  const CallResult second = Generate(*stub, again);
+  ASSERT_TRUE(second.status.ok());
+  std::string first_png;
+  for (const auto& m : call.messages) {
+    if (m.has_result() && m.result().image_index() == 0) first_png = m.result().png();
+  }
+  EXPECT_EQ(second.messages.back().result().png(), first_png);
+}
+
+TEST(ServiceTest, EachInvalidFieldIsNamed) {
+  Harness h = Start();
+  struct Case {
+    std::string field;
+    std::function<void(v1::GenerateImageRequest&)> edit;
+    grpc::StatusCode code = grpc::StatusCode::INVALID_ARGUMENT;
+  };
+  const std::vector<Case> cases = {
+      {"class_id", [](auto& r) { r.set_class_id(10); }},
+      {"class_id", [](auto& r) { r.set_class_id(-1); }},
+      {"prompt", [](auto& r) { r.set_prompt("a purple giraffe"); }},
+      {"guidance_scale", [](auto& r) { r.set_guidance_scale(50); }},
+      {"guidance_scale", [](auto& r) { r.set_guidance_scale(-1); }},
+      {"temperature", [](auto& r) { r.set_temperature(0); }},
+      {"temperature", [](auto& r) { r.set_temperature(3); }},
+      {"num_images", [](auto& r) { r.set_num_images(17); }},
+      {"steps", [](auto& r) { r.set_steps(3); }},
+      {"preview.max_side", [](auto& r) { r.mutable_preview()->set_max_side(5000); }},
+      {"request_id", [](auto& r) { r.set_request_id("has space"); }},
+      {"request_id", [](auto& r) { r.set_request_id(std::string(129, 'a')); }},
+      {"priority", [](auto& r) { r.set_priority(static_cast<v1::Priority>(7)); }},
+      {"model", [](auto& r) { r.set_model("nope"); }, grpc::StatusCode::NOT_FOUND},
+  };
+  for (const Case& c : cases) {
+    v1::GenerateImageRequest request = ClassRequest(1, 5);
+    c.edit(request);
+    const CallResult call = Generate(*h.stub, request);
+    EXPECT_EQ(call.status.error_code(), c.code) << c.field;
+    EXPECT_TRUE(absl::StartsWith(call.status.error_message(), c.field + ":"))
+        << c.field << " -> " << call.status.error_message();
+    EXPECT_TRUE(call.messages.empty()) << c.field;
+  }
+  // A class name works as a prompt.
+  v1::GenerateImageRequest by_name;
+  by_name.set_prompt("Seven");
+  EXPECT_TRUE(Generate(*h.stub, by_name).status.ok());
+}
+
+// A request held mid-run, cancelled by id: the stream ends CANCELLED and its KV slot is free
+// for the next request (the budget holds exactly one request).
+TEST(ServiceTest, CancelGenerationMidStreamFreesTheSlot) {
+  Harness h = Start({.scheduler = {.kv_budget_bytes = 100}, .open_gate = false});
+  v1::GenerateImageRequest request = ClassRequest(1, 50);  // 50 steps
+  request.set_request_id("held");
+  grpc::ClientContext ctx;
+  auto reader = h.stub->GenerateImage(&ctx, request);
+  v1::GenerateImageResponse m;
+  ASSERT_TRUE(reader->Read(&m));
+  ASSERT_TRUE(m.has_accepted());
+  h.engine->Allow(1);
+  ASSERT_TRUE(reader->Read(&m));
+  ASSERT_TRUE(m.has_progress());
+
+  {
+    grpc::ClientContext cancel_ctx;
+    v1::CancelGenerationRequest cancel;
+    cancel.set_request_id("held");
+    v1::CancelGenerationResponse response;
+    ASSERT_TRUE(h.stub->CancelGeneration(&cancel_ctx, cancel, &response).ok());
+  }
+  h.engine->Open();
+  while (reader->Read(&m)) EXPECT_FALSE(m.has_result());
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+
+  // Unknown ids are NOT_FOUND.
+  grpc::ClientContext cancel_ctx;
+  v1::CancelGenerationRequest cancel;
+  cancel.set_request_id("held");
+  v1::CancelGenerationResponse response;
+  EXPECT_EQ(h.stub->CancelGeneration(&cancel_ctx, cancel, &response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  // The budget is free again: the next request runs to completion.
+  EXPECT_TRUE(Generate(*h.stub, ClassRequest(2, 3)).status.ok());
+  EXPECT_EQ(h.server->model(0).scheduler->stats().kv_bytes_used, 0);
+}
+
+TEST(ServiceTest, ClientCancellationReachesTheScheduler) {
+  Harness h = Start({.scheduler = {.kv_budget_bytes = 100}, .open_gate = false});
+  grpc::ClientContext ctx;
+  auto reader = h.stub->GenerateImage(&ctx, ClassRequest(1, 50));
+  v1::GenerateImageResponse m;
+  ASSERT_TRUE(reader->Read(&m));
+  h.engine->WaitEntered(1);  // the request is active and holds the whole budget
+  ctx.TryCancel();
+  while (reader->Read(&m)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  h.engine->Open();
+  EXPECT_TRUE(Generate(*h.stub, ClassRequest(2, 3)).status.ok());
+}
+
+TEST(ServiceTest, DeadlineEndsTheCallAndFreesTheSlot) {
+  Harness h = Start({.scheduler = {.kv_budget_bytes = 100}, .open_gate = false});
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  const CallResult call = Generate(*h.stub, ClassRequest(1, 50), &ctx);
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  h.engine->Open();
+  EXPECT_TRUE(Generate(*h.stub, ClassRequest(2, 3)).status.ok());
+}
+
+TEST(ServiceTest, FullQueueIsResourceExhausted) {
+  Harness h = Start({.scheduler = {.max_queued = 1, .kv_budget_bytes = 100}, .open_gate = false});
+  grpc::ClientContext ctx_a, ctx_b;
+  auto a = h.stub->GenerateImage(&ctx_a, ClassRequest(1, 10));
+  v1::GenerateImageResponse m;
+  ASSERT_TRUE(a->Read(&m));
+  h.engine->WaitEntered(1);  // A is active; the queue is empty
+  auto b = h.stub->GenerateImage(&ctx_b, ClassRequest(1, 10));
+  ASSERT_TRUE(b->Read(&m));  // B is accepted and waits for memory
+  ASSERT_TRUE(m.has_accepted());
+  EXPECT_EQ(m.accepted().queue_position(), 0u);
+  const CallResult c = Generate(*h.stub, ClassRequest(1, 10));
+  EXPECT_EQ(c.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(absl::StrContains(c.status.error_message(), "queue is full"));
+  h.engine->Open();
+  while (a->Read(&m)) {
+  }
+  while (b->Read(&m)) {
+  }
+  EXPECT_TRUE(a->Finish().ok());
+  EXPECT_TRUE(b->Finish().ok());
+}
+
+TEST(ServiceTest, DuplicateRequestIdIsRejectedWhileInFlight) {
+  Harness h = Start({.open_gate = false});
+  v1::GenerateImageRequest request = ClassRequest(1, 10);
+  request.set_request_id("same");
+  grpc::ClientContext ctx;
+  auto first = h.stub->GenerateImage(&ctx, request);
+  v1::GenerateImageResponse m;
+  ASSERT_TRUE(first->Read(&m));
+  const CallResult second = Generate(*h.stub, request);
+  EXPECT_EQ(second.status.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  h.engine->Open();
+  while (first->Read(&m)) {
+  }
+  EXPECT_TRUE(first->Finish().ok());
+  EXPECT_TRUE(Generate(*h.stub, request).status.ok());  // free again once finished
+}
+
+TEST(ServiceTest, BearerTokenIsRequiredWhenConfigured) {
+  Harness h = Start({.auth_token = "s3cret"});
+  auto list = [&](const std::string& header) {
+    grpc::ClientContext ctx;
+    if (!header.empty()) ctx.AddMetadata("authorization", header);
+    v1::ListModelsResponse response;
+    return h.stub->ListModels(&ctx, v1::ListModelsRequest(), &response);
+  };
+  EXPECT_EQ(list("").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(list("Bearer wrong").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(list("Bearer s3cre").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(list("Bearer s3cret").ok());
+  EXPECT_EQ(Generate(*h.stub, ClassRequest(1, 2)).status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", "Bearer s3cret");
+  EXPECT_TRUE(Generate(*h.stub, ClassRequest(1, 2), &ctx).status.ok());
+}
+
+TEST(ServiceTest, ListModelsAndServerInfo) {
+  Harness h = Start();
+  grpc::ClientContext ctx;
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(h.stub->ListModels(&ctx, v1::ListModelsRequest(), &models).ok());
+  ASSERT_EQ(models.models_size(), 1);
+  EXPECT_EQ(models.models(0).name(), "fake");
+  EXPECT_TRUE(models.models(0).is_default());
+  EXPECT_EQ(models.models(0).class_names(7), "seven");
+  grpc::ClientContext info_ctx;
+  v1::GetServerInfoResponse info;
+  ASSERT_TRUE(h.stub->GetServerInfo(&info_ctx, v1::GetServerInfoRequest(), &info).ok());
+  EXPECT_FALSE(info.draining());
+}
+
+TEST(ServiceTest, HealthIsNotServingUntilWarmedUpAndWhileDraining) {
+  Harness h = Start({.warm_up = false, .open_gate = false});
+  EXPECT_EQ(h.Health(), HealthCheckResponse::NOT_SERVING);
+  std::thread warm([&] { EXPECT_TRUE(h.server->WarmUp().ok()); });
+  h.engine->WaitEntered(1);
+  EXPECT_EQ(h.Health(), HealthCheckResponse::NOT_SERVING);  // warm-up still running
+  h.engine->Open();
+  warm.join();
+  EXPECT_EQ(h.Health(), HealthCheckResponse::SERVING);
+}
+
+// SIGTERM path: no new calls, in-flight calls finish within the grace period.
+TEST(ServiceTest, DrainLetsInFlightRequestsFinish) {
+  Harness h = Start({.open_gate = false});
+  grpc::ClientContext ctx;
+  auto reader = h.stub->GenerateImage(&ctx, ClassRequest(1, 6));
+  v1::GenerateImageResponse m;
+  ASSERT_TRUE(reader->Read(&m));
+  h.engine->WaitEntered(1);
+  std::thread shutdown([&] { h.server->Shutdown(absl::Hours(1)); });
+  // Wait (by polling the server, no timing assumption) until the drain has begun.
+  for (bool draining = false; !draining;) {
+    grpc::ClientContext info_ctx;
+    v1::GetServerInfoResponse info;
+    ASSERT_TRUE(h.stub->GetServerInfo(&info_ctx, v1::GetServerInfoRequest(), &info).ok());
+    draining = info.draining();
+  }
+  // New calls are refused while the old one is still running.
+  EXPECT_EQ(Generate(*h.stub, ClassRequest(1, 2)).status.error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(h.Health(), HealthCheckResponse::NOT_SERVING);
+  h.engine->Open();
+  bool got_result = false;
+  while (reader->Read(&m)) got_result |= m.has_result();
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_TRUE(got_result);
+  shutdown.join();
+}
+
+TEST(ServiceTest, DrainFailsWhatOutlivesTheGracePeriod) {
+  Harness h = Start({.open_gate = false});
+  grpc::ClientContext ctx;
+  auto reader = h.stub->GenerateImage(&ctx, ClassRequest(1, 50));
+  v1::GenerateImageResponse m;
+  ASSERT_TRUE(reader->Read(&m));
+  h.engine->WaitEntered(1);
+  std::thread shutdown([&] { h.server->Shutdown(absl::ZeroDuration()); });
+  // Once the scheduler drains (polled: no timing assumption), let the held step finish; the next
+  // iteration boundary is past the (zero) grace period.
+  while (!h.server->model(0).scheduler->stats().draining) std::this_thread::yield();
+  h.engine->Open();
+  while (reader->Read(&m)) EXPECT_FALSE(m.has_result());
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  shutdown.join();
+}
+
+// A client that does not read while its images are made loses previews, never the result.
+TEST(ServiceTest, SlowReaderLosesPreviewsNotResults) {
+  Harness h = Start({.open_gate = false});
+  h.engine->render_side = 256;  // ~200 KB previews: the HTTP/2 window fills after a few
+  v1::GenerateImageRequest request = ClassRequest(1, 40);  // 40 steps, 39 previews
+  request.mutable_preview()->set_every_n_steps(1);
+  grpc::ClientContext ctx;
+  auto reader = h.stub->GenerateImage(&ctx, request);
+  h.engine->Open();
+  h.engine->WaitStepsRun(40);  // all steps done before the client reads anything
+  int previews = 0;
+  bool result = false;
+  v1::GenerateImageResponse m;
+  while (reader->Read(&m)) {
+    previews += m.has_progress() && !m.progress().preview_png().empty();
+    result |= m.has_result();
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_TRUE(result);
+  EXPECT_LT(previews, 39);
+  const std::string exposition = h.server->registry().Serialize();
+  const double dropped = MetricValue(
+      exposition, "dartserve_previews_dropped_total{model=\"fake\",reason=\"backpressure\"}");
+  EXPECT_GT(dropped, 0);
+  EXPECT_EQ(previews + dropped, 39);
+}
+
+TEST(ServiceTest, MetricsPassPromtoolAndPrometheusScrapesThem) {
+  Harness h = Start({.metrics = true});
+  ASSERT_TRUE(Generate(*h.stub, ClassRequest(1, 3)).status.ok());
+  EXPECT_EQ(Generate(*h.stub, ClassRequest(11, 3)).status.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  absl::StatusOr<std::string> text =
+      testing::HttpGet("127.0.0.1", h.server->metrics_port(), "/metrics");
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_TRUE(absl::StrContains(
+      *text, "dartserve_request_duration_seconds_count{model=\"fake\",status=\"ok\"} 1"))
+      << *text;
+  EXPECT_TRUE(absl::StrContains(
+      *text, "dartserve_requests_total{model=\"fake\",status=\"invalid_argument\"} 1"));
+  // Warm-up runs beside the service, so only the one successful call counts.
+  EXPECT_TRUE(absl::StrContains(*text, "dartserve_images_total{model=\"fake\"} 1"));
+  EXPECT_TRUE(absl::StrContains(*text, "dartserve_step_duration_seconds_bucket"));
+  EXPECT_TRUE(absl::StrContains(*text, "dartserve_requests_running{model=\"fake\"} 0"));
+  if (!testing::PrometheusAvailable()) GTEST_SKIP() << "prometheus/promtool not installed";
+  EXPECT_TRUE(testing::PromtoolCheckMetrics(*text).ok()) << testing::PromtoolCheckMetrics(*text);
+
+  absl::StatusOr<std::unique_ptr<testing::PrometheusProcess>> prometheus =
+      testing::PrometheusProcess::Start(h.server->metrics_port());
+  ASSERT_TRUE(prometheus.ok()) << prometheus.status();
+  absl::StatusOr<nlohmann::json> result =
+      (*prometheus)
+          ->WaitForResult(
+              "histogram_quantile(0.5, sum by (le) "
+              "(dartserve_request_duration_seconds_bucket{model=\"fake\",status=\"ok\"}))",
+              absl::Seconds(60));
+  ASSERT_TRUE(result.ok()) << result.status();
+  const double median = std::stod((*result)["result"][0]["value"][1].get<std::string>());
+  EXPECT_GT(median, 0);
+  EXPECT_LT(median, 10);
+}
+
+}  // namespace
+}  // namespace dartserve::server
