@@ -11,7 +11,7 @@ PACKAGES=(
   # Common libraries.
   libabsl-dev nlohmann-json3-dev libpng-dev
   # Service layers.
-  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libcivetweb-dev curl
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libcivetweb-dev curl openssl
   # Text conditioning.
   libsentencepiece-dev sentencepiece
   # Tests, benchmarks, the Python reference peer; promtool and a real Prometheus for the metrics

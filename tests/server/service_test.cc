@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <thread>
 
@@ -439,6 +442,68 @@ TEST(ServiceTest, ListModelsAndServerInfo) {
   v1::GetServerInfoResponse info;
   ASSERT_TRUE(h.stub->GetServerInfo(&info_ctx, v1::GetServerInfoRequest(), &info).ok());
   EXPECT_FALSE(info.draining());
+}
+
+TEST(ServiceTest, ServesSeveralModelsByName) {
+  std::vector<ModelSpec> models;
+  for (const char* name : {"first", "second"}) {
+    ModelInfo info = FakeInfo();
+    info.name = name;
+    models.push_back({.info = info, .engine = std::make_unique<GatedEngine>()});
+    static_cast<GatedEngine*>(models.back().engine.get())->Open();
+  }
+  GatedEngine* second = static_cast<GatedEngine*>(models[1].engine.get());
+  auto server = Server::Start({.address = "127.0.0.1:0", .metrics_address = ""}, std::move(models));
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::ImageGenerator::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  v1::GenerateImageRequest request = ClassRequest(1, 3);
+  request.set_model("second");
+  const CallResult call = Generate(*stub, request);
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  EXPECT_EQ(call.messages.front().accepted().model(), "second");
+  second->WaitStepsRun(3);  // the request ran on the second model's engine
+  EXPECT_EQ(Generate(*stub, ClassRequest(1, 3)).messages.front().accepted().model(), "first");
+}
+
+// TLS with a throw-away self-signed certificate for "localhost" (made with Debian's openssl).
+TEST(ServiceTest, ServesOverTls) {
+  char dir_template[] = "/tmp/dartserve-tls-XXXXXX";
+  const char* dir = mkdtemp(dir_template);
+  ASSERT_NE(dir, nullptr);
+  const std::string cert = absl::StrCat(dir, "/cert.pem"), key = absl::StrCat(dir, "/key.pem");
+  const std::string command = absl::StrCat(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost -keyout ",
+      key, " -out ", cert, " >/dev/null 2>&1");
+  if (std::system(command.c_str()) != 0) GTEST_SKIP() << "openssl is not available";
+  auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string cert_pem = read(cert), key_pem = read(key);
+  std::filesystem::remove_all(dir);
+
+  std::vector<ModelSpec> models;
+  models.push_back({.info = FakeInfo(), .engine = std::make_unique<GatedEngine>()});
+  static_cast<GatedEngine*>(models.back().engine.get())->Open();
+  auto server = Server::Start({.address = "127.0.0.1:0",
+                               .metrics_address = "",
+                               .tls_cert_pem = cert_pem,
+                               .tls_key_pem = key_pem},
+                              std::move(models));
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string target = absl::StrCat("localhost:", (*server)->port());
+  auto secure = v1::ImageGenerator::NewStub(grpc::CreateChannel(
+      target, grpc::SslCredentials({.pem_root_certs = cert_pem})));
+  EXPECT_TRUE(Generate(*secure, ClassRequest(1, 3)).status.ok());
+  // A plaintext client cannot talk to it.
+  auto plain = v1::ImageGenerator::NewStub(
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::ListModelsResponse response;
+  EXPECT_FALSE(plain->ListModels(&ctx, v1::ListModelsRequest(), &response).ok());
 }
 
 TEST(ServiceTest, HealthIsNotServingUntilWarmedUpAndWhileDraining) {
