@@ -21,6 +21,8 @@ constexpr EnumNames<Conditioning, 3> kConditioningNames = {{{Conditioning::kNone
                                                             {Conditioning::kText, "text"}}};
 constexpr EnumNames<OutputHead, 2> kHeadNames = {
     {{OutputHead::kMean, "mean"}, {OutputHead::kFlow, "flow"}}};
+constexpr EnumNames<FlowSolver, 2> kFlowSolverNames = {
+    {{FlowSolver::kEuler, "euler"}, {FlowSolver::kHeun, "heun"}}};
 constexpr EnumNames<Variant, 2> kVariantNames = {
     {{Variant::kDart, "dart"}, {Variant::kDartAr, "dart_ar"}}};
 constexpr EnumNames<Schedule, 1> kScheduleNames = {{{Schedule::kCosine, "cosine"}}};
@@ -94,6 +96,15 @@ double FlopsPerImage(const ModelConfig& c, bool guided) {
     const double context = (b + 1) * k;
     total += k * (linear_per_token + c.depth * 4.0 * context * d);
   }
+  if (c.flow()) {
+    // Once per DART step: the AdaLN modulation of every head block from the backbone output.
+    // Per evaluation: the input/output projections and two linears per block.
+    const double w = c.flow_width;
+    const double once = 2.0 * (d * w + c.flow_depth * w * 3 * w);
+    const double per_eval = 2.0 * (2 * td * w + c.flow_depth * 2 * w * w);
+    const double evals = c.flow_solver == FlowSolver::kHeun ? 2.0 * c.flow_steps - 1 : c.flow_steps;
+    total += c.num_steps * k * (once + evals * per_eval);
+  }
   return total * (guided ? 2 : 1);
 }
 
@@ -125,7 +136,11 @@ absl::Status ModelConfig::Validate() const {
                conditioning != Conditioning::kClass || (num_classes >= 1 && num_classes <= 1 << 20),
                "num_classes", "must be in [1, 2^20] for class conditioning"),
            Check(cond_dropout >= 0 && cond_dropout < 1, "cond_dropout", "must be in [0, 1)"),
-           Check(head == OutputHead::kMean, "head", "\"flow\" is not supported by this build yet"),
+           Check(flow_width >= 4 && flow_width <= 16384, "flow_width", "must be in [4, 16384]"),
+           Check(flow_depth >= 1 && flow_depth <= 64, "flow_depth", "must be in [1, 64]"),
+           Check(flow_steps >= 1 && flow_steps <= 1000, "flow_steps", "must be in [1, 1000]"),
+           Check(flow_times >= 1 && flow_times <= 64, "flow_times", "must be in [1, 64]"),
+           Check(flow_mean_weight >= 0, "flow_mean_weight", "must be >= 0"),
            Check(variant == Variant::kDart, "variant",
                  "\"dart_ar\" is not supported by this build yet"),
        }) {
@@ -192,6 +207,18 @@ absl::StatusOr<ModelConfig> ModelConfigFromJson(const std::string& text) {
       s = ParseEnum(kHeadNames, value, "head", &c.head);
     else if (key == "variant")
       s = ParseEnum(kVariantNames, value, "variant", &c.variant);
+    else if (key == "flow_width")
+      s = ParseInt(value, "flow_width", &c.flow_width);
+    else if (key == "flow_depth")
+      s = ParseInt(value, "flow_depth", &c.flow_depth);
+    else if (key == "flow_steps")
+      s = ParseInt(value, "flow_steps", &c.flow_steps);
+    else if (key == "flow_solver")
+      s = ParseEnum(kFlowSolverNames, value, "flow_solver", &c.flow_solver);
+    else if (key == "flow_times")
+      s = ParseInt(value, "flow_times", &c.flow_times);
+    else if (key == "flow_mean_weight")
+      s = ParseDouble(value, "flow_mean_weight", &c.flow_mean_weight);
     else
       s = absl::InvalidArgumentError(absl::StrCat(key, ": unknown config field"));
     if (!s.ok()) return s;
@@ -222,6 +249,14 @@ std::string ModelConfigToJson(const ModelConfig& c) {
       {"head", NameOf(kHeadNames, c.head)},
       {"variant", NameOf(kVariantNames, c.variant)},
   };
+  if (c.flow()) {  // flow fields only where they matter: mean checkpoints stay as they were
+    j["flow_width"] = c.flow_width;
+    j["flow_depth"] = c.flow_depth;
+    j["flow_steps"] = c.flow_steps;
+    j["flow_solver"] = NameOf(kFlowSolverNames, c.flow_solver);
+    j["flow_times"] = c.flow_times;
+    j["flow_mean_weight"] = c.flow_mean_weight;
+  }
   return j.dump(2) + "\n";
 }
 

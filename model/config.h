@@ -20,6 +20,8 @@ enum class Variant { kDart, kDartAr };
 enum class Schedule { kCosine };
 // Loss weight per block (research/dart.md §2). kClampedSnr is the default.
 enum class LossWeight { kClampedSnr, kUniform, kPaperSum };
+// ODE solver of the flow head (research/dart.md §6).
+enum class FlowSolver { kEuler, kHeun };
 
 struct ModelConfig {
   // Image geometry. Pixels are in [-1, 1]; tokens are patch_size^2 * channels values each.
@@ -52,6 +54,17 @@ struct ModelConfig {
   OutputHead head = OutputHead::kMean;
   Variant variant = Variant::kDart;
 
+  // Flow head (head = flow; research/dart.md §6): a per-token MLP that samples each token's x_0
+  // patch by integrating a rectified-flow velocity from noise (s = 0) to data (s = 1), conditioned
+  // on the backbone's output for that token. The mean head stays as an auxiliary (its loss weight
+  // is flow_mean_weight) and gives cheap previews.
+  int flow_width = 128;
+  int flow_depth = 3;
+  int flow_steps = 4;  // ODE steps per DART step when sampling
+  FlowSolver flow_solver = FlowSolver::kEuler;
+  int flow_times = 4;  // flow times drawn per token in training (amortises the backbone pass)
+  double flow_mean_weight = 1.0;
+
   // Derived quantities.
   int grid() const { return image_size / patch_size; }
   int tokens_per_block() const { return grid() * grid(); }  // K
@@ -60,6 +73,7 @@ struct ModelConfig {
   int head_dim() const { return width / heads; }
   int mlp_hidden() const;
   int null_class() const { return num_classes; }
+  bool flow() const { return head == OutputHead::kFlow; }
   // Bytes of K/V cache for one branch (one row) of one request at its peak (all T blocks), fp32.
   int64_t kv_bytes_per_row() const;
 
@@ -71,8 +85,8 @@ struct ModelConfig {
 };
 
 // Multiply-add FLOPs (2 per MAC) to generate one image with the KV cache: per-token linear layers
-// plus attention over the growing context; doubled when guided (two rows). AdaLN and the
-// embedding lookups are per row and negligible.
+// plus attention over the growing context, plus the flow head's evaluations; doubled when guided
+// (two rows). AdaLN and the embedding lookups are per row and negligible.
 double FlopsPerImage(const ModelConfig& config, bool guided);
 
 // JSON (de)serialisation. Parsing validates; unknown keys are rejected so typos do not silently

@@ -54,6 +54,7 @@ DartImpl::DartImpl(const ModelConfig& config) : config_(config), rope_(config) {
   final_norm_ = register_module("final_norm", RmsNorm(d));
   final_ada_ = register_module("final_ada", nn::Linear(d, 2 * d));
   out_proj_ = register_module("out_proj", nn::Linear(d, config.token_dim()));
+  if (config.flow()) flow_head_ = register_module("flow_head", FlowHead(config));
 
   torch::NoGradGuard no_grad;
   nn::init::normal_(step_embed_->weight, 0.0, 0.02);
@@ -68,12 +69,22 @@ torch::Tensor DartImpl::Condition(const torch::Tensor& cond_ids) {
   return torch::silu(cond_embed_->forward(cond_ids.to(torch::kLong)));
 }
 
-torch::Tensor DartImpl::Head(const torch::Tensor& h, const torch::Tensor& cond) {
+torch::Tensor DartImpl::Features(const torch::Tensor& h, const torch::Tensor& cond) {
   const std::vector<torch::Tensor> mod = final_ada_->forward(cond).unsqueeze(1).chunk(2, -1);
-  return out_proj_->forward(Modulate(final_norm_->forward(h), mod[0], mod[1]));
+  return Modulate(final_norm_->forward(h), mod[0], mod[1]);
 }
 
 torch::Tensor DartImpl::forward(const torch::Tensor& x, const torch::Tensor& cond_ids) {
+  return MeanHead(ForwardFeatures(x, cond_ids));
+}
+
+torch::Tensor DartImpl::ForwardStep(const torch::Tensor& x, std::span<const int64_t> blocks,
+                                    const torch::Tensor& cond_ids,
+                                    std::span<KvCache* const> caches) {
+  return MeanHead(ForwardStepFeatures(x, blocks, cond_ids, caches));
+}
+
+torch::Tensor DartImpl::ForwardFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids) {
   const int64_t k = config_.tokens_per_block();
   const int64_t len = x.size(1);
   TORCH_CHECK(len % k == 0 && len / k <= config_.num_steps, "sequence of ", len,
@@ -89,12 +100,12 @@ torch::Tensor DartImpl::forward(const torch::Tensor& x, const torch::Tensor& con
   const AttendFn attend = [&mask](const torch::Tensor& q, const torch::Tensor& kk,
                                   const torch::Tensor& v) { return Attention(q, kk, v, mask); };
   for (DartBlock& block : block_list_) h = block->forward(h, cond, rope_, attend);
-  return Head(h, cond);
+  return Features(h, cond);
 }
 
-torch::Tensor DartImpl::ForwardStep(const torch::Tensor& x, std::span<const int64_t> blocks,
-                                    const torch::Tensor& cond_ids,
-                                    std::span<KvCache* const> caches) {
+torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, std::span<const int64_t> blocks,
+                                            const torch::Tensor& cond_ids,
+                                            std::span<KvCache* const> caches) {
   const int64_t rows = x.size(0);
   const int64_t k = config_.tokens_per_block();
   TORCH_CHECK(
@@ -144,7 +155,7 @@ torch::Tensor DartImpl::ForwardStep(const torch::Tensor& x, std::span<const int6
     h = block_list_[layer]->forward(h, cond, rope_, attend);
   }
   for (KvCache* cache : caches) cache->length += k;
-  return Head(h, cond);
+  return Features(h, cond);
 }
 
 }  // namespace dartserve::model

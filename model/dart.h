@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/flow_head.h"
 #include "model/layers.h"
 
 namespace dartserve::model {
@@ -59,9 +60,21 @@ class DartImpl : public torch::nn::Module {
   torch::Tensor ForwardStep(const torch::Tensor& x, std::span<const int64_t> blocks,
                             const torch::Tensor& cond_ids, std::span<KvCache* const> caches);
 
+  // The same two passes, returning the backbone's per-token output features [.., width] (after
+  // the final norm and AdaLN) that the heads read: forward() = MeanHead(ForwardFeatures()).
+  torch::Tensor ForwardFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids);
+  torch::Tensor ForwardStepFeatures(const torch::Tensor& x, std::span<const int64_t> blocks,
+                                    const torch::Tensor& cond_ids,
+                                    std::span<KvCache* const> caches);
+  // The mean (x_0 regression) head: features -> x_0 patches. Present in every model; with a flow
+  // head it is the auxiliary head.
+  torch::Tensor MeanHead(const torch::Tensor& features) { return out_proj_->forward(features); }
+  // The flow head (config.head == flow), else null.
+  FlowHead& flow_head() { return flow_head_; }
+
  private:
   torch::Tensor Condition(const torch::Tensor& cond_ids);
-  torch::Tensor Head(const torch::Tensor& h, const torch::Tensor& cond);
+  torch::Tensor Features(const torch::Tensor& h, const torch::Tensor& cond);
 
   ModelConfig config_;
   Rope2d rope_;
@@ -73,6 +86,7 @@ class DartImpl : public torch::nn::Module {
   RmsNorm final_norm_{nullptr};
   torch::nn::Linear final_ada_{nullptr};  // -> shift, scale (zero-init)
   torch::nn::Linear out_proj_{nullptr};   // zero-init
+  FlowHead flow_head_{nullptr};
 };
 TORCH_MODULE(Dart);
 

@@ -41,12 +41,31 @@ DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch
     ids = torch::zeros_like(ids);
   }
 
-  const torch::Tensor pred = model->forward(xt.reshape({b, t_steps * k, d}), ids);
+  const torch::Tensor features = model->ForwardFeatures(xt.reshape({b, t_steps * k, d}), ids);
+  const torch::Tensor pred = model->MeanHead(features);
   const torch::Tensor per_block =
       (pred.view({b, t_steps, k, d}) - x0).pow(2).mean({2, 3}).mean(0);  // [T]
   const torch::Tensor w = to_tensor(weight).view({t_steps});
   // Weights sum to T, so this is a weighted mean over blocks.
-  return {(per_block * w).sum() / static_cast<double>(t_steps), per_block.detach()};
+  const torch::Tensor mean_loss = (per_block * w).sum() / static_cast<double>(t_steps);
+  if (!c.flow()) return {mean_loss, per_block.detach(), torch::Tensor()};
+
+  // Rectified flow to each token's x_0 patch, at `flow_times` independent times per token. The
+  // modulation depends only on the backbone output, so it is computed once per token and shared.
+  const int64_t n = b * t_steps * k, f = c.flow_times;
+  const torch::Tensor modulation =
+      model->flow_head()->Modulation(features.reshape({n, -1})).repeat_interleave(f, 0);
+  const torch::Tensor target =
+      x0.expand({b, t_steps, k, d}).reshape({n, d}).repeat_interleave(f, 0);
+  const torch::Tensor s = torch::rand({n * f}, generator, torch::kFloat).to(opts.device());
+  const torch::Tensor flow_noise =
+      torch::randn({n * f, d}, generator, torch::kFloat).to(opts.device());
+  const torch::Tensor y = s.unsqueeze(1) * target + (1 - s).unsqueeze(1) * flow_noise;
+  const torch::Tensor v = model->flow_head()->Velocity(y, s, modulation);
+  const torch::Tensor flow_per_block =
+      (v - (target - flow_noise)).pow(2).view({b, t_steps, k * f, d}).mean({2, 3}).mean(0);  // [T]
+  const torch::Tensor flow_loss = (flow_per_block * w).sum() / static_cast<double>(t_steps);
+  return {flow_loss + c.flow_mean_weight * mean_loss, per_block.detach(), flow_loss.detach()};
 }
 
 }  // namespace dartserve::model

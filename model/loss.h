@@ -16,12 +16,16 @@
 namespace dartserve::model {
 
 struct DartLoss {
-  torch::Tensor loss;       // scalar, differentiable
-  torch::Tensor per_block;  // [T] unweighted MSE per block (block 0 = x_T), detached
+  torch::Tensor loss;  // scalar, differentiable
+  torch::Tensor
+      per_block;       // [T] unweighted MSE of the mean head per block (block 0 = x_T), detached
+  torch::Tensor flow;  // flow head: weighted flow-matching loss, detached (else undefined)
 };
 
 // images: [B, C, H, W] in [-1, 1]; cond_ids: [B] int64 (class ids; ignored for unconditional
 // models). All randomness (noise, dropout) comes from `generator`, so a step is reproducible.
+// With a flow head (research/dart.md §6) the loss is the block-weighted rectified-flow loss of the
+// head, at config.flow_times flow times per token, plus flow_mean_weight times the mean-head loss.
 DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& images,
                          const torch::Tensor& cond_ids, torch::Generator& generator);
 

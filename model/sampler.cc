@@ -75,16 +75,14 @@ absl::Status Sampler::Step(std::span<GenerationState* const> states) {
   try {
     // Inference mode skips autograd bookkeeping entirely: per-op overhead dominates small steps.
     c10::InferenceMode inference;
-    const torch::Tensor x0_rows =
+    const torch::Tensor features =
         options_.kv_cache ? PredictWithCache(states) : PredictByRecompute(states);
+    const std::vector<torch::Tensor> x0s =
+        config.flow() ? SampleFlow(states, features) : MeanX0(states, features);
 
-    int64_t row = 0;
-    for (GenerationState* s : states) {
-      torch::Tensor x0 = x0_rows[row++];
-      if (s->guided_) {
-        const torch::Tensor x0_u = x0_rows[row++];
-        x0 = x0_u + s->params_.guidance_scale * (x0 - x0_u);
-      }
+    for (size_t i = 0; i < states.size(); ++i) {
+      GenerationState* s = states[i];
+      const torch::Tensor& x0 = x0s[i];
       s->x0_ = x0;
       const int t = StepOfBlock(s->steps_done_, config.num_steps);  // the step just consumed
       ++s->steps_done_;
@@ -124,7 +122,76 @@ torch::Tensor Sampler::PredictWithCache(std::span<GenerationState* const> states
   }
   const torch::Tensor x = torch::stack(inputs);
   const torch::Tensor ids = torch::tensor(cond_ids, torch::kLong).to(x.device());
-  return model_->ForwardStep(x, blocks, ids, caches);
+  return model_->ForwardStepFeatures(x, blocks, ids, caches);
+}
+
+std::vector<torch::Tensor> Sampler::MeanX0(std::span<GenerationState* const> states,
+                                           const torch::Tensor& features) {
+  const torch::Tensor x0_rows = model_->MeanHead(features);
+  std::vector<torch::Tensor> out;
+  int64_t row = 0;
+  for (const GenerationState* s : states) {
+    torch::Tensor x0 = x0_rows[row++];
+    if (s->guided_) {
+      const torch::Tensor x0_u = x0_rows[row++];
+      x0 = x0_u + s->params_.guidance_scale * (x0 - x0_u);
+    }
+    out.push_back(x0);
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> Sampler::SampleFlow(std::span<GenerationState* const> states,
+                                               const torch::Tensor& features) {
+  const ModelConfig& c = model_->config();
+  const int64_t k = c.tokens_per_block(), d = c.token_dim();
+  const int64_t n_states = static_cast<int64_t>(states.size()), rows = features.size(0);
+  // Rows are [cond, (uncond)] per state. Token-level index maps: which state's ODE state feeds
+  // each row, and which rows give each state's conditional and unconditional velocity. An
+  // unguided state uses its conditional row for both, so v_u + 1 * (v_c - v_u) is exactly v_c.
+  std::vector<int64_t> row_state, cond_row, uncond_row;
+  std::vector<float> scale;
+  std::vector<torch::Tensor> noise;
+  int64_t row = 0;
+  for (int64_t i = 0; i < n_states; ++i) {
+    GenerationState* s = states[i];
+    cond_row.push_back(row++);
+    row_state.push_back(i);
+    if (s->guided_) {
+      uncond_row.push_back(row++);
+      row_state.push_back(i);
+    } else {
+      uncond_row.push_back(cond_row.back());
+    }
+    scale.push_back(s->guided_ ? s->params_.guidance_scale : 1.0f);
+    // The head's starting noise comes from the request's own generator (batch invariance);
+    // temperature scales it, as in MAR's diffusion head.
+    noise.push_back(torch::randn({k, d}, s->generator_, torch::kFloat) * s->params_.temperature);
+  }
+  const torch::Device device = features.device();
+  const auto tokens = [&](const std::vector<int64_t>& idx) {
+    const torch::Tensor base = torch::tensor(idx, torch::kLong).mul(k).unsqueeze(1);
+    return (base + torch::arange(k, torch::kLong).unsqueeze(0)).view({-1}).to(device);
+  };
+  const torch::Tensor row_src = tokens(row_state), c_idx = tokens(cond_row),
+                      u_idx = tokens(uncond_row);
+  const torch::Tensor w =
+      torch::tensor(scale, torch::kFloat).repeat_interleave(k).unsqueeze(1).to(device);
+  FlowHead& head = model_->flow_head();
+  const torch::Tensor modulation = head->Modulation(features.reshape({rows * k, -1}));
+  const auto velocity = [&](const torch::Tensor& y, double s) {
+    const torch::Tensor v =
+        head->Velocity(y.index_select(0, row_src), torch::full({1}, s, y.options()), modulation);
+    const torch::Tensor v_c = v.index_select(0, c_idx), v_u = v.index_select(0, u_idx);
+    return v_u + w * (v_c - v_u);
+  };
+  const int steps = options_.flow_steps > 0 ? options_.flow_steps : c.flow_steps;
+  const FlowSolver solver = options_.flow_solver.value_or(c.flow_solver);
+  const torch::Tensor y = IntegrateFlow(torch::stack(noise).view({n_states * k, d}).to(device),
+                                        steps, solver, velocity);
+  std::vector<torch::Tensor> out;
+  for (int64_t i = 0; i < n_states; ++i) out.push_back(y.narrow(0, i * k, k));
+  return out;
 }
 
 torch::Tensor Sampler::PredictByRecompute(std::span<GenerationState* const> states) {
@@ -139,7 +206,7 @@ torch::Tensor Sampler::PredictByRecompute(std::span<GenerationState* const> stat
       ids.push_back(model_->config().null_class());
     }
     const torch::Tensor out =
-        model_->forward(prefix, torch::tensor(ids, torch::kLong).to(prefix.device()));
+        model_->ForwardFeatures(prefix, torch::tensor(ids, torch::kLong).to(prefix.device()));
     const torch::Tensor last = out.narrow(1, out.size(1) - k, k);
     for (int64_t r = 0; r < last.size(0); ++r) rows.push_back(last[r]);
   }

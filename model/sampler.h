@@ -12,7 +12,9 @@
 // Reverse step (research/dart.md §4): x_{t-1} = sqrt(a_{t-1}) x0 + sqrt(1 - a_{t-1}) eps, with
 // fresh noise scaled by the temperature. Classifier-free guidance feeds the conditional and the
 // null-condition row the same trajectory, each with its own cache, and combines
-// x0 = x0_u + w (x0_c - x0_u). The unconditional row is only run when w != 1.
+// x0 = x0_u + w (x0_c - x0_u). The unconditional row is only run when w != 1. With a flow head,
+// x0 is instead sampled per token by integrating the head's velocity from noise, with guidance
+// v = v_u + w (v_c - v_u) applied at every ODE evaluation.
 //
 // Thread-compatibility: a Sampler and the states it steps are used by one thread at a time (the
 // engine's worker thread owns every torch call).
@@ -50,6 +52,9 @@ struct SamplerOptions {
   // false: each step recomputes the whole prefix x_{t:T} with the teacher-forced forward; no KV
   // memory is held. Same results; kept as the baseline the cache is measured against.
   bool kv_cache = true;
+  // Flow head only: ODE steps and solver per DART step (0 / nullopt: the config's).
+  int flow_steps = 0;
+  std::optional<FlowSolver> flow_solver;
 };
 
 class GenerationState {
@@ -113,9 +118,16 @@ class Sampler {
   torch::Tensor Image(const GenerationState& state) const;
 
  private:
-  // x_0 predictions [rows, K, d] for every state's next block, in the row order of Step().
+  // Backbone features [rows, K, width] for every state's next block, in the row order of Step()
+  // (per state: the conditional row, then the unconditional row when guided).
   torch::Tensor PredictWithCache(std::span<GenerationState* const> states);
   torch::Tensor PredictByRecompute(std::span<GenerationState* const> states);
+  // Each state's guided x_0 estimate [K, d] from the features: the mean head's prediction, or a
+  // sample of the flow head (guidance on the velocity, research/dart.md §6).
+  std::vector<torch::Tensor> MeanX0(std::span<GenerationState* const> states,
+                                    const torch::Tensor& features);
+  std::vector<torch::Tensor> SampleFlow(std::span<GenerationState* const> states,
+                                        const torch::Tensor& features);
 
   Dart model_;
   SamplerOptions options_;

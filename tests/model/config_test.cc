@@ -58,24 +58,25 @@ TEST_P(BadConfigTest, ErrorNamesTheField) {
   EXPECT_THAT(std::string(c.status().message()), HasSubstr(GetParam().field));
 }
 
-INSTANTIATE_TEST_SUITE_P(Fields, BadConfigTest,
-                         ::testing::Values(BadCase{"not json", "JSON"}, BadCase{"[1, 2]", "object"},
-                                           BadCase{R"({"image_size": 0})", "image_size"},
-                                           BadCase{R"({"image_size": "big"})", "image_size"},
-                                           BadCase{R"({"channels": 2})", "channels"},
-                                           BadCase{R"({"patch_size": 5})", "patch_size"},
-                                           BadCase{R"({"num_steps": 0})", "num_steps"},
-                                           BadCase{R"({"snr_shift": -1})", "snr_shift"},
-                                           BadCase{R"({"schedule": "linear"})", "schedule"},
-                                           BadCase{R"({"loss_weight": "elbo"})", "loss_weight"},
-                                           BadCase{R"({"width": 130})", "heads"},
-                                           BadCase{R"({"depth": 0})", "depth"},
-                                           BadCase{R"({"conditioning": "audio"})", "conditioning"},
-                                           BadCase{R"({"num_classes": 0})", "num_classes"},
-                                           BadCase{R"({"cond_dropout": 1.5})", "cond_dropout"},
-                                           BadCase{R"({"head": "flow"})", "head"},
-                                           BadCase{R"({"variant": "dart_ar"})", "variant"},
-                                           BadCase{R"({"widht": 64})", "widht"}));
+INSTANTIATE_TEST_SUITE_P(
+    Fields, BadConfigTest,
+    ::testing::Values(
+        BadCase{"not json", "JSON"}, BadCase{"[1, 2]", "object"},
+        BadCase{R"({"image_size": 0})", "image_size"},
+        BadCase{R"({"image_size": "big"})", "image_size"},
+        BadCase{R"({"channels": 2})", "channels"}, BadCase{R"({"patch_size": 5})", "patch_size"},
+        BadCase{R"({"num_steps": 0})", "num_steps"}, BadCase{R"({"snr_shift": -1})", "snr_shift"},
+        BadCase{R"({"schedule": "linear"})", "schedule"},
+        BadCase{R"({"loss_weight": "elbo"})", "loss_weight"}, BadCase{R"({"width": 130})", "heads"},
+        BadCase{R"({"depth": 0})", "depth"},
+        BadCase{R"({"conditioning": "audio"})", "conditioning"},
+        BadCase{R"({"num_classes": 0})", "num_classes"},
+        BadCase{R"({"cond_dropout": 1.5})", "cond_dropout"},
+        BadCase{R"({"head": "diffusion"})", "head"},
+        BadCase{R"({"head": "flow", "flow_steps": 0})", "flow_steps"},
+        BadCase{R"({"flow_solver": "rk4"})", "flow_solver"},
+        BadCase{R"({"flow_width": 2})", "flow_width"},
+        BadCase{R"({"variant": "dart_ar"})", "variant"}, BadCase{R"({"widht": 64})", "widht"}));
 
 }  // namespace
 }  // namespace dartserve::model
