@@ -32,7 +32,7 @@ TEST(RenderHalfBlocksTest, GrayTwoByTwoIsOneLineOfTwoCells) {
 
 TEST(RenderHalfBlocksTest, RgbTwoByTwo) {
   const std::string out = RenderHalfBlocks(Rgb(2, 2,
-                                               {255, 0, 0, 0, 255, 0,  // red, green
+                                               {255, 0, 0, 0, 255, 0,     // red, green
                                                 0, 0, 255, 10, 20, 30}),  // blue, (10,20,30)
                                            80, 48);
   EXPECT_EQ(out,
@@ -49,8 +49,7 @@ TEST(RenderHalfBlocksTest, OddHeightLeavesLastLowerHalfDefault) {
 }
 
 TEST(RenderHalfBlocksTest, SingleRowImage) {
-  EXPECT_EQ(RenderHalfBlocks(Rgb(1, 1, {7, 8, 9}), 80, 48),
-            "\x1b[38;2;7;8;9;49m\u2580\x1b[0m\n");
+  EXPECT_EQ(RenderHalfBlocks(Rgb(1, 1, {7, 8, 9}), 80, 48), "\x1b[38;2;7;8;9;49m\u2580\x1b[0m\n");
 }
 
 TEST(RenderHalfBlocksTest, ShrinksWithBoxFilterToFit) {
@@ -82,7 +81,7 @@ TEST(RenderHalfBlocksTest, EmptyOrShortImageRendersNothing) {
 TEST(FitSizeTest, KeepsSmallImagesUnlessUpscaling) {
   EXPECT_EQ(FitSize(28, 28, 80, 40), (Size{28, 28}));
   EXPECT_EQ(FitSize(28, 28, 80, 60, /*upscale=*/true), (Size{56, 56}));
-  EXPECT_EQ(FitSize(28, 28, 80, 84, /*upscale=*/true), (Size{84, 84}));
+  EXPECT_EQ(FitSize(28, 28, 80, 84, /*upscale=*/true), (Size{56, 56}));  // width bounds it
   EXPECT_EQ(FitSize(28, 28, 27, 84, /*upscale=*/true), (Size{27, 27}));
 }
 
@@ -200,9 +199,9 @@ TEST(LoadMixTest, EmptyMixSetsNothing) {
 }
 
 TEST(LoadMixTest, RejectsBadInput) {
-  for (const char* text : {"class", "class:", "class:a", "class:5-3", "colour:red", "n:-1",
-                           "guidance:x", "priority:urgent", "class:1,class:2", "class:1||2",
-                           "class:0-100000000"}) {
+  for (const char* text :
+       {"class", "class:", "class:a", "class:5-3", "colour:red", "n:-1", "guidance:x",
+        "priority:urgent", "class:1,class:2", "class:1||2", "class:0-100000000"}) {
     absl::StatusOr<LoadMix> mix = ParseLoadMix(text);
     EXPECT_EQ(mix.status().code(), absl::StatusCode::kInvalidArgument) << text;
   }
