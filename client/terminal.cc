@@ -30,9 +30,7 @@ Rgb PixelAt(const model::Pixels& image, int x, int y) {
   return {p[0], p[0], p[0]};
 }
 
-void AppendRgb(std::string& out, Rgb c) {
-  absl::StrAppend(&out, c.r, ";", c.g, ";", c.b);
-}
+void AppendRgb(std::string& out, Rgb c) { absl::StrAppend(&out, c.r, ";", c.g, ";", c.b); }
 
 }  // namespace
 
@@ -92,8 +90,7 @@ Size FitSize(int width, int height, int max_width, int max_height, bool upscale)
 
 std::string RenderHalfBlocks(const model::Pixels& image, int max_columns, int max_pixel_rows) {
   if (image.width <= 0 || image.height <= 0 || image.channels <= 0 ||
-      image.data.size() <
-          static_cast<size_t>(image.width) * image.height * image.channels) {
+      image.data.size() < static_cast<size_t>(image.width) * image.height * image.channels) {
     return "";
   }
   const Size fit = FitSize(image.width, image.height, max_columns, max_pixel_rows);
@@ -131,9 +128,9 @@ std::string FormatProgressLine(int image_index, int num_images, int step, int to
   }
   char seconds[32];
   std::snprintf(seconds, sizeof(seconds), "%.2fs", elapsed_seconds);
-  return absl::StrCat("image ", image_index + 1, "/", num_images, " step ", step, "/",
-                      total_steps, " [", std::string(filled, '#'),
-                      std::string(bar_width - filled, '-'), "] ", seconds);
+  return absl::StrCat("image ", image_index + 1, "/", num_images, " step ", step, "/", total_steps,
+                      " [", std::string(filled, '#'), std::string(bar_width - filled, '-'), "] ",
+                      seconds);
 }
 
 bool StdoutIsTerminal() { return isatty(STDOUT_FILENO) == 1; }
@@ -262,8 +259,8 @@ std::string SafeFileStem(absl::string_view request_id) {
   if (request_id.empty()) return "request";
   std::string stem(request_id);
   for (char& c : stem) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' &&
-        c != ':' && c != '-') {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != ':' &&
+        c != '-') {
       c = '_';
     }
   }
@@ -273,8 +270,7 @@ std::string SafeFileStem(absl::string_view request_id) {
   return stem;
 }
 
-std::string PreviewPath(absl::string_view dir, absl::string_view request_id, int image,
-                        int step) {
+std::string PreviewPath(absl::string_view dir, absl::string_view request_id, int image, int step) {
   return absl::StrCat(dir, "/", SafeFileStem(request_id), "_img", image, "_step", step, ".png");
 }
 
@@ -306,8 +302,8 @@ absl::Status ParseIntValue(absl::string_view key, absl::string_view text, std::v
       return bad();
     }
     if (hi < lo) {
-      return absl::InvalidArgumentError(absl::StrCat("mix: ", key, ": range '", text,
-                                                     "' is reversed"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("mix: ", key, ": range '", text, "' is reversed"));
     }
   }
   if (static_cast<int64_t>(out.size()) + (static_cast<int64_t>(hi) - lo) + 1 > kMaxMixValues) {
@@ -360,8 +356,8 @@ absl::StatusOr<LoadMix> ParseLoadMix(absl::string_view text) {
       } else if (key == "guidance") {
         float g;
         if (!absl::SimpleAtof(v, &g)) {
-          status = absl::InvalidArgumentError(
-              absl::StrCat("mix: guidance: '", v, "' is not a number"));
+          status =
+              absl::InvalidArgumentError(absl::StrCat("mix: guidance: '", v, "' is not a number"));
         } else {
           mix.guidance.push_back(g);
         }

@@ -12,7 +12,6 @@
 #ifndef DARTSERVE_CLIENT_TERMINAL_H_
 #define DARTSERVE_CLIENT_TERMINAL_H_
 
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <random>
