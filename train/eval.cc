@@ -29,7 +29,7 @@ absl::StatusOr<EvalReport> EvaluateClassModel(model::Dart model, Classifier& cla
       labels.push_back(c);
     }
   }
-  model::Sampler sampler(model);
+  model::Sampler sampler(model, {.flow_steps = options.flow_steps});
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<torch::Tensor> images = sampler.GenerateBatch(params, options.batch);
   if (!images.ok()) return images.status();

@@ -29,6 +29,7 @@ ABSL_FLAG(int, batch, 100, "Requests stepped together.");
 ABSL_FLAG(int, floor_samples, 10000, "Real training images for the real-vs-real FID floor.");
 ABSL_FLAG(std::string, out, "out/eval", "Output folder for report.json and grid.png.");
 ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
+ABSL_FLAG(int, flow_steps, 0, "Flow-head models: ODE steps per DART step (0: the config's).");
 
 namespace dt = dartserve::train;
 namespace dm = dartserve::model;
@@ -76,7 +77,8 @@ int main(int argc, char** argv) {
                                 .guidance_scale = static_cast<float>(absl::GetFlag(FLAGS_guidance)),
                                 .temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature)),
                                 .seed = absl::GetFlag(FLAGS_seed),
-                                .batch = absl::GetFlag(FLAGS_batch)};
+                                .batch = absl::GetFlag(FLAGS_batch),
+                                .flow_steps = absl::GetFlag(FLAGS_flow_steps)};
   auto report = dt::EvaluateClassModel(*model, *clf, test_features, options);
   if (!report.ok()) return Fail(report.status().message());
 
@@ -99,6 +101,7 @@ int main(int argc, char** argv) {
                             {"num_images", report->num_images},
                             {"guidance_scale", options.guidance_scale},
                             {"temperature", options.temperature},
+                            {"flow_steps", options.flow_steps},
                             {"conditional_accuracy", report->conditional_accuracy},
                             {"per_class_accuracy", report->per_class_accuracy},
                             {"fid", report->fid},
