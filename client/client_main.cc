@@ -38,10 +38,6 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "model/png.h"
 
-ABSL_FLAG(std::string, server, "localhost:50051", "Server address, host:port.");
-ABSL_FLAG(std::string, token, "", "Bearer token, sent as 'authorization: Bearer <token>'.");
-ABSL_FLAG(std::string, tls_ca, "", "PEM root certificate(s): use TLS. Empty: plaintext.");
-ABSL_FLAG(int, max_message_mb, 64, "Largest response message accepted (MiB).");
 ABSL_FLAG(double, timeout, 0,
           "Call deadline in seconds (queue time counts). 0: none for generate, 30 s otherwise.");
 
@@ -473,11 +469,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  dc::ConnectionOptions connection;
-  connection.server = absl::GetFlag(FLAGS_server);
-  connection.token = absl::GetFlag(FLAGS_token);
-  connection.tls_ca_path = absl::GetFlag(FLAGS_tls_ca);
-  connection.max_message_mb = absl::GetFlag(FLAGS_max_message_mb);
+  const dc::ConnectionOptions connection = dc::ConnectionFromFlags();
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = dc::CreateChannel(connection);
   if (!channel.ok()) return Fail(channel.status().message());
   auto stub = v1::ImageGenerator::NewStub(*channel);

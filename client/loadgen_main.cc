@@ -58,10 +58,6 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "nlohmann/json.hpp"
 
-ABSL_FLAG(std::string, server, "localhost:50051", "Server address, host:port.");
-ABSL_FLAG(std::string, token, "", "Bearer token, sent as 'authorization: Bearer <token>'.");
-ABSL_FLAG(std::string, tls_ca, "", "PEM root certificate(s): use TLS. Empty: plaintext.");
-ABSL_FLAG(int, max_message_mb, 64, "Largest response message accepted (MiB).");
 ABSL_FLAG(int, concurrency, 8,
           "Calls in flight: exactly this many in closed loop, at most this many with --rate.");
 ABSL_FLAG(double, rate, 0, "Open loop: Poisson arrivals, calls per second. 0: closed loop.");
@@ -383,11 +379,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<dc::LoadMix> mix = dc::ParseLoadMix(mix_text);
   if (!mix.ok()) return BadFlag(mix.status().message());
 
-  dc::ConnectionOptions connection;
-  connection.server = absl::GetFlag(FLAGS_server);
-  connection.token = absl::GetFlag(FLAGS_token);
-  connection.tls_ca_path = absl::GetFlag(FLAGS_tls_ca);
-  connection.max_message_mb = absl::GetFlag(FLAGS_max_message_mb);
+  const dc::ConnectionOptions connection = dc::ConnectionFromFlags();
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = dc::CreateChannel(connection);
   if (!channel.ok()) return BadFlag(channel.status().message());
   if (absl::Status s = CheckServer(*channel, connection, absl::GetFlag(FLAGS_connect_timeout));

@@ -11,10 +11,16 @@
 #include <limits>
 #include <sstream>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+
+ABSL_FLAG(std::string, server, "localhost:50051", "Server address, host:port.");
+ABSL_FLAG(std::string, token, "", "Bearer token, sent as 'authorization: Bearer <token>'.");
+ABSL_FLAG(std::string, tls_ca, "", "PEM root certificate(s): use TLS. Empty: plaintext.");
+ABSL_FLAG(int, max_message_mb, 64, "Largest response message accepted (MiB).");
 
 namespace dartserve::client {
 namespace {
@@ -162,6 +168,13 @@ std::string LiveArea::Log(absl::string_view line) {
 void LiveArea::Release() {
   block_.clear();
   lines_ = 0;
+}
+
+ConnectionOptions ConnectionFromFlags() {
+  return {.server = absl::GetFlag(FLAGS_server),
+          .token = absl::GetFlag(FLAGS_token),
+          .tls_ca_path = absl::GetFlag(FLAGS_tls_ca),
+          .max_message_mb = absl::GetFlag(FLAGS_max_message_mb)};
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const ConnectionOptions& options) {

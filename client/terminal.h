@@ -121,6 +121,10 @@ struct ConnectionOptions {
   int max_message_mb = 64;
 };
 
+// The options from the flags both binaries share: --server, --token, --tls_ca, --max_message_mb
+// (defined once, in terminal.cc).
+ConnectionOptions ConnectionFromFlags();
+
 // Creates a channel to `options.server`. Connecting is lazy: this fails only when the CA file
 // cannot be read (NOT_FOUND / INVALID_ARGUMENT), never because the server is down.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const ConnectionOptions& options);

@@ -67,37 +67,18 @@ void AddToAtomic(std::atomic<double>& a, double v) {
   a.fetch_add(v, std::memory_order_relaxed);
 }
 
-// Label value escaping of the text format: backslash, double quote and line feed.
-void AppendEscapedLabelValue(absl::string_view value, std::string* out) {
-  for (const char c : value) {
-    switch (c) {
-      case '\\':
-        out->append("\\\\");
-        break;
-      case '"':
-        out->append("\\\"");
-        break;
-      case '\n':
-        out->append("\\n");
-        break;
-      default:
-        out->push_back(c);
-    }
-  }
-}
-
-// HELP escaping: backslash and line feed only (quotes stay as they are).
-void AppendEscapedHelp(absl::string_view help, std::string* out) {
-  for (const char c : help) {
-    switch (c) {
-      case '\\':
-        out->append("\\\\");
-        break;
-      case '\n':
-        out->append("\\n");
-        break;
-      default:
-        out->push_back(c);
+// Text-format escaping: backslash and line feed everywhere, double quotes in label values only
+// (HELP text keeps them as they are).
+void AppendEscaped(absl::string_view text, bool quotes, std::string* out) {
+  for (const char c : text) {
+    if (c == '\\') {
+      out->append("\\\\");
+    } else if (c == '\n') {
+      out->append("\\n");
+    } else if (c == '"' && quotes) {
+      out->append("\\\"");
+    } else {
+      out->push_back(c);
     }
   }
 }
@@ -111,13 +92,13 @@ void AppendLabels(const std::vector<std::string>& names, const std::vector<std::
   for (size_t i = 0; i < names.size(); ++i) {
     if (i > 0) out->push_back(',');
     absl::StrAppend(out, names[i], "=\"");
-    AppendEscapedLabelValue(values[i], out);
+    AppendEscaped(values[i], /*quotes=*/true, out);
     out->push_back('"');
   }
   if (!extra_name.empty()) {
     if (!names.empty()) out->push_back(',');
     absl::StrAppend(out, extra_name, "=\"");
-    AppendEscapedLabelValue(extra_value, out);
+    AppendEscaped(extra_value, /*quotes=*/true, out);
     out->push_back('"');
   }
   out->push_back('}');
@@ -276,7 +257,7 @@ void Family<T>::AppendTo(std::string* out) const {
   absl::MutexLock lock(&mu_);
   if (children_.empty()) return;
   absl::StrAppend(out, "# HELP ", name(), " ");
-  AppendEscapedHelp(help(), out);
+  AppendEscaped(help(), /*quotes=*/false, out);
   absl::StrAppend(out, "\n# TYPE ", name(), " ", TypeName(type()), "\n");
   // Reading the children under the family's lock only blocks child creation, never updates.
   for (const auto& [values, child] : children_) AppendChild(*this, values, *child, out);

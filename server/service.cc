@@ -15,12 +15,6 @@ grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* context, const absl
   return reactor;
 }
 
-class RejectedCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse> {
- public:
-  explicit RejectedCall(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
-  void OnDone() override { delete this; }
-};
-
 // Compares without an early exit, so the time taken does not reveal how much of a token matched.
 bool ConstantTimeEquals(const std::string& a, const std::string& b) {
   unsigned char diff = a.size() == b.size() ? 0 : 1;
@@ -67,7 +61,7 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* ImageGeneratorService::Gene
   const std::string model_label = model != nullptr ? model->info.name : "unknown";
   auto reject = [&](const absl::Status& status) {
     metrics_->RecordRequest(model_label, status, 0);
-    return new RejectedCall(status);
+    return RejectCall(status);
   };
   if (absl::Status s = Authenticate(*context); !s.ok()) return reject(s);
   if (draining_) return reject(absl::UnavailableError("server is shutting down"));

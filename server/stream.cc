@@ -30,20 +30,24 @@ class ImageSink : public scheduler::RequestSink {
   const int index_;
 };
 
-// Finishes a call that never started (bad request, duplicate id, queue full).
-class FailedCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse> {
- public:
-  explicit FailedCall(const grpc::Status& status) { Finish(status); }
-  void OnDone() override { delete this; }
-};
-
 absl::Time Deadline(const grpc::CallbackServerContext* context) {
   const auto deadline = context->deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
   return absl::FromChrono(deadline);
 }
 
+// Finishes a call that never started.
+class RejectedCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse> {
+ public:
+  explicit RejectedCall(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
+
 }  // namespace
+
+grpc::ServerWriteReactor<v1::GenerateImageResponse>* RejectCall(const absl::Status& status) {
+  return new RejectedCall(status);
+}
 
 bool CallRegistry::Add(const std::string& id, std::weak_ptr<GenerateCall> call) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -85,7 +89,7 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateCall::Start(
     const absl::Status status = absl::AlreadyExistsError(
         absl::StrCat("request_id: '", call->request_id_, "' is already in flight"));
     deps.metrics->RecordRequest(deps.model->name, status, 0);
-    return new FailedCall(ToGrpcStatus(status));
+    return RejectCall(status);
   }
   call->self_ = call;
 

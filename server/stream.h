@@ -36,6 +36,10 @@ namespace dartserve::server {
 
 class GenerateCall;
 
+// A reactor that ends a GenerateImage call at once with `status` (bad request, duplicate id,
+// draining, ...), sending nothing else.
+grpc::ServerWriteReactor<v1::GenerateImageResponse>* RejectCall(const absl::Status& status);
+
 // Live calls by request id: duplicate detection and CancelGeneration. Thread-safe.
 class CallRegistry {
  public:

@@ -19,8 +19,8 @@ struct EvalOptions {
   int per_class = 1000;
   float guidance_scale = 1.0f;
   float temperature = 1.0f;
-  uint64_t seed = 0;  // sample i of class c uses seed + c * per_class + i
-  int batch = 100;    // requests stepped together
+  uint64_t seed = 0;   // sample i of class c uses seed + c * per_class + i
+  int batch = 100;     // requests stepped together
   int flow_steps = 0;  // flow head: ODE steps per DART step (0: the model config's)
 };
 

@@ -56,8 +56,8 @@ TEST(ImageTest, TokensToPixelsMatchesTorchPath) {
       const Pixels small = TokensToPixels(data, patch, channels, size, side);
       ASSERT_EQ(small.width, side);
       ASSERT_EQ(small.height, side);
-      const Pixels expected = TensorToPixels(
-          torch::adaptive_avg_pool2d(images.clamp(-1, 1), {side, side})[0]);
+      const Pixels expected =
+          TensorToPixels(torch::adaptive_avg_pool2d(images.clamp(-1, 1), {side, side})[0]);
       ASSERT_EQ(small.data.size(), expected.data.size());
       for (size_t i = 0; i < expected.data.size(); ++i) {
         EXPECT_NEAR(small.data[i], expected.data[i], 1) << "channels " << channels << " i " << i;

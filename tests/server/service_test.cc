@@ -149,7 +149,9 @@ Harness Start(HarnessOptions opts = {}) {
       Server::Start(std::move(options), std::move(models));
   EXPECT_TRUE(server.ok()) << server.status();
   h.server = *std::move(server);
-  if (opts.warm_up) EXPECT_TRUE(h.server->WarmUp().ok());
+  if (opts.warm_up) {
+    EXPECT_TRUE(h.server->WarmUp().ok());
+  }
   if (!opts.open_gate) h.engine->Close();
   h.channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", h.server->port()),
                                   grpc::InsecureChannelCredentials());
@@ -494,12 +496,12 @@ TEST(ServiceTest, ServesOverTls) {
                               std::move(models));
   ASSERT_TRUE(server.ok()) << server.status();
   const std::string target = absl::StrCat("localhost:", (*server)->port());
-  auto secure = v1::ImageGenerator::NewStub(grpc::CreateChannel(
-      target, grpc::SslCredentials({.pem_root_certs = cert_pem})));
+  auto secure = v1::ImageGenerator::NewStub(
+      grpc::CreateChannel(target, grpc::SslCredentials({.pem_root_certs = cert_pem})));
   EXPECT_TRUE(Generate(*secure, ClassRequest(1, 3)).status.ok());
   // A plaintext client cannot talk to it.
-  auto plain = v1::ImageGenerator::NewStub(
-      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  auto plain =
+      v1::ImageGenerator::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   v1::ListModelsResponse response;
