@@ -2,10 +2,12 @@
 // teacher-forced forward over the whole sequence and against recomputing the prefix every step.
 //
 //   dartserve-model-bench [--checkpoint DIR | --config FILE] [--reps 5] [--threads 2] [--json F]
+//                         [--flow_steps N]
 //
 // With the KV cache, T steps of K tokens cost about one full-sequence forward (the linear layers
 // see T*K tokens in total); recomputing the prefix costs sum_b (b+1) K tokens, about (T+1)/2 times
-// more. Weights are random unless a checkpoint is given (speed does not depend on them).
+// more. DART-AR makes T*K calls of one token each instead of T calls of K. Weights are random
+// unless a checkpoint is given (speed does not depend on them).
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -28,6 +30,7 @@ ABSL_FLAG(std::string, config, "",
 ABSL_FLAG(int, reps, 5, "Timed repetitions per measurement (after one warm-up).");
 ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
 ABSL_FLAG(std::string, json, "", "Also write the results as JSON to this file.");
+ABSL_FLAG(int, flow_steps, 0, "Flow-head models: ODE steps per DART step (0: the config's).");
 
 namespace dm = dartserve::model;
 
@@ -102,16 +105,21 @@ int main(int argc, char** argv) {
       if (!image.ok()) throw std::runtime_error(std::string(image.status().message()));
     };
   };
-  dm::Sampler cached(model);
-  dm::Sampler recompute(model, {.kv_cache = false});
+  const int flow_steps = absl::GetFlag(FLAGS_flow_steps);
+  dm::Sampler cached(model, {.flow_steps = flow_steps});
+  dm::Sampler recompute(model, {.kv_cache = false, .flow_steps = flow_steps});
   const Stats kv = Time(reps, generate(cached));
   const Stats re = Time(reps, generate(recompute));
 
   int64_t params = 0;
   for (const auto& p : model->parameters()) params += p.numel();
   std::cout << absl::StrFormat(
-      "config: %dx%dx%d patch %d (K=%d), T=%d, width %d, depth %d, %.2fM params, %d threads\n",
+      "config: %dx%dx%d patch %d (K=%d), T=%d, %s, %s head%s, width %d, depth %d, %.2fM params, "
+      "%d threads\n",
       c.image_size, c.image_size, c.channels, c.patch_size, c.tokens_per_block(), c.num_steps,
+      c.autoregressive() ? "dart_ar" : "dart", c.flow() ? "flow" : "mean",
+      c.flow() ? absl::StrFormat(" (%d ODE steps)", flow_steps > 0 ? flow_steps : c.flow_steps)
+               : "",
       c.width, c.depth, params / 1e6, torch::get_num_threads());
   std::cout << absl::StrFormat("%-34s %9s %9s %9s %8s\n", "measurement", "min ms", "median", "max",
                                "x full");
@@ -119,16 +127,23 @@ int main(int argc, char** argv) {
     std::cout << absl::StrFormat("%-34s %9.2f %9.2f %9.2f %8.2f\n", name, s.min, s.median, s.max,
                                  s.median / full.median);
   };
-  row("full-sequence forward (T*K tokens)", full);
+  row("full-sequence forward", full);
   row("generate 1 image, KV cache", kv);
   row("generate 1 image, recompute prefix", re);
-  std::cout << absl::StrFormat("theory: KV cache ~1.0x, recompute (T+1)/2 = %.1fx\n",
-                               (c.num_steps + 1) / 2.0);
+  // Recompute feeds sum over steps of the prefix length: (T+1)/2 sequences for dart, about L/2
+  // for dart_ar's L = (T+1)K - 1 token steps. The KV cache feeds each token once, but dart_ar pays
+  // per-call overhead L times.
+  const double recompute_theory =
+      c.autoregressive() ? (c.generation_steps() + 1) / 2.0 : (c.num_steps + 1) / 2.0;
+  std::cout << absl::StrFormat("theory (FLOPs): KV cache ~1.0x, recompute ~%.1fx; %d model calls\n",
+                               recompute_theory, c.generation_steps());
 
   if (!absl::GetFlag(FLAGS_json).empty()) {
     nlohmann::json j = {{"config", nlohmann::json::parse(dm::ModelConfigToJson(c))},
                         {"params", params},
                         {"threads", torch::get_num_threads()},
+                        {"flow_steps", flow_steps > 0 ? flow_steps : c.flow_steps},
+                        {"model_calls_per_image", c.generation_steps()},
                         {"full_forward", ToJson(full)},
                         {"generate_kv_cache", ToJson(kv)},
                         {"generate_recompute", ToJson(re)},

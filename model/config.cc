@@ -92,9 +92,15 @@ double FlopsPerImage(const ModelConfig& c, bool guided) {
   const double d = c.width, h = c.mlp_hidden(), k = c.tokens_per_block(), td = c.token_dim();
   const double linear_per_token = c.depth * 2.0 * (4 * d * d + 3 * d * h) + 2.0 * 2 * td * d;
   double total = 0;
-  for (int b = 0; b < c.num_steps; ++b) {
-    const double context = (b + 1) * k;
-    total += k * (linear_per_token + c.depth * 4.0 * context * d);
+  if (c.autoregressive()) {
+    // Token i attends over the i + 1 tokens up to itself.
+    const double n = c.sequence_length();
+    total += n * linear_per_token + c.depth * 4.0 * d * n * (n + 1) / 2;
+  } else {
+    for (int b = 0; b < c.num_steps; ++b) {
+      const double context = (b + 1) * k;
+      total += k * (linear_per_token + c.depth * 4.0 * context * d);
+    }
   }
   if (c.flow()) {
     // Once per DART step: the AdaLN modulation of every head block from the backbone output.
@@ -141,8 +147,6 @@ absl::Status ModelConfig::Validate() const {
            Check(flow_steps >= 1 && flow_steps <= 1000, "flow_steps", "must be in [1, 1000]"),
            Check(flow_times >= 1 && flow_times <= 64, "flow_times", "must be in [1, 64]"),
            Check(flow_mean_weight >= 0, "flow_mean_weight", "must be >= 0"),
-           Check(variant == Variant::kDart, "variant",
-                 "\"dart_ar\" is not supported by this build yet"),
        }) {
     if (!s.ok()) return s;
   }

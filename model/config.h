@@ -69,7 +69,20 @@ struct ModelConfig {
   int grid() const { return image_size / patch_size; }
   int tokens_per_block() const { return grid() * grid(); }  // K
   int token_dim() const { return patch_size * patch_size * channels; }
-  int sequence_length() const { return num_steps * tokens_per_block(); }
+  bool autoregressive() const { return variant == Variant::kDartAr; }
+  // Blocks in the teacher-forced sequence: T, or T + 1 for dart_ar (the clean x_0 block last).
+  int num_blocks() const { return num_steps + (autoregressive() ? 1 : 0); }
+  // Tokens in the teacher-forced sequence and the KV cache: T * K, or (T + 1) * K - 1 for dart_ar
+  // (the last x_0 token is predicted, never fed back).
+  int sequence_length() const {
+    return num_blocks() * tokens_per_block() - (autoregressive() ? 1 : 0);
+  }
+  // Model calls (Sampler::Step) per image: T, or T * K for dart_ar (one per predicted token).
+  int generation_steps() const {
+    return autoregressive() ? num_steps * tokens_per_block() : num_steps;
+  }
+  // Tokens each generation step predicts: K, or 1 for dart_ar.
+  int tokens_per_step() const { return autoregressive() ? 1 : tokens_per_block(); }
   int head_dim() const { return width / heads; }
   int mlp_hidden() const;
   int null_class() const { return num_classes; }

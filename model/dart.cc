@@ -43,7 +43,7 @@ torch::Tensor Unpatchify(const torch::Tensor& tokens, int p, int channels, int i
 DartImpl::DartImpl(const ModelConfig& config) : config_(config), rope_(config) {
   const int64_t d = config.width;
   in_proj_ = register_module("in_proj", nn::Linear(config.token_dim(), d));
-  step_embed_ = register_module("step_embed", nn::Embedding(config.num_steps, d));
+  step_embed_ = register_module("step_embed", nn::Embedding(config.num_blocks(), d));
   const int64_t num_cond = config.conditioning == Conditioning::kClass ? config.num_classes + 1 : 1;
   cond_embed_ = register_module("cond_embed", nn::Embedding(num_cond, d));
   blocks_ = register_module("blocks", nn::ModuleList());
@@ -78,51 +78,78 @@ torch::Tensor DartImpl::forward(const torch::Tensor& x, const torch::Tensor& con
   return MeanHead(ForwardFeatures(x, cond_ids));
 }
 
-torch::Tensor DartImpl::ForwardStep(const torch::Tensor& x, std::span<const int64_t> blocks,
-                                    const torch::Tensor& cond_ids,
+torch::Tensor DartImpl::ForwardStep(const torch::Tensor& x, const torch::Tensor& cond_ids,
                                     std::span<KvCache* const> caches) {
-  return MeanHead(ForwardStepFeatures(x, blocks, cond_ids, caches));
+  return MeanHead(ForwardStepFeatures(x, cond_ids, caches));
+}
+
+torch::Tensor DartImpl::VisibleKeys(const torch::Tensor& query_pos, int64_t num_keys) const {
+  const int64_t k = config_.tokens_per_block();
+  const torch::Tensor key_pos = torch::arange(num_keys, query_pos.options());
+  if (config_.autoregressive()) return key_pos.unsqueeze(0) <= query_pos.unsqueeze(1);
+  return key_pos.div(k, "floor").unsqueeze(0) <= query_pos.div(k, "floor").unsqueeze(1);
 }
 
 torch::Tensor DartImpl::ForwardFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids) {
   const int64_t k = config_.tokens_per_block();
   const int64_t len = x.size(1);
-  TORCH_CHECK(len % k == 0 && len / k <= config_.num_steps, "sequence of ", len,
-              " tokens is not a whole number of blocks (K = ", k, ", T = ", config_.num_steps, ")");
-  const int64_t n_blocks = len / k;
+  TORCH_CHECK(
+      len >= 1 && len <= config_.sequence_length() && (config_.autoregressive() || len % k == 0),
+      "sequence of ", len, " tokens does not fit the model (K = ", k,
+      ", sequence length = ", config_.sequence_length(), ")");
   const auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(x.device());
-  const torch::Tensor block_of = torch::arange(n_blocks, long_opts).repeat_interleave(k);  // [L]
-  // Block-causal mask: query i may attend key j iff block(j) <= block(i).
-  const torch::Tensor mask = block_of.unsqueeze(1) >= block_of.unsqueeze(0);  // [L, L]
+  const torch::Tensor pos = torch::arange(len, long_opts);
+  const torch::Tensor block_of = pos.div(k, "floor");  // [L]
+  const torch::Tensor mask = VisibleKeys(pos, len);    // [L, L]
+  const Rotary rotary = rope_.Tables(pos.remainder(k).cpu(), x.device());
 
   const torch::Tensor cond = Condition(cond_ids);
   torch::Tensor h = in_proj_->forward(x) + step_embed_->forward(block_of).unsqueeze(0);
   const AttendFn attend = [&mask](const torch::Tensor& q, const torch::Tensor& kk,
                                   const torch::Tensor& v) { return Attention(q, kk, v, mask); };
-  for (DartBlock& block : block_list_) h = block->forward(h, cond, rope_, attend);
+  for (DartBlock& block : block_list_) h = block->forward(h, cond, rotary, attend);
   return Features(h, cond);
 }
 
-torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, std::span<const int64_t> blocks,
-                                            const torch::Tensor& cond_ids,
+torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids,
                                             std::span<KvCache* const> caches) {
-  const int64_t rows = x.size(0);
+  const int64_t rows = x.size(0), n = x.size(1);
   const int64_t k = config_.tokens_per_block();
-  TORCH_CHECK(
-      static_cast<int64_t>(blocks.size()) == rows && static_cast<int64_t>(caches.size()) == rows,
-      "ForwardStep: blocks and caches must have one entry per row");
+  TORCH_CHECK(static_cast<int64_t>(caches.size()) == rows,
+              "ForwardStep: caches must have one entry per row");
   for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(blocks[r] >= 0 && blocks[r] < config_.num_steps, "block index out of range");
-    TORCH_CHECK(caches[r]->length == blocks[r] * k, "KV cache length does not match the block");
+    TORCH_CHECK(caches[r]->length + n <= config_.sequence_length(),
+                "ForwardStep: the new tokens overflow the KV cache");
+    TORCH_CHECK(config_.autoregressive() || (n == k && caches[r]->length % k == 0),
+                "ForwardStep: dart steps take one whole block per row");
   }
-  const torch::Tensor block_ids =
-      torch::from_blob(const_cast<int64_t*>(blocks.data()), {rows}, torch::kLong).to(x.device());
+  std::vector<int64_t> starts(rows);
+  bool same_raster = true;  // always, for dart
+  for (int64_t r = 0; r < rows; ++r) {
+    starts[r] = caches[r]->length;
+    same_raster = same_raster && starts[r] % k == starts[0] % k;
+  }
+  // Positions [R, N] of the new tokens (built on the CPU: no device sync): their block (noise
+  // level) and raster position. Rows at the same raster positions share one [N, hd] table.
+  const torch::Tensor pos =
+      torch::tensor(starts, torch::kLong).unsqueeze(1) + torch::arange(n, torch::kLong);
+  const torch::Tensor raster = pos.remainder(k);
+  const Rotary rotary = rope_.Tables(same_raster ? raster[0] : raster, x.device());
+  const torch::Tensor block_ids = pos.div(k, "floor").to(x.device());
 
   std::map<int64_t, std::vector<int64_t>> rows_by_length;  // cache length -> rows
-  for (int64_t r = 0; r < rows; ++r) rows_by_length[caches[r]->length].push_back(r);
+  for (int64_t r = 0; r < rows; ++r) rows_by_length[starts[r]].push_back(r);
+  // Which cached keys each group's new tokens may see: all of them for dart (the cache holds only
+  // noisier blocks and the new block itself); causal inside the new tokens for dart_ar.
+  std::map<int64_t, torch::Tensor> masks;
+  if (config_.autoregressive() && n > 1) {
+    for (const auto& [start, members] : rows_by_length) {
+      masks[start] = VisibleKeys(torch::arange(start, start + n, block_ids.options()), start + n);
+    }
+  }
 
   const torch::Tensor cond = Condition(cond_ids);
-  torch::Tensor h = in_proj_->forward(x) + step_embed_->forward(block_ids).unsqueeze(1);
+  torch::Tensor h = in_proj_->forward(x) + step_embed_->forward(block_ids);
   for (size_t layer = 0; layer < block_list_.size(); ++layer) {
     // Rows sit at different steps, so each attends over its own cache length. Rows at the same
     // length are attended together (their cache prefixes stacked: a copy far cheaper than the
@@ -132,29 +159,32 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, std::span<co
       std::vector<torch::Tensor> outs(rows);
       for (const auto& [start, members] : rows_by_length) {
         for (int64_t r : members) {
-          caches[r]->k[layer].narrow(1, start, k).copy_(kk[r]);
-          caches[r]->v[layer].narrow(1, start, k).copy_(v[r]);
+          caches[r]->k[layer].narrow(1, start, n).copy_(kk[r]);
+          caches[r]->v[layer].narrow(1, start, n).copy_(v[r]);
         }
+        const auto it = masks.find(start);
+        const torch::Tensor mask = it == masks.end() ? torch::Tensor() : it->second;
         if (members.size() == 1) {
           const int64_t r = members.front();
-          outs[r] = Attention(q[r], caches[r]->k[layer].narrow(1, 0, start + k),
-                              caches[r]->v[layer].narrow(1, 0, start + k));
+          outs[r] = Attention(q[r], caches[r]->k[layer].narrow(1, 0, start + n),
+                              caches[r]->v[layer].narrow(1, 0, start + n), mask);
           continue;
         }
         std::vector<torch::Tensor> qs, ks, vs;
         for (int64_t r : members) {
           qs.push_back(q[r]);
-          ks.push_back(caches[r]->k[layer].narrow(1, 0, start + k));
-          vs.push_back(caches[r]->v[layer].narrow(1, 0, start + k));
+          ks.push_back(caches[r]->k[layer].narrow(1, 0, start + n));
+          vs.push_back(caches[r]->v[layer].narrow(1, 0, start + n));
         }
-        const torch::Tensor out = Attention(torch::stack(qs), torch::stack(ks), torch::stack(vs));
+        const torch::Tensor out =
+            Attention(torch::stack(qs), torch::stack(ks), torch::stack(vs), mask);
         for (size_t i = 0; i < members.size(); ++i) outs[members[i]] = out[i];
       }
       return torch::stack(outs);
     };
-    h = block_list_[layer]->forward(h, cond, rope_, attend);
+    h = block_list_[layer]->forward(h, cond, rotary, attend);
   }
-  for (KvCache* cache : caches) cache->length += k;
+  for (KvCache* cache : caches) cache->length += n;
   return Features(h, cond);
 }
 

@@ -1,14 +1,18 @@
-// The DART transformer (research/dart.md §2, §3, §8).
+// The DART transformer (research/dart.md §2, §3, §5, §8).
 //
-// Sequence: T blocks [x_T | ... | x_1] of K patch tokens each, raster order inside a block.
-// Attention is block-causal: a token sees its own block and every noisier block, never a cleaner
-// one. The output at the block of x_t predicts x_0 (no shift). The noise level enters through a
-// learned step embedding added to every token of a block; positions through 2-D RoPE; the
-// condition (class embedding, with a null class for guidance) through AdaLN-Zero.
+// variant = dart: the sequence is T blocks [x_T | ... | x_1] of K patch tokens each, raster order
+// inside a block. Attention is block-causal: a token sees its own block and every noisier block,
+// never a cleaner one. The output at the block of x_t predicts x_0 (no shift).
+// variant = dart_ar: T + 1 blocks [x_T | ... | x_1 | x_0] without the last token, a fully causal
+// mask, and a one-token shift: the output at position i predicts the x_0 patch of token i + 1.
+// Both: the noise level enters through a learned embedding of the block index added to every
+// token of a block; positions inside a block through 2-D RoPE; the condition (class embedding,
+// with a null class for guidance) through AdaLN-Zero.
 //
 // Two entry points share all weights and all block code:
 //  - forward(): teacher-forced over a whole trajectory (training; also the recompute baseline).
-//  - ForwardStep(): one new block per row against that row's KV cache (sampling).
+//  - ForwardStep(): the next tokens of each row against that row's KV cache (sampling): a whole
+//    block for dart, the x_T block and then single tokens for dart_ar.
 // Thread-compatibility: a module may be used by one thread at a time.
 #ifndef DARTSERVE_MODEL_DART_H_
 #define DARTSERVE_MODEL_DART_H_
@@ -27,7 +31,7 @@ namespace dartserve::model {
 // Keys and values of one row (one guidance branch of one request), preallocated to the full
 // trajectory: a request's KV memory is known exactly when it starts and never grows.
 struct KvCache {
-  std::vector<torch::Tensor> k;  // per layer [heads, T * K, head_dim]
+  std::vector<torch::Tensor> k;  // per layer [heads, config.sequence_length(), head_dim]
   std::vector<torch::Tensor> v;
   int64_t length = 0;  // tokens written so far
 
@@ -48,23 +52,24 @@ class DartImpl : public torch::nn::Module {
   // dtype and device of the weights: where activations and KV caches live.
   torch::TensorOptions options() const { return in_proj_->weight.options(); }
 
-  // Teacher-forced forward over the first n blocks of a trajectory.
-  // x: [B, n * K, token_dim] with blocks in order x_T, x_{T-1}, ...; cond_ids: [B] int64 condition
-  // ids (class id, or null_class(); 0 for unconditional models). Returns x_0 predictions of the
-  // same shape as x.
+  // Teacher-forced forward over the first L tokens of a trajectory (L a whole number of blocks for
+  // dart; any L <= sequence_length() for dart_ar). x: [B, L, token_dim] with blocks in order x_T,
+  // x_{T-1}, ...; cond_ids: [B] int64 condition ids (class id, or null_class(); 0 for
+  // unconditional models). Returns x_0 predictions of the same shape as x (for dart_ar, position
+  // i predicts token i + 1).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cond_ids);
 
-  // One sampling step for R rows. x: [R, K, token_dim] new block per row; blocks[r] is that block's
-  // index in the sequence (0 for x_T) and must equal caches[r]->length / K; cond_ids: [R] int64.
-  // Appends every layer's K/V of the new block to caches[r] and returns x_0 predictions [R, K, d].
-  torch::Tensor ForwardStep(const torch::Tensor& x, std::span<const int64_t> blocks,
-                            const torch::Tensor& cond_ids, std::span<KvCache* const> caches);
+  // One sampling step for R rows. x: [R, N, token_dim]: each row's next N tokens, which continue
+  // its cache (they sit at positions caches[r]->length ...; for dart N = K and the cache holds
+  // whole blocks); cond_ids: [R] int64. Appends every layer's K/V of the new tokens to caches[r]
+  // and returns the predictions [R, N, d] at those positions.
+  torch::Tensor ForwardStep(const torch::Tensor& x, const torch::Tensor& cond_ids,
+                            std::span<KvCache* const> caches);
 
   // The same two passes, returning the backbone's per-token output features [.., width] (after
   // the final norm and AdaLN) that the heads read: forward() = MeanHead(ForwardFeatures()).
   torch::Tensor ForwardFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids);
-  torch::Tensor ForwardStepFeatures(const torch::Tensor& x, std::span<const int64_t> blocks,
-                                    const torch::Tensor& cond_ids,
+  torch::Tensor ForwardStepFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids,
                                     std::span<KvCache* const> caches);
   // The mean (x_0 regression) head: features -> x_0 patches. Present in every model; with a flow
   // head it is the auxiliary head.
@@ -74,12 +79,15 @@ class DartImpl : public torch::nn::Module {
 
  private:
   torch::Tensor Condition(const torch::Tensor& cond_ids);
+  // Attention mask [Nq, num_keys] (true: may attend) for queries at sequence positions
+  // `query_pos` [Nq] over keys at positions [0, num_keys): block-causal, or causal for dart_ar.
+  torch::Tensor VisibleKeys(const torch::Tensor& query_pos, int64_t num_keys) const;
   torch::Tensor Features(const torch::Tensor& h, const torch::Tensor& cond);
 
   ModelConfig config_;
   Rope2d rope_;
   torch::nn::Linear in_proj_{nullptr};
-  torch::nn::Embedding step_embed_{nullptr};  // [T, D], indexed by block
+  torch::nn::Embedding step_embed_{nullptr};  // [num_blocks, D], indexed by block
   torch::nn::Embedding cond_embed_{nullptr};  // [num_classes + 1, D] (last = null), or [1, D]
   torch::nn::ModuleList blocks_{nullptr};
   std::vector<DartBlock> block_list_;

@@ -41,10 +41,14 @@ int64_t DartEngine::KvBytes(const GenerateParams& params) const {
   return sampler_.config().kv_bytes_per_row() * (params.guidance_scale != 1.0f ? 2 : 1);
 }
 
-int DartEngine::Steps(const GenerateParams& params) const { return sampler_.config().num_steps; }
+int DartEngine::Steps(const GenerateParams& params) const {
+  return sampler_.config().generation_steps();
+}
 
 int64_t DartEngine::TokensPerStep(const GenerateParams& params) const {
-  return int64_t{sampler_.config().tokens_per_block()} * (params.guidance_scale != 1.0f ? 2 : 1);
+  // dart_ar's first step feeds the K tokens of x_T; every later one a single token, which is what
+  // the scheduler's token budget should plan for.
+  return int64_t{sampler_.config().tokens_per_step()} * (params.guidance_scale != 1.0f ? 2 : 1);
 }
 
 absl::StatusOr<std::unique_ptr<EngineRequest>> DartEngine::Start(const GenerateParams& params) {

@@ -24,7 +24,7 @@ torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
   return RmsNormalize(x, eps_) * weight_.to(x.scalar_type());
 }
 
-Rope2d::Rope2d(const ModelConfig& config) : tokens_per_block_(config.tokens_per_block()) {
+Rope2d::Rope2d(const ModelConfig& config) {
   const int64_t grid = config.grid();
   const int64_t quarter = config.head_dim() / 4;  // rotation pairs per axis
   // freq_i = theta^(-i / quarter) over (row, col): the first half of the pairs rotates with the
@@ -40,24 +40,26 @@ Rope2d::Rope2d(const ModelConfig& config) : tokens_per_block_(config.tokens_per_
   sin_ = torch::stack({-s, s}, -1).flatten(-2).to(torch::kFloat);
 }
 
-torch::Tensor Rope2d::Apply(const torch::Tensor& x) const {
-  if (cos_.device() != x.device() || cos_.scalar_type() != x.scalar_type()) {
-    cos_ = cos_.to(x.device(), x.scalar_type());
-    sin_ = sin_.to(x.device(), x.scalar_type());
-  }
+Rotary Rope2d::Tables(const torch::Tensor& positions, const torch::Device& device) const {
+  const torch::Tensor flat = positions.reshape({-1}).to(torch::kLong);
+  std::vector<int64_t> shape = {positions.size(-1), cos_.size(1)};
+  if (positions.dim() == 2) shape = {positions.size(0), 1, positions.size(1), cos_.size(1)};
+  return {cos_.index_select(0, flat).view(shape).to(device),
+          sin_.index_select(0, flat).view(shape).to(device)};
+}
+
+torch::Tensor Rotary::Apply(const torch::Tensor& x) const {
   auto sizes = x.sizes().vec();
   const int64_t hd = sizes.back();
-  const int64_t n = sizes[sizes.size() - 2];
-  // [..., N / K, K, hd] so the [K, hd] tables broadcast over blocks.
-  std::vector<int64_t> blocked(sizes.begin(), sizes.end() - 2);
-  blocked.insert(blocked.end(), {n / tokens_per_block_, tokens_per_block_, hd / 2, 2});
-  const torch::Tensor pairs = x.reshape(blocked);
-  blocked.pop_back();
-  blocked.back() = hd;
+  std::vector<int64_t> pairs_shape(sizes.begin(), sizes.end() - 1);
+  pairs_shape.insert(pairs_shape.end(), {hd / 2, 2});
+  const torch::Tensor pairs = x.reshape(pairs_shape);
   // Swap each pair with stack (flip and index_select are several times slower on CPU).
   const torch::Tensor swapped =
-      torch::stack({pairs.select(-1, 1), pairs.select(-1, 0)}, -1).view(blocked);
-  return (pairs.view(blocked) * cos_ + swapped * sin_).view(sizes);
+      torch::stack({pairs.select(-1, 1), pairs.select(-1, 0)}, -1).view(sizes);
+  const torch::Tensor c = cos.scalar_type() == x.scalar_type() ? cos : cos.to(x.scalar_type());
+  const torch::Tensor s = sin.scalar_type() == x.scalar_type() ? sin : sin.to(x.scalar_type());
+  return x * c + swapped * s;
 }
 
 torch::Tensor Modulate(const torch::Tensor& x, const torch::Tensor& shift,
@@ -87,7 +89,7 @@ DartBlockImpl::DartBlockImpl(const ModelConfig& config)
 }
 
 torch::Tensor DartBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cond,
-                                     const Rope2d& rope, const AttendFn& attend) {
+                                     const Rotary& rotary, const AttendFn& attend) {
   const int64_t r = x.size(0);
   const int64_t n = x.size(1);
   const std::vector<torch::Tensor> mod = ada_->forward(cond).unsqueeze(1).chunk(6, -1);
@@ -98,8 +100,8 @@ torch::Tensor DartBlockImpl::forward(const torch::Tensor& x, const torch::Tensor
       qkv_->forward(h).view({r, n, 3, heads_, head_dim_}).permute({2, 0, 3, 1, 4});
   const torch::Tensor qk_scale =
       torch::stack({q_norm_->weight(), k_norm_->weight()}).view({2, 1, 1, 1, head_dim_});
-  const torch::Tensor qk =
-      rope.Apply(RmsNormalize(qkv.narrow(0, 0, 2), q_norm_->eps()) * qk_scale.to(x.scalar_type()));
+  const torch::Tensor qk = rotary.Apply(RmsNormalize(qkv.narrow(0, 0, 2), q_norm_->eps()) *
+                                        qk_scale.to(x.scalar_type()));
   const torch::Tensor attn = attend(qk[0], qk[1], qkv[2]);  // [R, H, N, hd]
   const torch::Tensor attn_out = proj_->forward(attn.transpose(1, 2).reshape({r, n, -1}));
   const torch::Tensor y = x + mod[2] * attn_out;

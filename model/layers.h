@@ -37,24 +37,32 @@ class RmsNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RmsNorm);
 
+// Rotation tables for a set of token positions, broadcastable to the [..., N, head_dim] queries
+// and keys of a block's attention: [N, head_dim] when every row has the same positions, or
+// [R, 1, N, head_dim] (broadcast over heads) when rows differ.
+struct Rotary {
+  torch::Tensor cos;
+  torch::Tensor sin;
+  // Pair (x0, x1) rotates to (x0 c - x1 s, x0 s + x1 c) = x * cos + swap(x) * sin, with cos =
+  // (c, c) and sin = (-s, s) per pair: few kernels per call, which matters for small steps.
+  torch::Tensor Apply(const torch::Tensor& x) const;
+};
+
 // 2-D rotary embedding. The head dim is split in halves: the first rotates with the patch row, the
 // second with the patch column. Tables are derived from the config (never stored in checkpoints,
 // so they cannot go stale on load).
 class Rope2d {
  public:
   explicit Rope2d(const ModelConfig& config);
-  // x: [..., N, head_dim] where the N tokens are whole blocks of K patches in raster order.
-  // Returns the rotated tensor. Not thread-safe (tables move lazily to x's device).
-  torch::Tensor Apply(const torch::Tensor& x) const;
+  // Tables on `device` for raster positions inside a block (values in [0, K)): `positions` is a
+  // CPU tensor, [N] (shared by every row) or [R, N]. Computed once per forward and reused by every
+  // layer.
+  Rotary Tables(const torch::Tensor& positions, const torch::Device& device) const;
 
  private:
-  // Pair (x0, x1) rotates to (x0 c - x1 s, x0 s + x1 c) = x * cos_ + swap(x) * sin_, with cos_ =
-  // (c, c) and sin_ = (-s, s) per pair: few kernels per call, which matters for small steps.
-  int64_t tokens_per_block_;
-  mutable torch::Tensor cos_;  // [K, head_dim]
-  mutable torch::Tensor sin_;
+  torch::Tensor cos_;  // [K, head_dim], fp32 on the CPU
+  torch::Tensor sin_;
 };
-
 // x * (1 + scale) + shift, with shift/scale of shape [R, 1, D] broadcast over tokens.
 torch::Tensor Modulate(const torch::Tensor& x, const torch::Tensor& shift,
                        const torch::Tensor& scale);
@@ -63,8 +71,9 @@ class DartBlockImpl : public torch::nn::Module {
  public:
   explicit DartBlockImpl(const ModelConfig& config);
 
-  // x: [R, N, D] tokens, N a whole number of blocks; cond: [R, D] SiLU-activated condition.
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cond, const Rope2d& rope,
+  // x: [R, N, D] tokens; cond: [R, D] SiLU-activated condition; rotary: the tables for the N
+  // tokens' positions.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cond, const Rotary& rotary,
                         const AttendFn& attend);
 
  private:

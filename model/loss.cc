@@ -41,7 +41,18 @@ DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch
     ids = torch::zeros_like(ids);
   }
 
-  const torch::Tensor features = model->ForwardFeatures(xt.reshape({b, t_steps * k, d}), ids);
+  torch::Tensor features;
+  if (c.autoregressive()) {
+    // dart_ar (research/dart.md §5): teacher-force [x_T | ... | x_1 | x_0] minus the last token;
+    // position i predicts token i + 1, so the outputs from the last token of x_T on predict the
+    // blocks x_{T-1} ... x_0 in order. Predicting x_{t-1}'s tokens is weighted like DART's block
+    // x_t, so the targets and weights line up with the dart path below.
+    const torch::Tensor seq = torch::cat({xt, x0}, 1).reshape({b, (t_steps + 1) * k, d});
+    features = model->ForwardFeatures(seq.narrow(1, 0, seq.size(1) - 1), ids)
+                   .narrow(1, k - 1, t_steps * k);
+  } else {
+    features = model->ForwardFeatures(xt.reshape({b, t_steps * k, d}), ids);
+  }
   const torch::Tensor pred = model->MeanHead(features);
   const torch::Tensor per_block =
       (pred.view({b, t_steps, k, d}) - x0).pow(2).mean({2, 3}).mean(0);  // [T]

@@ -24,6 +24,8 @@ struct DartLoss {
 
 // images: [B, C, H, W] in [-1, 1]; cond_ids: [B] int64 (class ids; ignored for unconditional
 // models). All randomness (noise, dropout) comes from `generator`, so a step is reproducible.
+// For dart_ar the sequence is shifted by one token and ends with the clean block (research/dart.md
+// §5); the prediction of each token of x_{t-1} is scored like DART's prediction at block x_t.
 // With a flow head (research/dart.md §6) the loss is the block-weighted rectified-flow loss of the
 // head, at config.flow_times flow times per token, plus flow_mean_weight times the mean-head loss.
 DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& images,

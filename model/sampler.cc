@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 
@@ -47,7 +48,7 @@ absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const SamplePara
     auto state = std::unique_ptr<GenerationState>(new GenerationState());
     state->params_ = params;
     state->cond_id_ = class_model ? params.condition.value_or(config.null_class()) : 0;
-    state->total_steps_ = config.num_steps;
+    state->total_steps_ = config.generation_steps();
     state->generator_ = at::make_generator<at::CPUGeneratorImpl>(params.seed);
     const torch::TensorOptions options = model_->options();
     state->guided_ = params.guidance_scale != 1.0f;
@@ -81,20 +82,11 @@ absl::Status Sampler::Step(std::span<GenerationState* const> states) {
         config.flow() ? SampleFlow(states, features) : MeanX0(states, features);
 
     for (size_t i = 0; i < states.size(); ++i) {
-      GenerationState* s = states[i];
-      const torch::Tensor& x0 = x0s[i];
-      s->x0_ = x0;
-      const int t = StepOfBlock(s->steps_done_, config.num_steps);  // the step just consumed
-      ++s->steps_done_;
-      if (t == 1) {
-        s->x_t_ = torch::Tensor();
-        continue;
+      if (config.autoregressive()) {
+        AdvanceToken(*states[i], x0s[i]);
+      } else {
+        AdvanceBlock(*states[i], x0s[i]);
       }
-      const double a = schedule_.alpha(t - 1);
-      const torch::Tensor eps =
-          torch::randn(x0.sizes(), s->generator_, torch::kFloat).to(x0.device()) *
-          s->params_.temperature;
-      s->x_t_ = std::sqrt(a) * x0 + std::sqrt(1.0 - a) * eps;
     }
     return absl::OkStatus();
   } catch (const std::exception& e) {
@@ -102,27 +94,79 @@ absl::Status Sampler::Step(std::span<GenerationState* const> states) {
   }
 }
 
+void Sampler::AdvanceBlock(GenerationState& s, const torch::Tensor& x0) const {
+  s.x0_ = x0;
+  const int t = StepOfBlock(s.steps_done_, config().num_steps);  // the step just consumed
+  ++s.steps_done_;
+  s.x_t_ = t == 1 ? torch::Tensor() : Renoise(s, x0, t - 1);
+}
+
+void Sampler::AdvanceToken(GenerationState& s, const torch::Tensor& x0) const {
+  const ModelConfig& c = config();
+  const int64_t k = c.tokens_per_block();
+  // The token just predicted: its raster position, and the noise level t of its block (the
+  // blocks after x_T are x_{T-1} ... x_0).
+  const int64_t position = s.steps_done_ % k;
+  const int t = c.num_steps - 1 - static_cast<int>(s.steps_done_ / k);
+  // x0_ keeps each position's latest estimate: positions not yet reached in this block still
+  // show the previous block's, so previews sharpen token by token.
+  if (!s.x0_.defined()) s.x0_ = torch::zeros({k, c.token_dim()}, x0.options());
+  s.x0_[position].copy_(x0[0]);
+  ++s.steps_done_;
+  if (s.finished()) {
+    s.x_t_ = torch::Tensor();
+  } else {
+    s.x_t_ = t == 0 ? x0 : Renoise(s, x0, t);  // the clean block is fed back as predicted
+  }
+}
+
+torch::Tensor Sampler::Renoise(GenerationState& s, const torch::Tensor& x0, int t) const {
+  const double a = schedule_.alpha(t);
+  const torch::Tensor eps =
+      torch::randn(x0.sizes(), s.generator_, torch::kFloat).to(x0.device()) * s.params_.temperature;
+  return std::sqrt(a) * x0 + std::sqrt(1.0 - a) * eps;
+}
+
 torch::Tensor Sampler::PredictWithCache(std::span<GenerationState* const> states) {
   const int64_t null_id = model_->config().null_class();
-  std::vector<torch::Tensor> inputs;
-  std::vector<int64_t> blocks;
+  const int64_t predicted = model_->config().tokens_per_step();
+  // Rows in Step() order; rows whose inputs have the same token count (all of them for dart; the
+  // x_T block vs single tokens for dart_ar) share one forward.
+  std::vector<const torch::Tensor*> inputs;
   std::vector<int64_t> cond_ids;
   std::vector<KvCache*> caches;
   for (GenerationState* s : states) {
-    inputs.push_back(s->x_t_);
-    blocks.push_back(s->steps_done_);
+    inputs.push_back(&s->x_t_);
     cond_ids.push_back(s->cond_id_);
     caches.push_back(&s->cond_cache_);
     if (s->guided_) {
-      inputs.push_back(s->x_t_);
-      blocks.push_back(s->steps_done_);
+      inputs.push_back(&s->x_t_);
       cond_ids.push_back(null_id);
       caches.push_back(&s->uncond_cache_);
     }
   }
-  const torch::Tensor x = torch::stack(inputs);
-  const torch::Tensor ids = torch::tensor(cond_ids, torch::kLong).to(x.device());
-  return model_->ForwardStepFeatures(x, blocks, ids, caches);
+  std::map<int64_t, std::vector<size_t>> rows_by_length;
+  for (size_t r = 0; r < inputs.size(); ++r) rows_by_length[inputs[r]->size(0)].push_back(r);
+  std::vector<torch::Tensor> out(inputs.size());
+  for (const auto& [length, rows] : rows_by_length) {
+    std::vector<torch::Tensor> x;
+    std::vector<int64_t> ids;
+    std::vector<KvCache*> group_caches;
+    for (size_t r : rows) {
+      x.push_back(*inputs[r]);
+      ids.push_back(cond_ids[r]);
+      group_caches.push_back(caches[r]);
+    }
+    const torch::Tensor stacked = torch::stack(x);
+    const torch::Tensor features =
+        model_
+            ->ForwardStepFeatures(stacked, torch::tensor(ids, torch::kLong).to(stacked.device()),
+                                  group_caches)
+            .narrow(1, length - predicted, predicted);
+    if (rows_by_length.size() == 1) return features;
+    for (size_t i = 0; i < rows.size(); ++i) out[rows[i]] = features[i];
+  }
+  return torch::stack(out);
 }
 
 std::vector<torch::Tensor> Sampler::MeanX0(std::span<GenerationState* const> states,
@@ -144,7 +188,7 @@ std::vector<torch::Tensor> Sampler::MeanX0(std::span<GenerationState* const> sta
 std::vector<torch::Tensor> Sampler::SampleFlow(std::span<GenerationState* const> states,
                                                const torch::Tensor& features) {
   const ModelConfig& c = model_->config();
-  const int64_t k = c.tokens_per_block(), d = c.token_dim();
+  const int64_t k = features.size(1), d = c.token_dim();  // k: tokens predicted per row
   const int64_t n_states = static_cast<int64_t>(states.size()), rows = features.size(0);
   // Rows are [cond, (uncond)] per state. Token-level index maps: which state's ODE state feeds
   // each row, and which rows give each state's conditional and unconditional velocity. An
@@ -195,7 +239,7 @@ std::vector<torch::Tensor> Sampler::SampleFlow(std::span<GenerationState* const>
 }
 
 torch::Tensor Sampler::PredictByRecompute(std::span<GenerationState* const> states) {
-  const int64_t k = model_->config().tokens_per_block();
+  const int64_t predicted = model_->config().tokens_per_step();
   std::vector<torch::Tensor> rows;
   for (GenerationState* s : states) {
     s->trajectory_.push_back(s->x_t_);
@@ -207,7 +251,7 @@ torch::Tensor Sampler::PredictByRecompute(std::span<GenerationState* const> stat
     }
     const torch::Tensor out =
         model_->ForwardFeatures(prefix, torch::tensor(ids, torch::kLong).to(prefix.device()));
-    const torch::Tensor last = out.narrow(1, out.size(1) - k, k);
+    const torch::Tensor last = out.narrow(1, out.size(1) - predicted, predicted);
     for (int64_t r = 0; r < last.size(0); ++r) rows.push_back(last[r]);
   }
   return torch::stack(rows);

@@ -64,9 +64,11 @@ class GenerationState {
   bool finished() const { return steps_done_ == total_steps_; }
   bool guided() const { return guided_; }
   const SampleParams& params() const { return params_; }
-  // The noisy block the next step consumes ([K, token_dim]); undefined once finished.
+  // The tokens the next step consumes ([N, token_dim]: a noisy block for dart; the x_T block, then
+  // the single token last sampled, for dart_ar); undefined once finished.
   const torch::Tensor& next_input() const { return x_t_; }
-  // The latest x_0 estimate in token space [K, token_dim]; undefined before the first step.
+  // The latest x_0 estimate in token space [K, token_dim] (for dart_ar, each position's latest
+  // token prediction); undefined before the first step. The final image once finished.
   const torch::Tensor& x0() const { return x0_; }
   // KV memory this state holds (all branches), fixed from Start() to destruction.
   int64_t kv_bytes() const;
@@ -118,16 +120,23 @@ class Sampler {
   torch::Tensor Image(const GenerationState& state) const;
 
  private:
-  // Backbone features [rows, K, width] for every state's next block, in the row order of Step()
+  // Backbone features [rows, tokens_per_step, width] at the positions that predict each state's
+  // next block (dart) or token (dart_ar), in the row order of Step()
   // (per state: the conditional row, then the unconditional row when guided).
   torch::Tensor PredictWithCache(std::span<GenerationState* const> states);
   torch::Tensor PredictByRecompute(std::span<GenerationState* const> states);
-  // Each state's guided x_0 estimate [K, d] from the features: the mean head's prediction, or a
-  // sample of the flow head (guidance on the velocity, research/dart.md §6).
+  // Each state's guided x_0 estimate [tokens_per_step, d] from the features: the mean head's
+  // prediction, or a sample of the flow head (guidance on the velocity, research/dart.md §6).
   std::vector<torch::Tensor> MeanX0(std::span<GenerationState* const> states,
                                     const torch::Tensor& features);
   std::vector<torch::Tensor> SampleFlow(std::span<GenerationState* const> states,
                                         const torch::Tensor& features);
+  // Moves a state past the step that produced `x0` ([tokens_per_step, d]): the next noisy block
+  // (dart), or the next token (dart_ar).
+  void AdvanceBlock(GenerationState& s, const torch::Tensor& x0) const;
+  void AdvanceToken(GenerationState& s, const torch::Tensor& x0) const;
+  // sqrt(a_t) x0 + sqrt(1 - a_t) eps, eps from the state's generator scaled by its temperature.
+  torch::Tensor Renoise(GenerationState& s, const torch::Tensor& x0, int t) const;
 
   Dart model_;
   SamplerOptions options_;

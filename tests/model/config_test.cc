@@ -75,8 +75,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{R"({"head": "diffusion"})", "head"},
         BadCase{R"({"head": "flow", "flow_steps": 0})", "flow_steps"},
         BadCase{R"({"flow_solver": "rk4"})", "flow_solver"},
-        BadCase{R"({"flow_width": 2})", "flow_width"},
-        BadCase{R"({"variant": "dart_ar"})", "variant"}, BadCase{R"({"widht": 64})", "widht"}));
+        BadCase{R"({"flow_width": 2})", "flow_width"}, BadCase{R"({"variant": "mar"})", "variant"},
+        BadCase{R"({"widht": 64})", "widht"}));
 
 }  // namespace
 }  // namespace dartserve::model

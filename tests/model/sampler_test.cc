@@ -45,34 +45,6 @@ TEST(SamplerTest, SameSeedSameImageDifferentSeedDifferentImage) {
   EXPECT_LE(a->abs().max().item<float>(), 1.0f);
 }
 
-// A request's trajectory depends only on its own seed and parameters: the same as alone when it
-// shares batches with other requests at other steps, with other guidance and temperatures.
-TEST(SamplerTest, BatchInvariance) {
-  Sampler sampler(MakeTinyModel());
-  const SampleParams target{
-      .condition = 2, .seed = 11, .guidance_scale = 2.0f, .temperature = 0.9f};
-  const std::vector<torch::Tensor> alone = RunAlone(sampler, target);
-
-  auto early = MustStart(sampler, {.condition = 5, .seed = 1});
-  auto guided = MustStart(sampler, {.condition = 7, .seed = 2, .guidance_scale = 4.0f});
-  GenerationState* e = early.get();
-  ASSERT_TRUE(sampler.Step({&e, 1}).ok());  // `early` is one step ahead
-  auto mine = MustStart(sampler, target);
-  auto uncond = MustStart(sampler, {.seed = 9, .temperature = 0.5f});
-  std::vector<torch::Tensor> batched;
-  while (!mine->finished()) {
-    std::vector<GenerationState*> batch;
-    if (!guided->finished()) batch.push_back(guided.get());
-    batch.push_back(mine.get());
-    if (!early->finished()) batch.push_back(early.get());
-    if (!uncond->finished()) batch.push_back(uncond.get());
-    ASSERT_TRUE(sampler.Step(batch).ok());
-    batched.push_back(mine->x0().clone());
-  }
-  ASSERT_EQ(batched.size(), alone.size());
-  for (size_t i = 0; i < alone.size(); ++i) EXPECT_LE(MaxDiff(batched[i], alone[i]), 1e-5) << i;
-}
-
 // Guided steps combine the two branches as x0_u + w (x0_c - x0_u), both evaluated on the shared
 // (guided) trajectory. Checked against teacher-forced forwards of each branch.
 TEST(SamplerTest, GuidanceCombinesBranchesOnSharedTrajectory) {
@@ -118,19 +90,6 @@ TEST(SamplerTest, GuidanceEndpoints) {
   EXPECT_GT(MaxDiff(w0.back(), w1.back()), 1e-3);  // the condition matters
 }
 
-// The recompute baseline (no KV cache) follows the same trajectory as the cached sampler and holds
-// no KV memory.
-TEST(SamplerTest, RecomputeMatchesKvCache) {
-  Dart model = MakeTinyModel();
-  Sampler cached(model);
-  Sampler recompute(model, {.kv_cache = false});
-  const SampleParams p{.condition = 8, .seed = 13, .guidance_scale = 3.0f};
-  const std::vector<torch::Tensor> a = RunAlone(cached, p);
-  const std::vector<torch::Tensor> b = RunAlone(recompute, p);
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_LE(MaxDiff(a[i], b[i]), 1e-4) << i;
-  EXPECT_EQ(MustStart(recompute, p)->kv_bytes(), 0);
-}
-
 TEST(SamplerTest, PreviewsAreEachStepsEstimate) {
   Sampler sampler(MakeTinyModel());
   auto s = MustStart(sampler, {.condition = 0, .seed = 1});
@@ -144,6 +103,67 @@ TEST(SamplerTest, PreviewsAreEachStepsEstimate) {
   EXPECT_FALSE(s->next_input().defined());
   EXPECT_EQ(sampler.Step({&ptr, 1}).code(), absl::StatusCode::kFailedPrecondition);
 }
+
+// The properties every head (mean, flow) and variant (dart, dart_ar) must keep.
+class SamplerVariantTest : public ::testing::TestWithParam<ModelConfig> {};
+
+// A request's trajectory depends only on its own seed and parameters: the same as alone when it
+// shares batches with other requests at other steps (for dart_ar: a request feeding its x_T block
+// next to requests feeding single tokens), with other guidance and temperatures.
+TEST_P(SamplerVariantTest, BatchInvariance) {
+  Sampler sampler(MakeTinyModel(GetParam()));
+  const SampleParams target{
+      .condition = 2, .seed = 11, .guidance_scale = 2.0f, .temperature = 0.9f};
+  const std::vector<torch::Tensor> alone = RunAlone(sampler, target);
+  ASSERT_EQ(static_cast<int>(alone.size()), GetParam().generation_steps());
+
+  auto early = MustStart(sampler, {.condition = 5, .seed = 1});
+  auto guided = MustStart(sampler, {.condition = 7, .seed = 2, .guidance_scale = 4.0f});
+  GenerationState* e = early.get();
+  ASSERT_TRUE(sampler.Step({&e, 1}).ok());  // `early` is one step ahead
+  auto mine = MustStart(sampler, target);
+  auto uncond = MustStart(sampler, {.seed = 9, .temperature = 0.5f});
+  std::unique_ptr<GenerationState> late;
+  std::vector<torch::Tensor> batched;
+  while (!mine->finished()) {
+    std::vector<GenerationState*> batch;
+    if (!guided->finished()) batch.push_back(guided.get());
+    batch.push_back(mine.get());
+    if (!early->finished()) batch.push_back(early.get());
+    if (!uncond->finished()) batch.push_back(uncond.get());
+    if (batched.size() == 2) late = MustStart(sampler, {.condition = 1, .seed = 3});
+    if (late && !late->finished()) batch.push_back(late.get());
+    ASSERT_TRUE(sampler.Step(batch).ok());
+    batched.push_back(mine->x0().clone());
+  }
+  ASSERT_EQ(batched.size(), alone.size());
+  for (size_t i = 0; i < alone.size(); ++i) EXPECT_LE(MaxDiff(batched[i], alone[i]), 1e-5) << i;
+}
+
+// The recompute baseline (no KV cache) follows the same trajectory as the cached sampler and holds
+// no KV memory.
+TEST_P(SamplerVariantTest, RecomputeMatchesKvCache) {
+  Dart model = MakeTinyModel(GetParam());
+  Sampler cached(model);
+  Sampler recompute(model, {.kv_cache = false});
+  const SampleParams p{.condition = 8, .seed = 13, .guidance_scale = 3.0f};
+  const std::vector<torch::Tensor> a = RunAlone(cached, p);
+  const std::vector<torch::Tensor> b = RunAlone(recompute, p);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_LE(MaxDiff(a[i], b[i]), 1e-4) << i;
+  EXPECT_EQ(MustStart(recompute, p)->kv_bytes(), 0);
+  EXPECT_EQ(MustStart(cached, p)->kv_bytes(), 2 * GetParam().kv_bytes_per_row());
+}
+
+INSTANTIATE_TEST_SUITE_P(HeadsAndVariants, SamplerVariantTest,
+                         ::testing::Values(ModelConfig::Tiny(),
+                                           dartserve::testing::TinyFlowConfig(),
+                                           dartserve::testing::TinyArConfig(),
+                                           dartserve::testing::TinyArConfig(OutputHead::kFlow)),
+                         [](const auto& info) {
+                           return std::string(info.param.flow() ? "Flow" : "Mean") +
+                                  (info.param.autoregressive() ? "DartAr" : "Dart");
+                         });
 
 TEST(SamplerTest, InvalidParamsNameTheField) {
   Sampler sampler(MakeTinyModel());

@@ -30,10 +30,13 @@ TEST(TrainingTest, LossIsDeterministicGivenTheGenerator) {
 
 // The tiny model must be able to memorise a handful of images: the loss falls at least 10x within a
 // bounded number of CPU steps. Catches broken gradients, masks that leak or block learning, and
-// optimiser wiring.
-TEST(TrainingTest, TinyModelOverfitsEightImages) {
+// optimiser wiring, for DART and for DART-AR's shifted, causal sequence.
+class OverfitTest : public ::testing::TestWithParam<Variant> {};
+
+TEST_P(OverfitTest, TinyModelOverfitsEightImages) {
   torch::manual_seed(0);
   ModelConfig config = ModelConfig::Tiny();
+  config.variant = GetParam();
   config.cond_dropout = 0.0;
   config.width = 64;
   config.heads = 4;
@@ -62,6 +65,11 @@ TEST(TrainingTest, TinyModelOverfitsEightImages) {
   const double first = mean(0, 5), last = mean(losses.size() - 20, 20);
   EXPECT_GE(first / last, 10.0) << "first " << first << " last " << last;
 }
+
+INSTANTIATE_TEST_SUITE_P(Variants, OverfitTest, ::testing::Values(Variant::kDart, Variant::kDartAr),
+                         [](const auto& info) {
+                           return info.param == Variant::kDart ? "Dart" : "DartAr";
+                         });
 
 }  // namespace
 }  // namespace dartserve::model

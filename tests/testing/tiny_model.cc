@@ -21,6 +21,23 @@ model::ModelConfig TinyRgbConfig() {
   return c;
 }
 
+model::ModelConfig TinyFlowConfig() {
+  model::ModelConfig c = model::ModelConfig::Tiny();
+  c.head = model::OutputHead::kFlow;
+  c.flow_width = 16;
+  c.flow_depth = 2;
+  c.flow_steps = 3;
+  c.flow_solver = model::FlowSolver::kHeun;
+  return c;
+}
+
+model::ModelConfig TinyArConfig(model::OutputHead head) {
+  model::ModelConfig c =
+      head == model::OutputHead::kFlow ? TinyFlowConfig() : model::ModelConfig::Tiny();
+  c.variant = model::Variant::kDartAr;
+  return c;
+}
+
 model::Dart MakeTinyModel(const model::ModelConfig& config, uint64_t seed) {
   torch::set_num_threads(1);
   model::Dart model(config);

@@ -19,6 +19,12 @@ void RandomizeParameters(torch::nn::Module& module, uint64_t seed, double stddev
 // A second tiny geometry: 12x12 RGB, patch 3 (K = 16, token dim 27), T = 6, width 48, 3 heads.
 model::ModelConfig TinyRgbConfig();
 
+// ModelConfig::Tiny() with a small flow head (DART-FM; 3 Heun steps).
+model::ModelConfig TinyFlowConfig();
+
+// ModelConfig::Tiny() as DART-AR (token-level steps), with the mean head or `head`.
+model::ModelConfig TinyArConfig(model::OutputHead head = model::OutputHead::kMean);
+
 // A tiny model (ModelConfig::Tiny() unless given) with randomised weights, in eval mode.
 model::Dart MakeTinyModel(const model::ModelConfig& config = model::ModelConfig::Tiny(),
                           uint64_t seed = 1);
