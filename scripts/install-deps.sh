@@ -17,12 +17,18 @@ PACKAGES=(
   # Tests, benchmarks, the Python reference peer; promtool and a real Prometheus for the metrics
   # tests.
   libgtest-dev libgmock-dev python3-torch zlib1g-dev prometheus
+  # Deployment tests (tests/deploy/): the manifests, rules and dashboard are parsed in Python.
+  python3-yaml
   # Data.
   dataset-fashion-mnist
 )
 
+# DARTSERVE_DEPS_SKIP: space-separated packages to leave out. Dockerfile.cuda builds against a
+# LibTorch CUDA distribution instead of Debian's CPU LibTorch.
+skip=" ${DARTSERVE_DEPS_SKIP:-} "
 missing=()
 for p in "${PACKAGES[@]}"; do
+  if [[ "$skip" == *" $p "* ]]; then continue; fi
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi

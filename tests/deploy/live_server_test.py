@@ -1,0 +1,126 @@
+"""The deployment's configuration against a real server.
+
+Starts the built dartserve with the shipped model and the Kubernetes/compose flags file
+(deploy/k8s/dartserve.flags; only the listen addresses, ports and thread count are overridden),
+then checks:
+- the server accepts every flag in the file (an unknown flag or a bad value stops it);
+- the image's HEALTHCHECK command reports SERVING through grpc.health.v1;
+- every metric name used by the recording rules, alerts, Prometheus adapter rules and Grafana
+  dashboard is exported by the server's /metrics (or is a recording rule's output, or
+  Prometheus's own `up`), read from a live scrape after real calls;
+- SIGTERM drains and exits 0, as the termination settings assume.
+"""
+
+import os
+import pathlib
+import subprocess
+import tempfile
+import unittest
+import urllib.request
+
+import deploy_testing as dt
+
+# Loading LibTorch and the weights and one warm-up image: seconds on an idle machine; generous
+# for a loaded 2-core CI machine.
+STARTUP_TIMEOUT_S = 180
+CALL_TIMEOUT_S = 120
+# Names Prometheus itself attaches to every target.
+PROMETHEUS_SYNTHETIC = {"up"}
+
+
+def run(args):
+    return subprocess.run(args, capture_output=True, text=True, timeout=CALL_TIMEOUT_S,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def scrape(port):
+    # No proxy: the endpoint is on this machine.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        return response.read().decode("utf-8")
+
+
+class LiveServerTest(unittest.TestCase):
+    """One server for the class; the tests run in name order and the last one stops it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.client = dt.binary("DARTSERVE_CLIENT")
+        flags = dt.parse_flagfile()
+        cls.flags = flags
+        model_name = flags["model"].split("=", 1)[0]
+        model_dir = dt.SOURCE_DIR / "weights" / pathlib.Path(flags["model"].split("=", 1)[1]).name
+        # Later flags override the file's: free ports on loopback, one torch thread, and the
+        # model from the source tree instead of the image's /opt/dartserve/weights.
+        cls.server = dt.ServerProcess([
+            dt.binary("DARTSERVE_SERVER"), f"--flagfile={dt.FLAGS_FILE}", "--host=127.0.0.1",
+            "--port=0", "--metrics_port=0", "--threads=1", f"--model={model_name}={model_dir}"])
+        try:
+            cls.port, cls.metrics_port = cls.server.wait_until_serving(STARTUP_TIMEOUT_S)
+        except BaseException:
+            cls.server.kill()
+            raise
+        cls.out_dir = tempfile.TemporaryDirectory(prefix="dartserve-deploy-test-")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.kill()
+        cls.out_dir.cleanup()
+
+    def generate(self, *extra):
+        return run([self.client, f"--server=127.0.0.1:{self.port}", "--timeout=60", "generate",
+                    f"--out={self.out_dir.name}", *extra])
+
+    def test_1_healthcheck_command_reports_serving(self):
+        for dockerfile in ("Dockerfile", "Dockerfile.cuda"):
+            with self.subTest(dockerfile=dockerfile):
+                command = dt.healthcheck_command(dt.SOURCE_DIR / dockerfile)
+                # The image's client binary and port, swapped for the build's and this server's.
+                server_flag = f"--server=127.0.0.1:{self.flags['port']}"
+                self.assertIn(server_flag, command)
+                command = [self.client] + [
+                    f"--server=127.0.0.1:{self.port}" if arg == server_flag else arg
+                    for arg in command[1:]
+                ]
+                result = run(command)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertEqual(result.stdout.strip(), "SERVING")
+
+    def test_2_every_referenced_metric_is_exported(self):
+        # Calls first: request-level families have children only once a call has finished.
+        ok = self.generate("--class=7", "--seed=1", "--n=1", "--preview_every=1")
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+        self.assertTrue(list(pathlib.Path(self.out_dir.name).glob("*_img0.png")))
+        rejected = self.generate("--class=99", "--seed=1")
+        self.assertNotEqual(rejected.returncode, 0)
+        self.assertIn("INVALID_ARGUMENT", rejected.stderr)
+
+        exposition = scrape(self.metrics_port)
+        self.assertRegex(exposition,
+                         r'dartserve_requests_total\{model="[^"]+",status="ok"\} [1-9]')
+        self.assertRegex(exposition, r'dartserve_requests_total\{[^}]*status="invalid_argument"')
+        exported = dt.exposition_names(exposition)
+        defined = exported | dt.recorded_names() | PROMETHEUS_SYNTHETIC
+        uses = dt.referenced_metric_names()
+        # Not vacuous: the rules, adapter and dashboard do use the server's own series.
+        self.assertGreaterEqual(len(set(uses) & exported), 15)
+        unknown = {name: where for name, where in uses.items() if name not in defined}
+        self.assertEqual(unknown, {}, "metrics used but not exported by dartserve (exported: "
+                         + ", ".join(sorted(exported)) + ")")
+        # Every adapter rule's series is there to scale on.
+        for rule in dt.adapter_rules():
+            for name in dt.promql_metric_names(rule["seriesQuery"]):
+                self.assertIn(name, exported)
+                self.assertRegex(name, rule["name"]["matches"])
+
+    def test_3_sigterm_drains_and_exits_zero(self):
+        grace = float(self.flags["grace_seconds"])
+        status = self.server.terminate(timeout=grace + 60)
+        output = "".join(self.server.output)
+        self.assertEqual(status, 0, output)
+        self.assertIn(f"draining (grace {self.flags['grace_seconds']} s)", output)
+        self.assertIn("dartserve: stopped", output)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
