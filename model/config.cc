@@ -1,8 +1,11 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <array>
+#include <functional>
 #include <set>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -166,100 +169,101 @@ ModelConfig ModelConfig::Tiny() {
   return c;
 }
 
+namespace {
+
+// One row per config.json field: its name, how it is read and how it is written. A new field is
+// one row here (plus its member and its Validate() check); reading and writing cannot drift.
+struct Field {
+  const char* name;
+  std::function<absl::Status(const Json&, ModelConfig&)> read;
+  std::function<Json(const ModelConfig&)> write;
+  bool (*written)(const ModelConfig&) = nullptr;  // null: always written
+};
+
+Field Int(const char* name, int ModelConfig::*member,
+          bool (*written)(const ModelConfig&) = nullptr) {
+  return {name,
+          [name, member](const Json& j, ModelConfig& c) { return ParseInt(j, name, &(c.*member)); },
+          [member](const ModelConfig& c) { return Json(c.*member); }, written};
+}
+
+Field Double(const char* name, double ModelConfig::*member,
+             bool (*written)(const ModelConfig&) = nullptr) {
+  return {
+      name,
+      [name, member](const Json& j, ModelConfig& c) { return ParseDouble(j, name, &(c.*member)); },
+      [member](const ModelConfig& c) { return Json(c.*member); }, written};
+}
+
+template <typename E, size_t N>
+Field Enum(const char* name, const EnumNames<E, N>& names, E ModelConfig::*member,
+           bool (*written)(const ModelConfig&) = nullptr) {
+  return {name,
+          [name, &names, member](const Json& j, ModelConfig& c) {
+            return ParseEnum(names, j, name, &(c.*member));
+          },
+          [&names, member](const ModelConfig& c) { return Json(NameOf(names, c.*member)); },
+          written};
+}
+
+// Flow fields are written only for flow models, so mean checkpoints stay as they were.
+bool IsFlow(const ModelConfig& c) { return c.flow(); }
+
+const std::vector<Field>& Fields() {
+  using C = ModelConfig;
+  static const auto* fields = new std::vector<Field>{
+      Int("image_size", &C::image_size),
+      Int("channels", &C::channels),
+      Int("patch_size", &C::patch_size),
+      Int("num_steps", &C::num_steps),
+      Enum("schedule", kScheduleNames, &C::schedule),
+      Double("snr_shift", &C::snr_shift),
+      Enum("loss_weight", kLossWeightNames, &C::loss_weight),
+      Double("loss_weight_min", &C::loss_weight_min),
+      Double("loss_weight_max", &C::loss_weight_max),
+      Int("width", &C::width),
+      Int("depth", &C::depth),
+      Int("heads", &C::heads),
+      Double("mlp_ratio", &C::mlp_ratio),
+      Double("rope_theta", &C::rope_theta),
+      Enum("conditioning", kConditioningNames, &C::conditioning),
+      Int("num_classes", &C::num_classes),
+      Double("cond_dropout", &C::cond_dropout),
+      Enum("head", kHeadNames, &C::head),
+      Enum("variant", kVariantNames, &C::variant),
+      Int("flow_width", &C::flow_width, IsFlow),
+      Int("flow_depth", &C::flow_depth, IsFlow),
+      Int("flow_steps", &C::flow_steps, IsFlow),
+      Enum("flow_solver", kFlowSolverNames, &C::flow_solver, IsFlow),
+      Int("flow_times", &C::flow_times, IsFlow),
+      Double("flow_mean_weight", &C::flow_mean_weight, IsFlow),
+  };
+  return *fields;
+}
+
+}  // namespace
+
 absl::StatusOr<ModelConfig> ModelConfigFromJson(const std::string& text) {
   Json j = Json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("config.json: must be a JSON object");
   ModelConfig c;
   for (const auto& [key, value] : j.items()) {
-    absl::Status s;
-    if (key == "image_size")
-      s = ParseInt(value, "image_size", &c.image_size);
-    else if (key == "channels")
-      s = ParseInt(value, "channels", &c.channels);
-    else if (key == "patch_size")
-      s = ParseInt(value, "patch_size", &c.patch_size);
-    else if (key == "num_steps")
-      s = ParseInt(value, "num_steps", &c.num_steps);
-    else if (key == "schedule")
-      s = ParseEnum(kScheduleNames, value, "schedule", &c.schedule);
-    else if (key == "snr_shift")
-      s = ParseDouble(value, "snr_shift", &c.snr_shift);
-    else if (key == "loss_weight")
-      s = ParseEnum(kLossWeightNames, value, "loss_weight", &c.loss_weight);
-    else if (key == "loss_weight_min")
-      s = ParseDouble(value, "loss_weight_min", &c.loss_weight_min);
-    else if (key == "loss_weight_max")
-      s = ParseDouble(value, "loss_weight_max", &c.loss_weight_max);
-    else if (key == "width")
-      s = ParseInt(value, "width", &c.width);
-    else if (key == "depth")
-      s = ParseInt(value, "depth", &c.depth);
-    else if (key == "heads")
-      s = ParseInt(value, "heads", &c.heads);
-    else if (key == "mlp_ratio")
-      s = ParseDouble(value, "mlp_ratio", &c.mlp_ratio);
-    else if (key == "rope_theta")
-      s = ParseDouble(value, "rope_theta", &c.rope_theta);
-    else if (key == "conditioning")
-      s = ParseEnum(kConditioningNames, value, "conditioning", &c.conditioning);
-    else if (key == "num_classes")
-      s = ParseInt(value, "num_classes", &c.num_classes);
-    else if (key == "cond_dropout")
-      s = ParseDouble(value, "cond_dropout", &c.cond_dropout);
-    else if (key == "head")
-      s = ParseEnum(kHeadNames, value, "head", &c.head);
-    else if (key == "variant")
-      s = ParseEnum(kVariantNames, value, "variant", &c.variant);
-    else if (key == "flow_width")
-      s = ParseInt(value, "flow_width", &c.flow_width);
-    else if (key == "flow_depth")
-      s = ParseInt(value, "flow_depth", &c.flow_depth);
-    else if (key == "flow_steps")
-      s = ParseInt(value, "flow_steps", &c.flow_steps);
-    else if (key == "flow_solver")
-      s = ParseEnum(kFlowSolverNames, value, "flow_solver", &c.flow_solver);
-    else if (key == "flow_times")
-      s = ParseInt(value, "flow_times", &c.flow_times);
-    else if (key == "flow_mean_weight")
-      s = ParseDouble(value, "flow_mean_weight", &c.flow_mean_weight);
-    else
-      s = absl::InvalidArgumentError(absl::StrCat(key, ": unknown config field"));
-    if (!s.ok()) return s;
+    const auto field = std::find_if(Fields().begin(), Fields().end(),
+                                    [&key](const Field& f) { return key == f.name; });
+    if (field == Fields().end()) {
+      return absl::InvalidArgumentError(absl::StrCat(key, ": unknown config field"));
+    }
+    if (absl::Status s = field->read(value, c); !s.ok()) return s;
   }
   if (absl::Status s = c.Validate(); !s.ok()) return s;
   return c;
 }
 
 std::string ModelConfigToJson(const ModelConfig& c) {
-  Json j = {
-      {"image_size", c.image_size},
-      {"channels", c.channels},
-      {"patch_size", c.patch_size},
-      {"num_steps", c.num_steps},
-      {"schedule", NameOf(kScheduleNames, c.schedule)},
-      {"snr_shift", c.snr_shift},
-      {"loss_weight", NameOf(kLossWeightNames, c.loss_weight)},
-      {"loss_weight_min", c.loss_weight_min},
-      {"loss_weight_max", c.loss_weight_max},
-      {"width", c.width},
-      {"depth", c.depth},
-      {"heads", c.heads},
-      {"mlp_ratio", c.mlp_ratio},
-      {"rope_theta", c.rope_theta},
-      {"conditioning", NameOf(kConditioningNames, c.conditioning)},
-      {"num_classes", c.num_classes},
-      {"cond_dropout", c.cond_dropout},
-      {"head", NameOf(kHeadNames, c.head)},
-      {"variant", NameOf(kVariantNames, c.variant)},
-  };
-  if (c.flow()) {  // flow fields only where they matter: mean checkpoints stay as they were
-    j["flow_width"] = c.flow_width;
-    j["flow_depth"] = c.flow_depth;
-    j["flow_steps"] = c.flow_steps;
-    j["flow_solver"] = NameOf(kFlowSolverNames, c.flow_solver);
-    j["flow_times"] = c.flow_times;
-    j["flow_mean_weight"] = c.flow_mean_weight;
+  Json j = Json::object();
+  for (const Field& field : Fields()) {
+    if (field.written == nullptr || field.written(c)) j[field.name] = field.write(c);
   }
   return j.dump(2) + "\n";
 }
