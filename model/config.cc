@@ -80,12 +80,17 @@ absl::Status Check(bool ok, const char* field, const char* requirement) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", requirement));
 }
 
-}  // namespace
-
-int ModelConfig::mlp_hidden() const {
+// SwiGLU hidden size: mlp_ratio * width rounded up to a multiple of 32 (GEMM-friendly).
+int MlpHidden(double mlp_ratio, int width) {
   const int raw = static_cast<int>(mlp_ratio * width + 0.5);
   return (raw + 31) / 32 * 32;
 }
+
+}  // namespace
+
+int ModelConfig::mlp_hidden() const { return MlpHidden(mlp_ratio, width); }
+
+int ModelConfig::text_mlp_hidden() const { return MlpHidden(mlp_ratio, text_width); }
 
 int64_t ModelConfig::kv_bytes_per_row() const {
   return int64_t{2} * depth * sequence_length() * width * static_cast<int64_t>(sizeof(float));
@@ -118,6 +123,7 @@ double FlopsPerImage(const ModelConfig& c, bool guided) {
 }
 
 absl::Status ModelConfig::Validate() const {
+  const bool text = conditioning == Conditioning::kText;
   // Each check names its field; the first failure wins so the message stays one line.
   for (const absl::Status& s : {
            Check(image_size >= 1 && image_size <= 4096, "image_size", "must be in [1, 4096]"),
@@ -139,8 +145,24 @@ absl::Status ModelConfig::Validate() const {
                  "width / heads (the head dim) must be a multiple of 4 for 2-D RoPE"),
            Check(mlp_ratio > 0 && mlp_ratio <= 16, "mlp_ratio", "must be in (0, 16]"),
            Check(rope_theta > 1, "rope_theta", "must be > 1"),
-           Check(conditioning != Conditioning::kText, "conditioning",
-                 "\"text\" is not supported by this build yet"),
+           // Text encoder fields, checked only for text models (they are unused otherwise). They
+           // come before the rejection of text below so that their checks run and are tested
+           // while the DART side of text conditioning is not wired yet.
+           Check(!text || (text_vocab_size >= 4 && text_vocab_size <= 1 << 20), "text_vocab_size",
+                 "must be in [4, 2^20] for text conditioning (the tokenizer's vocab size; ids 0-3 "
+                 "are pad, unk, bos, eos)"),
+           Check(!text || (text_max_tokens >= 2 && text_max_tokens <= 4096), "text_max_tokens",
+                 "must be in [2, 4096] for text conditioning (BOS and EOS count)"),
+           Check(!text || (text_width >= 4 && text_width <= 16384), "text_width",
+                 "must be in [4, 16384] for text conditioning"),
+           Check(!text || (text_depth >= 1 && text_depth <= 64), "text_depth",
+                 "must be in [1, 64] for text conditioning"),
+           Check(!text || (text_heads >= 1 && text_heads <= text_width &&
+                           text_width % text_heads == 0 && (text_width / text_heads) % 2 == 0),
+                 "text_heads",
+                 "must be >= 1 and divide text_width into an even head dim (1-D RoPE rotates "
+                 "pairs)"),
+           Check(!text, "conditioning", "\"text\" is not supported by this build yet"),
            Check(
                conditioning != Conditioning::kClass || (num_classes >= 1 && num_classes <= 1 << 20),
                "num_classes", "must be in [1, 2^20] for class conditioning"),
@@ -208,6 +230,8 @@ Field Enum(const char* name, const EnumNames<E, N>& names, E ModelConfig::*membe
 
 // Flow fields are written only for flow models, so mean checkpoints stay as they were.
 bool IsFlow(const ModelConfig& c) { return c.flow(); }
+// Text fields likewise only for text models.
+bool IsText(const ModelConfig& c) { return c.conditioning == Conditioning::kText; }
 
 const std::vector<Field>& Fields() {
   using C = ModelConfig;
@@ -229,6 +253,11 @@ const std::vector<Field>& Fields() {
       Enum("conditioning", kConditioningNames, &C::conditioning),
       Int("num_classes", &C::num_classes),
       Double("cond_dropout", &C::cond_dropout),
+      Int("text_vocab_size", &C::text_vocab_size, IsText),
+      Int("text_max_tokens", &C::text_max_tokens, IsText),
+      Int("text_width", &C::text_width, IsText),
+      Int("text_depth", &C::text_depth, IsText),
+      Int("text_heads", &C::text_heads, IsText),
       Enum("head", kHeadNames, &C::head),
       Enum("variant", kVariantNames, &C::variant),
       Int("flow_width", &C::flow_width, IsFlow),

@@ -51,6 +51,15 @@ struct ModelConfig {
   int num_classes = 10;
   double cond_dropout = 0.1;  // Training-time probability of replacing the condition with null.
 
+  // Text encoder (conditioning = text; model/text_encoder.h): a small bidirectional transformer
+  // over the prompt's token ids. These fields are read from any config but written only for text
+  // models, so class and unconditional checkpoints stay as they were.
+  int text_vocab_size = 0;   // The tokenizer's vocabulary size; no default, it must be set.
+  int text_max_tokens = 32;  // Longest prompt in ids, BOS and EOS included.
+  int text_width = 128;
+  int text_depth = 2;
+  int text_heads = 4;
+
   OutputHead head = OutputHead::kMean;
   Variant variant = Variant::kDart;
 
@@ -85,6 +94,8 @@ struct ModelConfig {
   int tokens_per_step() const { return autoregressive() ? 1 : tokens_per_block(); }
   int head_dim() const { return width / heads; }
   int mlp_hidden() const;
+  int text_head_dim() const { return text_width / text_heads; }
+  int text_mlp_hidden() const;  // round_up(mlp_ratio * text_width, 32), as mlp_hidden()
   int null_class() const { return num_classes; }
   bool flow() const { return head == OutputHead::kFlow; }
   // Bytes of K/V cache for one branch (one row) of one request at its peak (all T blocks), fp32.

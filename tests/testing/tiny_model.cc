@@ -38,6 +38,17 @@ model::ModelConfig TinyArConfig(model::OutputHead head) {
   return c;
 }
 
+model::ModelConfig TinyTextConfig() {
+  model::ModelConfig c = model::ModelConfig::Tiny();
+  c.conditioning = model::Conditioning::kText;
+  c.text_vocab_size = 64;
+  c.text_max_tokens = 12;
+  c.text_width = 32;
+  c.text_depth = 2;
+  c.text_heads = 2;
+  return c;
+}
+
 model::Dart MakeTinyModel(const model::ModelConfig& config, uint64_t seed) {
   torch::set_num_threads(1);
   model::Dart model(config);

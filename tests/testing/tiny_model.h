@@ -25,6 +25,11 @@ model::ModelConfig TinyFlowConfig();
 // ModelConfig::Tiny() as DART-AR (token-level steps), with the mean head or `head`.
 model::ModelConfig TinyArConfig(model::OutputHead head = model::OutputHead::kMean);
 
+// ModelConfig::Tiny() with text conditioning and a tiny text encoder: vocab 64, at most 12 ids,
+// width 32, depth 2, 2 heads. Validate() still rejects it (conditioning: text is not wired into
+// DART yet); it is for building a TextEncoder directly.
+model::ModelConfig TinyTextConfig();
+
 // A tiny model (ModelConfig::Tiny() unless given) with randomised weights, in eval mode.
 model::Dart MakeTinyModel(const model::ModelConfig& config = model::ModelConfig::Tiny(),
                           uint64_t seed = 1);
