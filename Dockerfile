@@ -22,7 +22,7 @@ RUN TARGET=dartserve scripts/build.sh && TARGET=dartserve-client scripts/build.s
 RUN deploy/docker/collect-libs.sh /stage/lib build/server/dartserve build/client/dartserve-client \
  && install -D -m 0755 -t /stage/bin build/server/dartserve build/client/dartserve-client \
  && mkdir -p /stage/weights \
- && cp -r weights/fmnist-dart /stage/weights/
+ && cp -r weights/fmnist-dart weights/fmnist-dart-fm /stage/weights/
 
 FROM ${DEBIAN_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="dartserve" \
@@ -37,7 +37,7 @@ COPY --from=build /stage/ /opt/dartserve/
 RUN echo /opt/dartserve/lib > /etc/ld.so.conf.d/dartserve.conf && ldconfig
 ENV PATH=/opt/dartserve/bin:${PATH} \
     OMP_NUM_THREADS=2
-# The default --model (weights/fmnist-dart) is relative to this folder.
+# The default --model (weights/fmnist-dart-fm, weights/fmnist-dart) is relative to this folder.
 WORKDIR /opt/dartserve
 USER 10001:10001
 # gRPC, and Prometheus metrics (/metrics).
@@ -49,5 +49,5 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
 # SIGTERM drains (docs/service.md); give `docker stop -t` more than --grace_seconds (30 s).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/opt/dartserve/bin/dartserve"]
-CMD ["--model=fmnist-dart=/opt/dartserve/weights/fmnist-dart", "--port=50051", \
+CMD ["--model=fmnist-dart-fm=/opt/dartserve/weights/fmnist-dart-fm,fmnist-dart=/opt/dartserve/weights/fmnist-dart", "--port=50051", \
      "--metrics_port=9464"]

@@ -28,12 +28,21 @@ class FlowHeadImpl : public torch::nn::Module {
   // `cond_dim`: width of the conditioning vectors h; `token_dim`: size of a sample.
   FlowHeadImpl(int cond_dim, int token_dim, int width, int depth);
 
-  // h: [N, width] backbone outputs -> per-block modulations [N, flow_depth, 3 * flow_width].
+  // h: [N, width] backbone outputs -> per-block modulations [N, flow_depth, 3, flow_width]
+  // (shift, 1 + scale, gate).
   torch::Tensor Modulation(const torch::Tensor& h);
+  // s: [M] flow times in [0, 1] -> their embeddings [M, flow_width].
+  torch::Tensor TimeEmbedding(const torch::Tensor& s);
   // y: [N, token_dim], s: [N] or [1] flow times in [0, 1], modulation from Modulation().
   // Returns the velocity [N, token_dim].
   torch::Tensor Velocity(const torch::Tensor& y, const torch::Tensor& s,
-                         const torch::Tensor& modulation);
+                         const torch::Tensor& modulation) {
+    return VelocityAt(y, TimeEmbedding(s), modulation);
+  }
+  // The same with the time embedding ([N] or [1] rows) precomputed: a sampler embeds its whole
+  // time grid once per step instead of once per ODE evaluation.
+  torch::Tensor VelocityAt(const torch::Tensor& y, const torch::Tensor& time_embedding,
+                           const torch::Tensor& modulation);
 
  private:
   int width_;

@@ -223,14 +223,22 @@ std::vector<torch::Tensor> Sampler::SampleFlow(std::span<GenerationState* const>
       torch::tensor(scale, torch::kFloat).repeat_interleave(k).unsqueeze(1).to(device);
   FlowHead& head = model_->flow_head();
   const torch::Tensor modulation = head->Modulation(features.reshape({rows * k, -1}));
+  const int steps = options_.flow_steps > 0 ? options_.flow_steps : c.flow_steps;
+  const FlowSolver solver = options_.flow_solver.value_or(c.flow_solver);
+  // The solvers only evaluate at s = i / steps: embed that grid once for the whole step.
+  const torch::Tensor times =
+      head->TimeEmbedding(torch::arange(steps + 1, features.options()) / steps);
+  const auto time_at = [&](double s) {
+    return times.narrow(0, static_cast<int64_t>(std::lround(s * steps)), 1);
+  };
+  const bool any_guided = rows > n_states;
   const auto velocity = [&](const torch::Tensor& y, double s) {
-    const torch::Tensor v =
-        head->Velocity(y.index_select(0, row_src), torch::full({1}, s, y.options()), modulation);
+    // Without a guided state every row is its state's conditional row: no gathers.
+    if (!any_guided) return head->VelocityAt(y, time_at(s), modulation);
+    const torch::Tensor v = head->VelocityAt(y.index_select(0, row_src), time_at(s), modulation);
     const torch::Tensor v_c = v.index_select(0, c_idx), v_u = v.index_select(0, u_idx);
     return v_u + w * (v_c - v_u);
   };
-  const int steps = options_.flow_steps > 0 ? options_.flow_steps : c.flow_steps;
-  const FlowSolver solver = options_.flow_solver.value_or(c.flow_solver);
   const torch::Tensor y = IntegrateFlow(torch::stack(noise).view({n_states * k, d}).to(device),
                                         steps, solver, velocity);
   std::vector<torch::Tensor> out;

@@ -6,5 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
-exec "${BUILD_DIR:-build}"/server/dartserve --model fmnist-dart=weights/fmnist-dart \
+# The default model is DART-FM (flow head); the mean-head DART is served beside it.
+exec "${BUILD_DIR:-build}"/server/dartserve \
+  --model fmnist-dart-fm=weights/fmnist-dart-fm,fmnist-dart=weights/fmnist-dart \
   --port 50051 --metrics_port 9464 "$@"

@@ -1,6 +1,7 @@
 // dartserve: the gRPC image-generation server.
 //
-//   dartserve --model fmnist=weights/fmnist-dart --port 50051 --metrics_port 9464
+//   dartserve --model fmnist-dart-fm=weights/fmnist-dart-fm,fmnist-dart=weights/fmnist-dart \
+//       --port 50051 --metrics_port 9464
 //
 // Loads each model (safetensors + config.json, optional classes.txt with one class name per line),
 // starts gRPC with health NOT_SERVING, warms every model up, then reports SERVING. SIGTERM or
@@ -22,7 +23,9 @@
 #include "model/dart_engine.h"
 #include "server/server.h"
 
-ABSL_FLAG(std::vector<std::string>, model, {"fmnist-dart=weights/fmnist-dart"},
+ABSL_FLAG(std::vector<std::string>, model,
+          (std::vector<std::string>{"fmnist-dart-fm=weights/fmnist-dart-fm",
+                                    "fmnist-dart=weights/fmnist-dart"}),
           "Models to serve, NAME=DIR, comma-separated; the first is the default.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and metrics).");
 ABSL_FLAG(int, port, 50051, "gRPC port (0: pick a free one and print it).");

@@ -23,7 +23,7 @@
 #include "model/image.h"
 #include "model/sampler.h"
 
-ABSL_FLAG(std::string, checkpoint, "weights/fmnist-dart",
+ABSL_FLAG(std::string, checkpoint, "weights/fmnist-dart-fm",
           "Checkpoint folder holding config.json and model.safetensors.");
 ABSL_FLAG(std::string, classes, "all",
           "Comma-separated class ids, or 'all' (every class; for unconditional models: ignored).");

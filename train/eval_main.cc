@@ -17,7 +17,7 @@
 #include "nlohmann/json.hpp"
 #include "train/eval.h"
 
-ABSL_FLAG(std::string, checkpoint, "weights/fmnist-dart", "DART checkpoint folder to evaluate.");
+ABSL_FLAG(std::string, checkpoint, "weights/fmnist-dart-fm", "DART checkpoint folder to evaluate.");
 ABSL_FLAG(std::string, classifier, "weights/fmnist-classifier", "Classifier folder.");
 ABSL_FLAG(bool, train_classifier, false, "Train the classifier into --classifier and exit.");
 ABSL_FLAG(int, classifier_epochs, 4, "Epochs for --train_classifier.");

@@ -82,6 +82,11 @@ def parse_flagfile(path=FLAGS_FILE):
     return flags
 
 
+def model_specs(flags):
+    """The --model flag's NAME=DIR pairs, in order (the first is the default model)."""
+    return [tuple(spec.split("=", 1)) for spec in flags["model"].split(",")]
+
+
 def parse_quantity(quantity):
     """A Kubernetes resource quantity as a float in base units (cores, bytes)."""
     text = str(quantity)

@@ -129,15 +129,18 @@ class DockerfileTest(unittest.TestCase):
                 self.assertEqual(runtime["STOPSIGNAL"], ["SIGTERM"])
 
     def test_shipped_weights_are_where_the_flags_point(self):
-        model_dir = self.flags["model"].split("=", 1)[1]
-        self.assertTrue(model_dir.startswith(f"{RUNTIME_ROOT}/weights/"))
-        source = dt.SOURCE_DIR / "weights" / model_dir.rsplit("/", 1)[1]
-        self.assertTrue((source / "config.json").is_file())
-        self.assertTrue((source / "model.safetensors").is_file())
-        for name in self.FILES:
-            with self.subTest(dockerfile=name):
-                runs = " ".join(a for k, a in stages(dt.SOURCE_DIR / name)["build"] if k == "RUN")
-                self.assertIn(f"cp -r weights/{source.name} /stage/weights/", runs)
+        for _, model_dir in dt.model_specs(self.flags):
+            self.assertTrue(model_dir.startswith(f"{RUNTIME_ROOT}/weights/"))
+            source = dt.SOURCE_DIR / "weights" / model_dir.rsplit("/", 1)[1]
+            self.assertTrue((source / "config.json").is_file())
+            self.assertTrue((source / "model.safetensors").is_file())
+            for name in self.FILES:
+                with self.subTest(dockerfile=name, model=source.name):
+                    runs = " ".join(
+                        a for k, a in stages(dt.SOURCE_DIR / name)["build"] if k == "RUN")
+                    copied = re.search(r"cp -r ((?:weights/\S+ )+)/stage/weights/", runs)
+                    self.assertIsNotNone(copied, runs)
+                    self.assertIn(f"weights/{source.name}", copied.group(1).split())
 
 
 class DockerignoreTest(unittest.TestCase):

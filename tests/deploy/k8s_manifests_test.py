@@ -128,9 +128,11 @@ class ManifestsTest(unittest.TestCase):
         self.assertLessEqual(threads, cpus, "more torch threads than cores stalls every step")
         env = {e["name"]: e["value"] for e in self.container["env"]}
         self.assertEqual(int(env["OMP_NUM_THREADS"]), threads)
-        # The KV budget plus LibTorch, the weights and the gRPC buffers (~1 GiB headroom).
+        # The KV budget (per model) plus LibTorch, the weights and the gRPC buffers (~1 GiB
+        # headroom).
         memory = dt.parse_quantity(resources["limits"]["memory"])
-        self.assertGreaterEqual(memory, (int(self.flags["kv_budget_mb"]) + 1024) * 2**20)
+        models = len(dt.model_specs(self.flags))
+        self.assertGreaterEqual(memory, (models * int(self.flags["kv_budget_mb"]) + 1024) * 2**20)
 
     def test_runs_as_the_images_non_root_user(self):
         security = self.pod_spec["securityContext"]

@@ -48,13 +48,13 @@ class LiveServerTest(unittest.TestCase):
         cls.client = dt.binary("DARTSERVE_CLIENT")
         flags = dt.parse_flagfile()
         cls.flags = flags
-        model_name = flags["model"].split("=", 1)[0]
-        model_dir = dt.SOURCE_DIR / "weights" / pathlib.Path(flags["model"].split("=", 1)[1]).name
         # Later flags override the file's: free ports on loopback, one torch thread, and the
-        # model from the source tree instead of the image's /opt/dartserve/weights.
+        # models from the source tree instead of the image's /opt/dartserve/weights.
+        models = ",".join(f"{name}={dt.SOURCE_DIR / 'weights' / pathlib.Path(path).name}"
+                          for name, path in dt.model_specs(flags))
         cls.server = dt.ServerProcess([
             dt.binary("DARTSERVE_SERVER"), f"--flagfile={dt.FLAGS_FILE}", "--host=127.0.0.1",
-            "--port=0", "--metrics_port=0", "--threads=1", f"--model={model_name}={model_dir}"])
+            "--port=0", "--metrics_port=0", "--threads=1", f"--model={models}"])
         try:
             cls.port, cls.metrics_port = cls.server.wait_until_serving(STARTUP_TIMEOUT_S)
         except BaseException:

@@ -134,9 +134,9 @@ class RuntimeTreeTest(unittest.TestCase):
         (opt / "bin").mkdir(parents=True)
         shutil.copy(cls.server_binary, opt / "bin" / "dartserve")
         shutil.copy(cls.client_binary, opt / "bin" / "dartserve-client")
-        model_dir = dt.parse_flagfile()["model"].split("=", 1)[1]
-        shutil.copytree(dt.SOURCE_DIR / "weights" / os.path.basename(model_dir),
-                        root / model_dir.lstrip("/"))
+        for _, model_dir in dt.model_specs(dt.parse_flagfile()):
+            shutil.copytree(dt.SOURCE_DIR / "weights" / os.path.basename(model_dir),
+                            root / model_dir.lstrip("/"))
         # The base image's part: glibc and the loader, from this (the same) Debian release.
         for binary in (cls.server_binary, cls.client_binary):
             resolved, loader = ldd(binary)

@@ -26,21 +26,57 @@ TEST(QualityGateTest, ShippedClassifierIsAccurateOnRealTestImages) {
   EXPECT_NEAR(acc, recorded, 2e-3);
 }
 
-// 200 samples (20 per class, fixed seeds): the classifier must recognise at least 80% as the class
-// they were generated for.
-TEST(QualityGateTest, ShippedModelConditionalAccuracy) {
+struct ShippedModel {
+  const char* dir;
+  double min_accuracy;
+};
+
+class ShippedModelTest : public ::testing::TestWithParam<ShippedModel> {};
+
+// 200 samples (20 per class, fixed seeds) at the served default guidance 2: the classifier must
+// recognise at least `min_accuracy` as the class they were generated for.
+TEST_P(ShippedModelTest, ConditionalAccuracy) {
   torch::set_num_threads(1);  // ctest runs tests in parallel
   auto clf = LoadClassifier(kWeights + "/fmnist-classifier");
   ASSERT_TRUE(clf.ok()) << clf.status();
-  auto model = model::LoadCheckpoint(kWeights + "/fmnist-dart");
+  auto model = model::LoadCheckpoint(kWeights + "/" + GetParam().dir);
   ASSERT_TRUE(model.ok()) << model.status();
-  // Guidance 2 is the served default (docs/quality.md: w = 1 scores about 0.74 here).
   auto report = EvaluateClassModel(*model, *clf, torch::Tensor(),
                                    {.per_class = 20, .guidance_scale = 2.0f, .seed = 12345});
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_EQ(report->num_images, 200);
-  EXPECT_GE(report->conditional_accuracy, 0.80);
-  std::cout << "conditional accuracy on 200 samples: " << report->conditional_accuracy << "\n";
+  EXPECT_GE(report->conditional_accuracy, GetParam().min_accuracy);
+  std::cout << GetParam().dir << ": conditional accuracy on 200 samples "
+            << report->conditional_accuracy << "\n";
+}
+
+// Measured here: fmnist-dart-fm (the default) 81.5 %, fmnist-dart 88.0 %.
+INSTANTIATE_TEST_SUITE_P(Shipped, ShippedModelTest,
+                         ::testing::Values(ShippedModel{"fmnist-dart-fm", 0.75},
+                                           ShippedModel{"fmnist-dart", 0.80}),
+                         [](const auto& info) {
+                           return std::string(info.param.dir) == "fmnist-dart" ? "Dart" : "DartFm";
+                         });
+
+// The default model's FID on 500 fixed-seed samples (FID on the classifier's features against the
+// test set; 500 samples read higher than the 10k figures in docs/quality.md). It measures 70.1;
+// one ODE step per DART step, a mean head or broken weights all land well above the bound. (The
+// FM-vs-mean comparison itself needs thousands of samples: at 500 the two differ by 0.3.)
+TEST(QualityGateTest, DefaultModelFid) {
+  torch::set_num_threads(1);
+  auto clf = LoadClassifier(kWeights + "/fmnist-classifier");
+  ASSERT_TRUE(clf.ok()) << clf.status();
+  auto test = LoadFashionMnist("test");
+  ASSERT_TRUE(test.ok()) << test.status();
+  const torch::Tensor reference =
+      ExtractFeatures(*clf, test->Batch(torch::arange(test->size(), torch::kLong)).first);
+  auto model = model::LoadCheckpoint(kWeights + "/fmnist-dart-fm");
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto report = EvaluateClassModel(*model, *clf, reference,
+                                   {.per_class = 50, .guidance_scale = 2.0f, .seed = 777});
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_LE(report->fid, 75.0);
+  std::cout << "fmnist-dart-fm: FID on 500 samples " << report->fid << "\n";
 }
 
 }  // namespace
