@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "model/config.h"
+#include "model/tokenizer.h"
 
 namespace dartserve::model {
 namespace {
@@ -95,6 +96,17 @@ absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir) {
     if (absl::Status s = LoadWeights(*model, *file); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat(weights_path, ": ", s.message()));
     }
+    if (config->conditioning == Conditioning::kText) {
+      const std::string path = (std::filesystem::path(dir) / kTokenizerFile).string();
+      absl::StatusOr<Tokenizer> tokenizer = Tokenizer::Load(path);
+      if (!tokenizer.ok()) return tokenizer.status();
+      if (tokenizer->vocab_size() > config->text_vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": ", tokenizer->vocab_size(), " pieces exceed text_vocab_size ",
+                         config->text_vocab_size, " of ", config_path));
+      }
+      model->set_tokenizer(std::make_shared<const Tokenizer>(*std::move(tokenizer)));
+    }
     model->eval();
     return model;
   } catch (const std::exception& e) {
@@ -103,6 +115,10 @@ absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir) {
 }
 
 absl::Status SaveCheckpoint(const std::string& dir, Dart& model, DType dtype) {
+  const bool text = model->config().conditioning == Conditioning::kText;
+  if (text && !model->tokenizer()) {
+    return absl::FailedPreconditionError("saving a text model needs its tokenizer (set_tokenizer)");
+  }
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec)
@@ -113,6 +129,13 @@ absl::Status SaveCheckpoint(const std::string& dir, Dart& model, DType dtype) {
           WriteFileAtomically((std::filesystem::path(dir) / kWeightsFile).string(), *bytes);
       !s.ok()) {
     return s;
+  }
+  if (text) {
+    if (absl::Status s = WriteFileAtomically((std::filesystem::path(dir) / kTokenizerFile).string(),
+                                             model->tokenizer()->serialized());
+        !s.ok()) {
+      return s;
+    }
   }
   return WriteFileAtomically((std::filesystem::path(dir) / kConfigFile).string(),
                              ModelConfigToJson(model->config()));

@@ -1,4 +1,6 @@
-// Checkpoint folders: `config.json` (ModelConfig) + `model.safetensors` (the weights).
+// Checkpoint folders: `config.json` (ModelConfig) + `model.safetensors` (the weights), and for
+// text models `tokenizer.model` (model/tokenizer.h), which is loaded with them and attached to the
+// model, so a text checkpoint cannot be served with a tokenizer it was not trained with.
 //
 // Loading checks every tensor against the model the config builds: a missing, unexpected or
 // wrongly shaped tensor is an error naming it, so a checkpoint either loads completely or not at
@@ -30,7 +32,8 @@ std::vector<TensorToWrite> WeightsToWrite(const torch::nn::Module& module, DType
 // Errors are prefixed with the offending file.
 absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir);
 
-// Writes `dir`/config.json and `dir`/model.safetensors (creating `dir`), each atomically.
+// Writes `dir`/config.json and `dir`/model.safetensors (creating `dir`), each atomically, and the
+// model's tokenizer for text models (FAILED_PRECONDITION when a text model has none).
 absl::Status SaveCheckpoint(const std::string& dir, Dart& model, DType dtype = DType::kF32);
 
 // Tensor <-> safetensors bytes.

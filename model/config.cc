@@ -93,12 +93,23 @@ int ModelConfig::mlp_hidden() const { return MlpHidden(mlp_ratio, width); }
 int ModelConfig::text_mlp_hidden() const { return MlpHidden(mlp_ratio, text_width); }
 
 int64_t ModelConfig::kv_bytes_per_row() const {
-  return int64_t{2} * depth * sequence_length() * width * static_cast<int64_t>(sizeof(float));
+  return int64_t{2} * depth * sequence_length() * width * static_cast<int64_t>(sizeof(float)) +
+         text_kv_bytes_per_row();
+}
+
+int64_t ModelConfig::text_kv_bytes_per_row() const {
+  if (conditioning != Conditioning::kText) return 0;
+  return int64_t{2} * depth * text_max_tokens * width * static_cast<int64_t>(sizeof(float));
 }
 
 double FlopsPerImage(const ModelConfig& c, bool guided) {
   const double d = c.width, h = c.mlp_hidden(), k = c.tokens_per_block(), td = c.token_dim();
-  const double linear_per_token = c.depth * 2.0 * (4 * d * d + 3 * d * h) + 2.0 * 2 * td * d;
+  double linear_per_token = c.depth * 2.0 * (4 * d * d + 3 * d * h) + 2.0 * 2 * td * d;
+  if (c.conditioning == Conditioning::kText) {
+    // Cross-attention per image token: the query and output projections, and attention over the
+    // padded prompt (the prompt's own K/V and the encoder run once per request: negligible).
+    linear_per_token += c.depth * 2.0 * (2 * d * d + 2.0 * c.text_max_tokens * d);
+  }
   double total = 0;
   if (c.autoregressive()) {
     // Token i attends over the i + 1 tokens up to itself.
@@ -145,9 +156,7 @@ absl::Status ModelConfig::Validate() const {
                  "width / heads (the head dim) must be a multiple of 4 for 2-D RoPE"),
            Check(mlp_ratio > 0 && mlp_ratio <= 16, "mlp_ratio", "must be in (0, 16]"),
            Check(rope_theta > 1, "rope_theta", "must be > 1"),
-           // Text encoder fields, checked only for text models (they are unused otherwise). They
-           // come before the rejection of text below so that their checks run and are tested
-           // while the DART side of text conditioning is not wired yet.
+           // Text encoder fields, checked only for text models (they are unused otherwise).
            Check(!text || (text_vocab_size >= 4 && text_vocab_size <= 1 << 20), "text_vocab_size",
                  "must be in [4, 2^20] for text conditioning (the tokenizer's vocab size; ids 0-3 "
                  "are pad, unk, bos, eos)"),
@@ -162,7 +171,6 @@ absl::Status ModelConfig::Validate() const {
                  "text_heads",
                  "must be >= 1 and divide text_width into an even head dim (1-D RoPE rotates "
                  "pairs)"),
-           Check(!text, "conditioning", "\"text\" is not supported by this build yet"),
            Check(
                conditioning != Conditioning::kClass || (num_classes >= 1 && num_classes <= 1 << 20),
                "num_classes", "must be in [1, 2^20] for class conditioning"),

@@ -2,6 +2,7 @@
 
 #include <map>
 
+#include "absl/strings/str_cat.h"
 #include "model/torch_compat.h"
 
 namespace dartserve::model {
@@ -26,6 +27,53 @@ int64_t KvCache::bytes() const {
   return total;
 }
 
+int64_t Condition::bytes() const {
+  int64_t total = 0;
+  for (size_t i = 0; i < text_k.size(); ++i) {
+    total += text_k[i].numel() * text_k[i].element_size() +
+             text_v[i].numel() * text_v[i].element_size();
+  }
+  return total;
+}
+
+Condition Condition::Cat(std::span<const Condition* const> parts) {
+  TORCH_CHECK(!parts.empty(), "Condition::Cat: no conditions");
+  if (parts.size() == 1) return *parts[0];
+  const auto cat = [&](const auto& get) {
+    std::vector<torch::Tensor> all;
+    for (const Condition* p : parts) all.push_back(get(*p));
+    return torch::cat(all);
+  };
+  Condition out;
+  out.vector = cat([](const Condition& c) { return c.vector; });
+  if (parts[0]->text_mask.defined()) {
+    out.text_mask = cat([](const Condition& c) { return c.text_mask; });
+    for (size_t layer = 0; layer < parts[0]->text_k.size(); ++layer) {
+      out.text_k.push_back(cat([layer](const Condition& c) { return c.text_k[layer]; }));
+      out.text_v.push_back(cat([layer](const Condition& c) { return c.text_v[layer]; }));
+    }
+  }
+  return out;
+}
+
+Condition Condition::Slice(int64_t start, int64_t length) const {
+  Condition out;
+  out.vector = vector.narrow(0, start, length);
+  if (text_mask.defined()) {
+    out.text_mask = text_mask.narrow(0, start, length);
+    for (size_t layer = 0; layer < text_k.size(); ++layer) {
+      out.text_k.push_back(text_k[layer].narrow(0, start, length));
+      out.text_v.push_back(text_v[layer].narrow(0, start, length));
+    }
+  }
+  return out;
+}
+
+std::optional<CrossContext> Condition::Cross(size_t layer) const {
+  if (!text_mask.defined()) return std::nullopt;
+  return CrossContext{text_k[layer], text_v[layer], text_mask};
+}
+
 torch::Tensor Patchify(const torch::Tensor& images, int p) {
   const int64_t b = images.size(0), c = images.size(1), g = images.size(2) / p;
   return images.reshape({b, c, g, p, g, p})
@@ -44,8 +92,14 @@ DartImpl::DartImpl(const ModelConfig& config) : config_(config), rope_(config) {
   const int64_t d = config.width;
   in_proj_ = register_module("in_proj", nn::Linear(config.token_dim(), d));
   step_embed_ = register_module("step_embed", nn::Embedding(config.num_blocks(), d));
-  const int64_t num_cond = config.conditioning == Conditioning::kClass ? config.num_classes + 1 : 1;
-  cond_embed_ = register_module("cond_embed", nn::Embedding(num_cond, d));
+  if (config.conditioning == Conditioning::kText) {
+    text_encoder_ = register_module("text_encoder", TextEncoder(config));
+    text_pool_ = register_module("text_pool", nn::Linear(config.text_width, d));
+  } else {
+    const int64_t num_cond =
+        config.conditioning == Conditioning::kClass ? config.num_classes + 1 : 1;
+    cond_embed_ = register_module("cond_embed", nn::Embedding(num_cond, d));
+  }
   blocks_ = register_module("blocks", nn::ModuleList());
   for (int i = 0; i < config.depth; ++i) {
     block_list_.push_back(DartBlock(config));
@@ -58,29 +112,61 @@ DartImpl::DartImpl(const ModelConfig& config) : config_(config), rope_(config) {
 
   torch::NoGradGuard no_grad;
   nn::init::normal_(step_embed_->weight, 0.0, 0.02);
-  nn::init::normal_(cond_embed_->weight, 0.0, 0.02);
+  if (cond_embed_) nn::init::normal_(cond_embed_->weight, 0.0, 0.02);
   final_ada_->weight.zero_();
   final_ada_->bias.zero_();
   out_proj_->weight.zero_();
   out_proj_->bias.zero_();
 }
 
-torch::Tensor DartImpl::Condition(const torch::Tensor& cond_ids) {
-  return torch::silu(cond_embed_->forward(cond_ids.to(torch::kLong)));
+Condition DartImpl::ClassCondition(const torch::Tensor& cond_ids) {
+  TORCH_CHECK(cond_embed_, "ClassCondition: a text model is conditioned on prompts");
+  Condition c;
+  c.vector = torch::silu(cond_embed_->forward(cond_ids.to(torch::kLong).to(options().device())));
+  return c;
 }
 
-torch::Tensor DartImpl::Features(const torch::Tensor& h, const torch::Tensor& cond) {
-  const std::vector<torch::Tensor> mod = final_ada_->forward(cond).unsqueeze(1).chunk(2, -1);
+Condition DartImpl::TextCondition(const TextBatch& prompts) {
+  TORCH_CHECK(text_encoder_, "TextCondition: this model is not text-conditioned");
+  const TextFeatures text = text_encoder_->forward(prompts.tokens, prompts.mask);
+  Condition c;
+  c.vector = torch::silu(text_pool_->forward(text.pooled));
+  c.text_mask = text.mask.view({text.mask.size(0), 1, 1, text.mask.size(1)});
+  for (DartBlock& block : block_list_) {
+    auto [k, v] = block->CrossKeysValues(text.tokens);
+    c.text_k.push_back(std::move(k));
+    c.text_v.push_back(std::move(v));
+  }
+  return c;
+}
+
+absl::StatusOr<TextBatch> DartImpl::EncodePrompts(std::span<const std::string> prompts) const {
+  if (config_.conditioning != Conditioning::kText) {
+    return absl::FailedPreconditionError("this model is not text-conditioned");
+  }
+  if (!tokenizer_) return absl::FailedPreconditionError("this text model has no tokenizer");
+  std::vector<std::vector<int>> ids;
+  for (const std::string& prompt : prompts) {
+    absl::StatusOr<std::vector<int>> row = tokenizer_->Encode(prompt, config_.text_max_tokens);
+    if (!row.ok()) return row.status();
+    ids.push_back(*std::move(row));
+  }
+  return PadBatch(ids, tokenizer_->pad_id(), config_.text_max_tokens);
+}
+
+torch::Tensor DartImpl::Features(const torch::Tensor& h, const Condition& cond) {
+  const std::vector<torch::Tensor> mod =
+      final_ada_->forward(cond.vector).unsqueeze(1).chunk(2, -1);
   return Modulate(final_norm_->forward(h), mod[0], mod[1]);
 }
 
-torch::Tensor DartImpl::forward(const torch::Tensor& x, const torch::Tensor& cond_ids) {
-  return MeanHead(ForwardFeatures(x, cond_ids));
+torch::Tensor DartImpl::forward(const torch::Tensor& x, const Condition& cond) {
+  return MeanHead(ForwardFeatures(x, cond));
 }
 
-torch::Tensor DartImpl::ForwardStep(const torch::Tensor& x, const torch::Tensor& cond_ids,
+torch::Tensor DartImpl::ForwardStep(const torch::Tensor& x, const Condition& cond,
                                     std::span<KvCache* const> caches) {
-  return MeanHead(ForwardStepFeatures(x, cond_ids, caches));
+  return MeanHead(ForwardStepFeatures(x, cond, caches));
 }
 
 torch::Tensor DartImpl::VisibleKeys(const torch::Tensor& query_pos, int64_t num_keys) const {
@@ -90,7 +176,7 @@ torch::Tensor DartImpl::VisibleKeys(const torch::Tensor& query_pos, int64_t num_
   return key_pos.div(k, "floor").unsqueeze(0) <= query_pos.div(k, "floor").unsqueeze(1);
 }
 
-torch::Tensor DartImpl::ForwardFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids) {
+torch::Tensor DartImpl::ForwardFeatures(const torch::Tensor& x, const Condition& cond) {
   const int64_t k = config_.tokens_per_block();
   const int64_t len = x.size(1);
   TORCH_CHECK(
@@ -103,17 +189,23 @@ torch::Tensor DartImpl::ForwardFeatures(const torch::Tensor& x, const torch::Ten
   const torch::Tensor mask = VisibleKeys(pos, len);    // [L, L]
   const Rotary rotary = rope_.Tables(pos.remainder(k).cpu(), x.device());
 
-  const torch::Tensor cond = Condition(cond_ids);
+  TORCH_CHECK(cond.rows() == x.size(0), "ForwardFeatures: ", cond.rows(), " condition rows for ",
+              x.size(0), " sequences");
   torch::Tensor h = in_proj_->forward(x) + step_embed_->forward(block_of).unsqueeze(0);
   const AttendFn attend = [&mask](const torch::Tensor& q, const torch::Tensor& kk,
                                   const torch::Tensor& v) { return Attention(q, kk, v, mask); };
-  for (DartBlock& block : block_list_) h = block->forward(h, cond, rotary, attend);
+  for (size_t layer = 0; layer < block_list_.size(); ++layer) {
+    const std::optional<CrossContext> cross = cond.Cross(layer);
+    h = block_list_[layer]->forward(h, cond.vector, rotary, attend, cross ? &*cross : nullptr);
+  }
   return Features(h, cond);
 }
 
-torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids,
+torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const Condition& cond,
                                             std::span<KvCache* const> caches) {
   const int64_t rows = x.size(0), n = x.size(1);
+  TORCH_CHECK(cond.rows() == rows, "ForwardStep: ", cond.rows(), " condition rows for ", rows,
+              " rows");
   const int64_t k = config_.tokens_per_block();
   TORCH_CHECK(static_cast<int64_t>(caches.size()) == rows,
               "ForwardStep: caches must have one entry per row");
@@ -148,7 +240,6 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const torch:
     }
   }
 
-  const torch::Tensor cond = Condition(cond_ids);
   torch::Tensor h = in_proj_->forward(x) + step_embed_->forward(block_ids);
   for (size_t layer = 0; layer < block_list_.size(); ++layer) {
     // Rows sit at different steps, so each attends over its own cache length. Rows at the same
@@ -182,7 +273,8 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const torch:
       }
       return torch::stack(outs);
     };
-    h = block_list_[layer]->forward(h, cond, rotary, attend);
+    const std::optional<CrossContext> cross = cond.Cross(layer);
+    h = block_list_[layer]->forward(h, cond.vector, rotary, attend, cross ? &*cross : nullptr);
   }
   for (KvCache* cache : caches) cache->length += n;
   return Features(h, cond);

@@ -6,8 +6,13 @@
 // variant = dart_ar: T + 1 blocks [x_T | ... | x_1 | x_0] without the last token, a fully causal
 // mask, and a one-token shift: the output at position i predicts the x_0 patch of token i + 1.
 // Both: the noise level enters through a learned embedding of the block index added to every
-// token of a block; positions inside a block through 2-D RoPE; the condition (class embedding,
-// with a null class for guidance) through AdaLN-Zero.
+// token of a block; positions inside a block through 2-D RoPE; the condition through AdaLN-Zero:
+// a class embedding (with a null class for guidance), or for text models (research/dart.md §3)
+// the projected mean-pooled prompt features, while the prompt's tokens also enter every block by
+// cross-attention. The empty prompt is the unconditional branch of guidance.
+//
+// A condition is computed once per request (Condition: the AdaLN vector and, for text, every
+// layer's cross-attention keys and values) and reused at each of its steps.
 //
 // Two entry points share all weights and all block code:
 //  - forward(): teacher-forced over a whole trajectory (training; also the recompute baseline).
@@ -19,12 +24,18 @@
 
 #include <torch/torch.h>
 
+#include <memory>
+#include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "model/config.h"
 #include "model/flow_head.h"
 #include "model/layers.h"
+#include "model/text_encoder.h"
+#include "model/tokenizer.h"
 
 namespace dartserve::model {
 
@@ -37,6 +48,27 @@ struct KvCache {
 
   static KvCache Allocate(const ModelConfig& config, const torch::TensorOptions& options);
   int64_t bytes() const;
+};
+
+// The condition of R rows as the blocks consume it.
+struct Condition {
+  torch::Tensor vector;  // [R, width]: the SiLU-activated AdaLN input
+  // Text models: per layer, the prompt's cross-attention keys and values [R, heads, Lt,
+  // head_dim], and the key mask [R, 1, 1, Lt] (true: real token). Empty for other models.
+  std::vector<torch::Tensor> text_k;
+  std::vector<torch::Tensor> text_v;
+  torch::Tensor text_mask;
+
+  int64_t rows() const { return vector.size(0); }
+  // Memory held by the text keys and values (0 for class models).
+  int64_t bytes() const;
+  // The rows of `parts`, in order, as one condition (every part from the same model, so the same
+  // prompt length Lt).
+  static Condition Cat(std::span<const Condition* const> parts);
+  // Rows [start, start + length) (views, no copy).
+  Condition Slice(int64_t start, int64_t length) const;
+  // The context of layer `layer` for DartBlock::forward: null for non-text conditions.
+  std::optional<CrossContext> Cross(size_t layer) const;
 };
 
 // [B, C, H, W] images -> [B, K, C * p * p] tokens (raster order of patches), and back.
@@ -52,43 +84,80 @@ class DartImpl : public torch::nn::Module {
   // dtype and device of the weights: where activations and KV caches live.
   torch::TensorOptions options() const { return in_proj_->weight.options(); }
 
+  // Conditions. ClassCondition: class and unconditional models; cond_ids [B] int64 (class id, or
+  // null_class(); 0 for unconditional models). TextCondition: text models; a padded batch of
+  // prompt ids (EncodePrompts) runs through the text encoder and every block's cross K/V
+  // projection.
+  Condition ClassCondition(const torch::Tensor& cond_ids);
+  Condition TextCondition(const TextBatch& prompts);
+
+  // Text models: the tokenizer that came with the checkpoint (null until set, and for other
+  // models). The model does not own its lifetime alone: samplers may share it.
+  const std::shared_ptr<const Tokenizer>& tokenizer() const { return tokenizer_; }
+  void set_tokenizer(std::shared_ptr<const Tokenizer> tokenizer) {
+    tokenizer_ = std::move(tokenizer);
+  }
+  // Tokenizes `prompts` (the empty prompt is the unconditional one) and pads every row to
+  // text_max_tokens, so conditions of any requests can be batched. INVALID_ARGUMENT (naming the
+  // prompt's length and the limit) for a prompt that is too long; FAILED_PRECONDITION for a model
+  // without text conditioning or without a tokenizer.
+  absl::StatusOr<TextBatch> EncodePrompts(std::span<const std::string> prompts) const;
+
   // Teacher-forced forward over the first L tokens of a trajectory (L a whole number of blocks for
   // dart; any L <= sequence_length() for dart_ar). x: [B, L, token_dim] with blocks in order x_T,
-  // x_{T-1}, ...; cond_ids: [B] int64 condition ids (class id, or null_class(); 0 for
-  // unconditional models). Returns x_0 predictions of the same shape as x (for dart_ar, position
-  // i predicts token i + 1).
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cond_ids);
+  // x_{T-1}, ...; cond: B rows. Returns x_0 predictions of the same shape as x (for dart_ar,
+  // position i predicts token i + 1). The cond_ids overloads use ClassCondition(cond_ids).
+  torch::Tensor forward(const torch::Tensor& x, const Condition& cond);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cond_ids) {
+    return forward(x, ClassCondition(cond_ids));
+  }
 
   // One sampling step for R rows. x: [R, N, token_dim]: each row's next N tokens, which continue
   // its cache (they sit at positions caches[r]->length ...; for dart N = K and the cache holds
-  // whole blocks); cond_ids: [R] int64. Appends every layer's K/V of the new tokens to caches[r]
-  // and returns the predictions [R, N, d] at those positions.
-  torch::Tensor ForwardStep(const torch::Tensor& x, const torch::Tensor& cond_ids,
+  // whole blocks); cond: R rows. Appends every layer's K/V of the new tokens to caches[r] and
+  // returns the predictions [R, N, d] at those positions.
+  torch::Tensor ForwardStep(const torch::Tensor& x, const Condition& cond,
                             std::span<KvCache* const> caches);
+  torch::Tensor ForwardStep(const torch::Tensor& x, const torch::Tensor& cond_ids,
+                            std::span<KvCache* const> caches) {
+    return ForwardStep(x, ClassCondition(cond_ids), caches);
+  }
 
   // The same two passes, returning the backbone's per-token output features [.., width] (after
   // the final norm and AdaLN) that the heads read: forward() = MeanHead(ForwardFeatures()).
-  torch::Tensor ForwardFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids);
-  torch::Tensor ForwardStepFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids,
+  torch::Tensor ForwardFeatures(const torch::Tensor& x, const Condition& cond);
+  torch::Tensor ForwardFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids) {
+    return ForwardFeatures(x, ClassCondition(cond_ids));
+  }
+  torch::Tensor ForwardStepFeatures(const torch::Tensor& x, const Condition& cond,
                                     std::span<KvCache* const> caches);
+  torch::Tensor ForwardStepFeatures(const torch::Tensor& x, const torch::Tensor& cond_ids,
+                                    std::span<KvCache* const> caches) {
+    return ForwardStepFeatures(x, ClassCondition(cond_ids), caches);
+  }
   // The mean (x_0 regression) head: features -> x_0 patches. Present in every model; with a flow
   // head it is the auxiliary head.
   torch::Tensor MeanHead(const torch::Tensor& features) { return out_proj_->forward(features); }
   // The flow head (config.head == flow), else null.
   FlowHead& flow_head() { return flow_head_; }
+  // The text encoder (text models), else null.
+  TextEncoder& text_encoder() { return text_encoder_; }
 
  private:
-  torch::Tensor Condition(const torch::Tensor& cond_ids);
   // Attention mask [Nq, num_keys] (true: may attend) for queries at sequence positions
   // `query_pos` [Nq] over keys at positions [0, num_keys): block-causal, or causal for dart_ar.
   torch::Tensor VisibleKeys(const torch::Tensor& query_pos, int64_t num_keys) const;
-  torch::Tensor Features(const torch::Tensor& h, const torch::Tensor& cond);
+  torch::Tensor Features(const torch::Tensor& h, const Condition& cond);
 
   ModelConfig config_;
   Rope2d rope_;
   torch::nn::Linear in_proj_{nullptr};
   torch::nn::Embedding step_embed_{nullptr};  // [num_blocks, D], indexed by block
-  torch::nn::Embedding cond_embed_{nullptr};  // [num_classes + 1, D] (last = null), or [1, D]
+  torch::nn::Embedding cond_embed_{nullptr};  // [num_classes + 1, D] (last = null), or [1, D];
+                                              // null for text models
+  TextEncoder text_encoder_{nullptr};         // text models
+  torch::nn::Linear text_pool_{nullptr};      // pooled prompt -> AdaLN condition (text models)
+  std::shared_ptr<const Tokenizer> tokenizer_;
   torch::nn::ModuleList blocks_{nullptr};
   std::vector<DartBlock> block_list_;
   RmsNorm final_norm_{nullptr};

@@ -22,6 +22,7 @@ class DartRequest : public EngineRequest {
 
 SampleParams ToSampleParams(const GenerateParams& p) {
   return {.condition = p.class_id,
+          .prompt = p.prompt,
           .seed = p.seed,
           .guidance_scale = p.guidance_scale,
           .temperature = p.temperature};
@@ -37,8 +38,9 @@ absl::Status DartEngine::Validate(const GenerateParams& params) const {
 }
 
 int64_t DartEngine::KvBytes(const GenerateParams& params) const {
-  if (!options_.kv_cache) return 0;
-  return sampler_.config().kv_bytes_per_row() * (params.guidance_scale != 1.0f ? 2 : 1);
+  const ModelConfig& c = sampler_.config();
+  const int64_t per_row = options_.kv_cache ? c.kv_bytes_per_row() : c.text_kv_bytes_per_row();
+  return per_row * (params.guidance_scale != 1.0f ? 2 : 1);
 }
 
 int DartEngine::Steps(const GenerateParams& params) const {

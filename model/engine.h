@@ -20,7 +20,8 @@ namespace dartserve::model {
 
 // What a request asks the model for. Validated by Engine::Validate.
 struct GenerateParams {
-  std::optional<int> class_id;  // nullopt: unconditional
+  std::optional<int> class_id;  // class models; nullopt: unconditional
+  std::string prompt;           // text models; empty: unconditional
   uint64_t seed = 0;
   float guidance_scale = 1.0f;
   float temperature = 1.0f;

@@ -82,14 +82,34 @@ DartBlockImpl::DartBlockImpl(const ModelConfig& config)
       register_module("w_gate_up", nn::Linear(nn::LinearOptions(d, 2 * hidden).bias(false)));
   w_down_ = register_module("w_down", nn::Linear(nn::LinearOptions(hidden, d).bias(false)));
   ada_ = register_module("ada", nn::Linear(nn::LinearOptions(d, 6 * d)));
+  if (config.conditioning == Conditioning::kText) {
+    cross_norm_ = register_module("cross_norm", RmsNorm(d));
+    cross_q_norm_ = register_module("cross_q_norm", RmsNorm(head_dim_));
+    cross_k_norm_ = register_module("cross_k_norm", RmsNorm(head_dim_));
+    cross_q_ = register_module("cross_q", nn::Linear(nn::LinearOptions(d, d).bias(false)));
+    cross_kv_ = register_module(
+        "cross_kv", nn::Linear(nn::LinearOptions(config.text_width, 2 * d).bias(false)));
+    cross_proj_ = register_module("cross_proj", nn::Linear(nn::LinearOptions(d, d).bias(false)));
+  }
   // AdaLN-Zero: every block starts as the identity, which keeps deep stacks stable early on.
   torch::NoGradGuard no_grad;
   ada_->weight.zero_();
   ada_->bias.zero_();
+  if (cross_proj_) cross_proj_->weight.zero_();
+}
+
+std::pair<torch::Tensor, torch::Tensor> DartBlockImpl::CrossKeysValues(
+    const torch::Tensor& text_tokens) {
+  TORCH_CHECK(cross_kv_, "CrossKeysValues: this block has no cross-attention (not a text model)");
+  const int64_t r = text_tokens.size(0), l = text_tokens.size(1);
+  const torch::Tensor kv =
+      cross_kv_->forward(text_tokens).view({r, l, 2, heads_, head_dim_}).permute({2, 0, 3, 1, 4});
+  return {cross_k_norm_->forward(kv[0]), kv[1]};
 }
 
 torch::Tensor DartBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cond,
-                                     const Rotary& rotary, const AttendFn& attend) {
+                                     const Rotary& rotary, const AttendFn& attend,
+                                     const CrossContext* cross) {
   const int64_t r = x.size(0);
   const int64_t n = x.size(1);
   const std::vector<torch::Tensor> mod = ada_->forward(cond).unsqueeze(1).chunk(6, -1);
@@ -104,7 +124,15 @@ torch::Tensor DartBlockImpl::forward(const torch::Tensor& x, const torch::Tensor
                                         qk_scale.to(x.scalar_type()));
   const torch::Tensor attn = attend(qk[0], qk[1], qkv[2]);  // [R, H, N, hd]
   const torch::Tensor attn_out = proj_->forward(attn.transpose(1, 2).reshape({r, n, -1}));
-  const torch::Tensor y = x + mod[2] * attn_out;
+  torch::Tensor y = x + mod[2] * attn_out;
+
+  if (cross_q_) {
+    TORCH_CHECK(cross != nullptr, "DartBlock: a text model's block needs the prompt context");
+    const torch::Tensor q = cross_q_norm_->forward(
+        cross_q_->forward(cross_norm_->forward(y)).view({r, n, heads_, head_dim_}).transpose(1, 2));
+    const torch::Tensor c = Attention(q, cross->k, cross->v, cross->mask);  // [R, H, N, hd]
+    y = y + cross_proj_->forward(c.transpose(1, 2).reshape({r, n, -1}));
+  }
 
   // SwiGLU MLP.
   const torch::Tensor h2 = Modulate(norm2_->forward(y), mod[3], mod[4]);

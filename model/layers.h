@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <utility>
 
 #include "model/config.h"
 
@@ -67,14 +68,29 @@ class Rope2d {
 torch::Tensor Modulate(const torch::Tensor& x, const torch::Tensor& shift,
                        const torch::Tensor& scale);
 
+// One block's view of the prompt (text models): the cross-attention keys and values of the prompt
+// tokens, [R, H, Lt, head_dim] each, and the key mask broadcastable to [R, H, N, Lt] (true: a
+// real token). Computed once per request (DartBlockImpl::CrossKeysValues), reused at every step.
+struct CrossContext {
+  torch::Tensor k;
+  torch::Tensor v;
+  torch::Tensor mask;
+};
+
 class DartBlockImpl : public torch::nn::Module {
  public:
   explicit DartBlockImpl(const ModelConfig& config);
 
   // x: [R, N, D] tokens; cond: [R, D] SiLU-activated condition; rotary: the tables for the N
-  // tokens' positions.
+  // tokens' positions; cross: the prompt for text models (required then), else null.
+  // Order: self-attention, cross-attention to the prompt (text models), SwiGLU MLP.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cond, const Rotary& rotary,
-                        const AttendFn& attend);
+                        const AttendFn& attend, const CrossContext* cross = nullptr);
+
+  // Text models: the cross-attention keys and values [R, H, Lt, head_dim] of prompt features
+  // text_tokens [R, Lt, text_width] (k is QK-normalised; no rotary: the encoder has already
+  // placed each token).
+  std::pair<torch::Tensor, torch::Tensor> CrossKeysValues(const torch::Tensor& text_tokens);
 
  private:
   int64_t heads_;
@@ -83,6 +99,10 @@ class DartBlockImpl : public torch::nn::Module {
   torch::nn::Linear qkv_{nullptr}, proj_{nullptr};
   torch::nn::Linear w_gate_up_{nullptr}, w_down_{nullptr};  // SwiGLU
   torch::nn::Linear ada_{nullptr};  // -> shift1, scale1, gate1, shift2, scale2, gate2 (zero-init)
+  // Cross-attention (text models only; null otherwise). The output projection is zero-initialised
+  // so a new block ignores the prompt until training finds it useful, as AdaLN-Zero does.
+  RmsNorm cross_norm_{nullptr}, cross_q_norm_{nullptr}, cross_k_norm_{nullptr};
+  torch::nn::Linear cross_q_{nullptr}, cross_kv_{nullptr}, cross_proj_{nullptr};
 };
 TORCH_MODULE(DartBlock);
 

@@ -4,9 +4,14 @@
 #include <vector>
 
 namespace dartserve::model {
+namespace {
 
-DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& images,
-                         const torch::Tensor& cond_ids, torch::Generator& generator) {
+// The condition of a batch given which rows dropout replaces with the null condition ([B] bool, or
+// undefined when nothing is dropped).
+using ConditionFn = std::function<Condition(const torch::Tensor& drop)>;
+
+DartLoss Loss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& images,
+              const ConditionFn& condition, torch::Generator& generator) {
   const ModelConfig& c = model->config();
   const int64_t b = images.size(0);
   const int64_t t_steps = c.num_steps;
@@ -32,14 +37,11 @@ DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch
       torch::randn({b, t_steps, k, d}, generator, torch::kFloat).to(opts.device());
   const torch::Tensor xt = to_tensor(signal) * x0 + to_tensor(noise) * eps;  // [B, T, K, d]
 
-  torch::Tensor ids = cond_ids.to(torch::kLong);
-  if (c.conditioning == Conditioning::kClass && c.cond_dropout > 0) {
-    const torch::Tensor drop =
-        torch::rand({b}, generator, torch::kFloat).to(ids.device()) < c.cond_dropout;
-    ids = torch::where(drop, torch::full_like(ids, c.null_class()), ids);
-  } else if (c.conditioning == Conditioning::kNone) {
-    ids = torch::zeros_like(ids);
+  torch::Tensor drop;
+  if (c.conditioning != Conditioning::kNone && c.cond_dropout > 0) {
+    drop = torch::rand({b}, generator, torch::kFloat) < c.cond_dropout;
   }
+  const Condition cond = condition(drop);
 
   torch::Tensor features;
   if (c.autoregressive()) {
@@ -48,10 +50,10 @@ DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch
     // blocks x_{T-1} ... x_0 in order. Predicting x_{t-1}'s tokens is weighted like DART's block
     // x_t, so the targets and weights line up with the dart path below.
     const torch::Tensor seq = torch::cat({xt, x0}, 1).reshape({b, (t_steps + 1) * k, d});
-    features = model->ForwardFeatures(seq.narrow(1, 0, seq.size(1) - 1), ids)
+    features = model->ForwardFeatures(seq.narrow(1, 0, seq.size(1) - 1), cond)
                    .narrow(1, k - 1, t_steps * k);
   } else {
-    features = model->ForwardFeatures(xt.reshape({b, t_steps * k, d}), ids);
+    features = model->ForwardFeatures(xt.reshape({b, t_steps * k, d}), cond);
   }
   const torch::Tensor pred = model->MeanHead(features);
   const torch::Tensor per_block =
@@ -77,6 +79,46 @@ DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch
       (v - (target - flow_noise)).pow(2).view({b, t_steps, k * f, d}).mean({2, 3}).mean(0);  // [T]
   const torch::Tensor flow_loss = (flow_per_block * w).sum() / static_cast<double>(t_steps);
   return {flow_loss + c.flow_mean_weight * mean_loss, per_block.detach(), flow_loss.detach()};
+}
+
+}  // namespace
+
+DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& images,
+                         const torch::Tensor& cond_ids, torch::Generator& generator) {
+  const ModelConfig& c = model->config();
+  return Loss(
+      model, schedule, images,
+      [&](const torch::Tensor& drop) {
+        torch::Tensor ids = cond_ids.to(torch::kLong).cpu();
+        if (c.conditioning == Conditioning::kNone) {
+          ids = torch::zeros_like(ids);
+        } else if (drop.defined()) {
+          ids = torch::where(drop, torch::full_like(ids, c.null_class()), ids);
+        }
+        return model->ClassCondition(ids);
+      },
+      generator);
+}
+
+DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& images,
+                         const TextBatch& prompts, torch::Generator& generator) {
+  return Loss(
+      model, schedule, images,
+      [&](const torch::Tensor& drop) {
+        if (!drop.defined()) return model->TextCondition(prompts);
+        // The empty prompt, padded like the batch: [BOS, EOS, pad, ...].
+        const int64_t length = prompts.tokens.size(1);
+        torch::Tensor empty_ids = torch::full({length}, Tokenizer::kPadId, torch::kLong);
+        torch::Tensor empty_mask = torch::zeros({length}, torch::kBool);
+        empty_ids[0] = Tokenizer::kBosId;
+        empty_ids[1] = Tokenizer::kEosId;
+        empty_mask.narrow(0, 0, 2).fill_(true);
+        const torch::Tensor row = drop.cpu().unsqueeze(1);
+        return model->TextCondition(
+            {torch::where(row, empty_ids.unsqueeze(0), prompts.tokens.cpu()),
+             torch::where(row, empty_mask.unsqueeze(0), prompts.mask.cpu())});
+      },
+      generator);
 }
 
 }  // namespace dartserve::model

@@ -3,12 +3,15 @@
 // For each image, every x_t (t = 1..T) is drawn independently from x_0 (non-Markovian forward
 // process); the whole trajectory [x_T | ... | x_1] goes through the model in one teacher-forced,
 // block-causal forward pass, and each block's x_0 prediction is scored by MSE, weighted by the
-// schedule's per-block weight. Conditions are replaced by the null class with probability
-// config.cond_dropout so the same model provides the unconditional branch for guidance.
+// schedule's per-block weight. Conditions are replaced by the null class (text: the empty prompt)
+// with probability config.cond_dropout so the same model provides the unconditional branch for
+// guidance.
 #ifndef DARTSERVE_MODEL_LOSS_H_
 #define DARTSERVE_MODEL_LOSS_H_
 
 #include <torch/torch.h>
+
+#include <functional>
 
 #include "model/dart.h"
 #include "model/schedule.h"
@@ -30,6 +33,10 @@ struct DartLoss {
 // head, at config.flow_times flow times per token, plus flow_mean_weight times the mean-head loss.
 DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& images,
                          const torch::Tensor& cond_ids, torch::Generator& generator);
+// The same for text models: `prompts` are the images' captions as padded ids (Dart::EncodePrompts
+// or PadBatch); dropout replaces a caption with the empty prompt [BOS, EOS].
+DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& images,
+                         const TextBatch& prompts, torch::Generator& generator);
 
 }  // namespace dartserve::model
 

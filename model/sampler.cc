@@ -9,7 +9,9 @@
 
 namespace dartserve::model {
 
-int64_t GenerationState::kv_bytes() const { return cond_cache_.bytes() + uncond_cache_.bytes(); }
+int64_t GenerationState::kv_bytes() const {
+  return cond_cache_.bytes() + uncond_cache_.bytes() + cond_.bytes() + uncond_.bytes();
+}
 
 Sampler::Sampler(Dart model, SamplerOptions options)
     : model_(std::move(model)), options_(options), schedule_(model_->config()) {}
@@ -17,9 +19,23 @@ Sampler::Sampler(Dart model, SamplerOptions options)
 absl::Status Sampler::Validate(const SampleParams& params) const {
   const ModelConfig& config = model_->config();
   const bool class_model = config.conditioning == Conditioning::kClass;
+  const bool text_model = config.conditioning == Conditioning::kText;
+  if (text_model) {
+    absl::StatusOr<TextBatch> ids = model_->EncodePrompts({&params.prompt, 1});
+    if (!ids.ok()) {
+      return absl::Status(ids.status().code(), absl::StrCat("prompt: ", ids.status().message()));
+    }
+  } else if (!params.prompt.empty()) {
+    return absl::InvalidArgumentError(class_model
+                                          ? "prompt: this model is class-conditional; give a class"
+                                          : "prompt: this model is unconditional");
+  }
   if (params.condition.has_value()) {
     if (!class_model) {
-      return absl::InvalidArgumentError("condition: this model is unconditional");
+      return absl::InvalidArgumentError(text_model
+                                            ? "condition: this model is text-conditioned; give a "
+                                              "prompt"
+                                            : "condition: this model is unconditional");
     }
     if (*params.condition < 0 || *params.condition >= config.num_classes) {
       return absl::InvalidArgumentError(absl::StrCat("condition: class id ", *params.condition,
@@ -30,7 +46,7 @@ absl::Status Sampler::Validate(const SampleParams& params) const {
       params.guidance_scale > 100) {
     return absl::InvalidArgumentError("guidance_scale: must be in [0, 100]");
   }
-  if (params.guidance_scale != 1.0f && !class_model) {
+  if (params.guidance_scale != 1.0f && !class_model && !text_model) {
     return absl::InvalidArgumentError("guidance_scale: an unconditional model cannot be guided");
   }
   if (!std::isfinite(params.temperature) || params.temperature < 0 || params.temperature > 10) {
@@ -39,19 +55,33 @@ absl::Status Sampler::Validate(const SampleParams& params) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const SampleParams& params) const {
+absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const SampleParams& params) {
   if (absl::Status s = Validate(params); !s.ok()) return s;
   const ModelConfig& config = model_->config();
-  const bool class_model = config.conditioning == Conditioning::kClass;
   try {
     torch::NoGradGuard no_grad;
     auto state = std::unique_ptr<GenerationState>(new GenerationState());
     state->params_ = params;
-    state->cond_id_ = class_model ? params.condition.value_or(config.null_class()) : 0;
     state->total_steps_ = config.generation_steps();
     state->generator_ = at::make_generator<at::CPUGeneratorImpl>(params.seed);
     const torch::TensorOptions options = model_->options();
     state->guided_ = params.guidance_scale != 1.0f;
+    // Both branches' conditions in one call; the null branch is the null class or the empty
+    // prompt.
+    Condition both;
+    if (config.conditioning == Conditioning::kText) {
+      const std::string prompts[] = {params.prompt, std::string()};
+      absl::StatusOr<TextBatch> ids = model_->EncodePrompts({prompts, state->guided_ ? 2u : 1u});
+      if (!ids.ok()) return ids.status();
+      both = model_->TextCondition(*ids);
+    } else {
+      const bool class_model = config.conditioning == Conditioning::kClass;
+      std::vector<int64_t> ids = {class_model ? params.condition.value_or(config.null_class()) : 0};
+      if (state->guided_) ids.push_back(config.null_class());
+      both = model_->ClassCondition(torch::tensor(ids, torch::kLong));
+    }
+    state->cond_ = both.Slice(0, 1);
+    if (state->guided_) state->uncond_ = both.Slice(1, 1);
     if (options_.kv_cache) {
       state->cond_cache_ = KvCache::Allocate(config, options);
       if (state->guided_) state->uncond_cache_ = KvCache::Allocate(config, options);
@@ -128,20 +158,19 @@ torch::Tensor Sampler::Renoise(GenerationState& s, const torch::Tensor& x0, int 
 }
 
 torch::Tensor Sampler::PredictWithCache(std::span<GenerationState* const> states) {
-  const int64_t null_id = model_->config().null_class();
   const int64_t predicted = model_->config().tokens_per_step();
   // Rows in Step() order; rows whose inputs have the same token count (all of them for dart; the
   // x_T block vs single tokens for dart_ar) share one forward.
   std::vector<const torch::Tensor*> inputs;
-  std::vector<int64_t> cond_ids;
+  std::vector<const Condition*> conds;
   std::vector<KvCache*> caches;
   for (GenerationState* s : states) {
     inputs.push_back(&s->x_t_);
-    cond_ids.push_back(s->cond_id_);
+    conds.push_back(&s->cond_);
     caches.push_back(&s->cond_cache_);
     if (s->guided_) {
       inputs.push_back(&s->x_t_);
-      cond_ids.push_back(null_id);
+      conds.push_back(&s->uncond_);
       caches.push_back(&s->uncond_cache_);
     }
   }
@@ -150,18 +179,15 @@ torch::Tensor Sampler::PredictWithCache(std::span<GenerationState* const> states
   std::vector<torch::Tensor> out(inputs.size());
   for (const auto& [length, rows] : rows_by_length) {
     std::vector<torch::Tensor> x;
-    std::vector<int64_t> ids;
+    std::vector<const Condition*> group_conds;
     std::vector<KvCache*> group_caches;
     for (size_t r : rows) {
       x.push_back(*inputs[r]);
-      ids.push_back(cond_ids[r]);
+      group_conds.push_back(conds[r]);
       group_caches.push_back(caches[r]);
     }
-    const torch::Tensor stacked = torch::stack(x);
     const torch::Tensor features =
-        model_
-            ->ForwardStepFeatures(stacked, torch::tensor(ids, torch::kLong).to(stacked.device()),
-                                  group_caches)
+        model_->ForwardStepFeatures(torch::stack(x), Condition::Cat(group_conds), group_caches)
             .narrow(1, length - predicted, predicted);
     if (rows_by_length.size() == 1) return features;
     for (size_t i = 0; i < rows.size(); ++i) out[rows[i]] = features[i];
@@ -252,13 +278,12 @@ torch::Tensor Sampler::PredictByRecompute(std::span<GenerationState* const> stat
   for (GenerationState* s : states) {
     s->trajectory_.push_back(s->x_t_);
     torch::Tensor prefix = torch::cat(s->trajectory_).unsqueeze(0);  // [1, n * K, d]
-    std::vector<int64_t> ids = {s->cond_id_};
+    std::vector<const Condition*> conds = {&s->cond_};
     if (s->guided_) {
       prefix = prefix.expand({2, -1, -1});
-      ids.push_back(model_->config().null_class());
+      conds.push_back(&s->uncond_);
     }
-    const torch::Tensor out =
-        model_->ForwardFeatures(prefix, torch::tensor(ids, torch::kLong).to(prefix.device()));
+    const torch::Tensor out = model_->ForwardFeatures(prefix, Condition::Cat(conds));
     const torch::Tensor last = out.narrow(1, out.size(1) - predicted, predicted);
     for (int64_t r = 0; r < last.size(0); ++r) rows.push_back(last[r]);
   }

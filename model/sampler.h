@@ -6,13 +6,16 @@
 //
 //   Sampler sampler(model);
 //   auto state = sampler.Start({.condition = 3, .seed = 42, .guidance_scale = 2.0f});
+//   // (a text model: .prompt = "a small red circle at the top left on a white background")
 //   while (!(*state)->finished()) sampler.Step({state->get()});   // any mix of states
 //   torch::Tensor image = sampler.Image(**state);                  // [C, H, W] in [-1, 1]
 //
 // Reverse step (research/dart.md §4): x_{t-1} = sqrt(a_{t-1}) x0 + sqrt(1 - a_{t-1}) eps, with
 // fresh noise scaled by the temperature. Classifier-free guidance feeds the conditional and the
 // null-condition row the same trajectory, each with its own cache, and combines
-// x0 = x0_u + w (x0_c - x0_u). The unconditional row is only run when w != 1. With a flow head,
+// x0 = x0_u + w (x0_c - x0_u). The unconditional row is only run when w != 1. A state's
+// conditions (for text: the encoded prompt and the empty prompt, with every layer's
+// cross-attention K/V) are computed once in Start() and reused at every step. With a flow head,
 // x0 is instead sampled per token by integrating the head's velocity from noise, with guidance
 // v = v_u + w (v_c - v_u) applied at every ODE evaluation.
 //
@@ -27,6 +30,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -38,8 +42,11 @@ namespace dartserve::model {
 
 struct SampleParams {
   // Class id in [0, num_classes) for class models; std::nullopt means unconditional (the null
-  // class). Must be nullopt for unconditional models.
+  // class). Must be nullopt for unconditional and text models.
   std::optional<int> condition;
+  // The prompt, for text models; empty means unconditional (the empty prompt is the null branch
+  // of guidance). Must be empty for other models. At most text_max_tokens ids once tokenized.
+  std::string prompt;
   uint64_t seed = 0;
   // Classifier-free guidance weight w; 1 disables guidance (no unconditional branch is run).
   float guidance_scale = 1.0f;
@@ -70,7 +77,9 @@ class GenerationState {
   // The latest x_0 estimate in token space [K, token_dim] (for dart_ar, each position's latest
   // token prediction); undefined before the first step. The final image once finished.
   const torch::Tensor& x0() const { return x0_; }
-  // KV memory this state holds (all branches), fixed from Start() to destruction.
+  // KV memory this state holds (all branches; for text models including the prompt's
+  // cross-attention K/V), fixed from Start() to destruction: ModelConfig::kv_bytes_per_row() per
+  // branch.
   int64_t kv_bytes() const;
 
  private:
@@ -78,7 +87,8 @@ class GenerationState {
   GenerationState() = default;
 
   SampleParams params_;
-  int64_t cond_id_ = 0;
+  Condition cond_;    // one row: the request's condition
+  Condition uncond_;  // one row: the null class or empty prompt; only when guided
   int steps_done_ = 0;
   int total_steps_ = 0;
   bool guided_ = false;
@@ -101,9 +111,9 @@ class Sampler {
   // OK, or INVALID_ARGUMENT naming the field of `params` this model cannot serve.
   absl::Status Validate(const SampleParams& params) const;
 
-  // Checks `params` (as Validate), allocates the request's KV caches at
+  // Checks `params` (as Validate), computes its conditions, allocates the request's KV caches at
   // their peak size and draws x_T from the request's own generator.
-  absl::StatusOr<std::unique_ptr<GenerationState>> Start(const SampleParams& params) const;
+  absl::StatusOr<std::unique_ptr<GenerationState>> Start(const SampleParams& params);
 
   // Advances every state by one denoising step in one batched forward. States may be at
   // different steps and have different parameters; finished states are an error. On error

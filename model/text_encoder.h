@@ -16,7 +16,7 @@
 // softmax and stays finite. Padded positions of `TextFeatures::tokens` are exactly zero.
 //
 // The encoder is a plain module (fp32, any device its parameters are on); it does not validate the
-// config (call ModelConfig::Validate(), which today still rejects text conditioning as a whole).
+// config (call ModelConfig::Validate()). DART owns one per text model (model/dart.h).
 #ifndef DARTSERVE_MODEL_TEXT_ENCODER_H_
 #define DARTSERVE_MODEL_TEXT_ENCODER_H_
 

@@ -61,13 +61,15 @@ absl::StatusOr<ds::ModelSpec> LoadModel(const std::string& name, const std::stri
   const dm::ModelConfig& c = (*model)->config();
   ds::ModelSpec spec;
   spec.info.name = name;
-  spec.info.conditioning = c.conditioning == dm::Conditioning::kClass ? "class" : "unconditional";
+  spec.info.conditioning = c.conditioning == dm::Conditioning::kClass  ? "class"
+                           : c.conditioning == dm::Conditioning::kText ? "text"
+                                                                       : "unconditional";
   spec.info.num_classes = c.conditioning == dm::Conditioning::kClass ? c.num_classes : 0;
   spec.info.image_size = c.image_size;
   spec.info.channels = c.channels;
   spec.info.steps = c.num_steps;
   spec.info.default_guidance =
-      spec.info.conditioning == "class" ? absl::GetFlag(FLAGS_guidance) : 1.0f;
+      spec.info.conditioning == "unconditional" ? 1.0f : absl::GetFlag(FLAGS_guidance);
   for (const torch::Tensor& p : (*model)->parameters()) spec.info.parameters += p.numel();
   if (absl::StatusOr<std::string> names = ReadText(dir + "/classes.txt"); names.ok()) {
     for (absl::string_view line : absl::StrSplit(*names, '\n', absl::SkipWhitespace())) {

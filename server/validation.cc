@@ -58,6 +58,11 @@ absl::StatusOr<ValidatedRequest> ValidateGenerateRequest(const v1::GenerateImage
       if (request.prompt().size() > kMaxPromptLength) {
         return Invalid("prompt", absl::StrCat("at most ", kMaxPromptLength, " bytes"));
       }
+      if (model.conditioning == "text") {
+        // The engine tokenizes it and names a prompt that is too long (service.cc).
+        out.params.prompt = request.prompt();
+        break;
+      }
       const int id = model.conditioning == "class" ? ClassByName(request.prompt(), model) : -1;
       if (id < 0) {
         if (model.class_names.empty()) {
@@ -88,7 +93,7 @@ absl::StatusOr<ValidatedRequest> ValidateGenerateRequest(const v1::GenerateImage
       out.params.guidance_scale > kMaxGuidance) {
     return Invalid("guidance_scale", absl::StrCat("must be in [0, ", kMaxGuidance, "]"));
   }
-  if (out.params.guidance_scale != 1.0f && model.conditioning != "class") {
+  if (out.params.guidance_scale != 1.0f && model.conditioning == "unconditional") {
     return Invalid("guidance_scale", "guidance needs a conditional model; use 1");
   }
   out.params.temperature = request.has_temperature() ? request.temperature() : 1.0f;

@@ -16,7 +16,7 @@ namespace dartserve::server {
 // What the service knows about a served model; torch-free, filled in by whoever loads it.
 struct ModelInfo {
   std::string name;
-  std::string conditioning = "class";  // "class" or "unconditional"
+  std::string conditioning = "class";  // "class", "text" or "unconditional"
   int num_classes = 0;
   std::vector<std::string> class_names;  // index = class id; may be empty
   int image_size = 0;

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -20,6 +21,7 @@ struct InMemoryDataset {
   torch::Tensor images;  // [N, C, H, W] uint8
   torch::Tensor labels;  // [N] int64
   int num_classes = 0;
+  std::vector<std::string> captions;  // [N] for captioned data (text models), else empty
 
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
   // Images `indices` ([B] int64) as floats in [-1, 1] and their labels.

@@ -26,8 +26,13 @@ absl::Status TrainConfig::Validate() const {
     return ok ? absl::OkStatus() : absl::InvalidArgumentError(what);
   };
   for (const absl::Status& s : {
-           check(dataset == "fashion_mnist" || dataset == "image_folder",
-                 "dataset: must be \"fashion_mnist\" or \"image_folder\""),
+           check(dataset == "fashion_mnist" || dataset == "image_folder" || dataset == "shapes",
+                 "dataset: must be \"fashion_mnist\", \"image_folder\" or \"shapes\""),
+           check(dataset_size >= 1 && dataset_size <= 10'000'000,
+                 "dataset_size: must be in [1, 10^7]"),
+           check((dataset == "shapes") == (model.conditioning == model::Conditioning::kText),
+                 "dataset: text conditioning needs captions (\"shapes\"), and \"shapes\" a "
+                 "text model"),
            check(batch_size >= 1 && batch_size <= 65536, "batch_size: must be in [1, 65536]"),
            check(total_steps >= 1, "total_steps: must be >= 1"),
            check(lr > 0 && lr < 1, "lr: must be in (0, 1)"),
@@ -64,6 +69,8 @@ absl::StatusOr<TrainConfig> TrainConfigFromJson(const std::string& text) {
       s = Get(value, key, &c.dataset);
     else if (key == "data_path")
       s = Get(value, key, &c.data_path);
+    else if (key == "dataset_size")
+      s = Get(value, key, &c.dataset_size);
     else if (key == "batch_size")
       s = Get(value, key, &c.batch_size);
     else if (key == "total_steps")
@@ -106,6 +113,7 @@ std::string TrainConfigToJson(const TrainConfig& c) {
   Json j = {{"model", Json::parse(model::ModelConfigToJson(c.model))},
             {"dataset", c.dataset},
             {"data_path", c.data_path},
+            {"dataset_size", c.dataset_size},
             {"batch_size", c.batch_size},
             {"total_steps", c.total_steps},
             {"lr", c.lr},

@@ -14,8 +14,11 @@ namespace dartserve::train {
 
 struct TrainConfig {
   model::ModelConfig model;
-  std::string dataset = "fashion_mnist";  // "fashion_mnist" or "image_folder"
+  // "fashion_mnist", "image_folder" (data_path) or "shapes" (train/shapes.h: the procedural
+  // captioned scenes, dataset_size of them from `seed`, held-out combinations excluded).
+  std::string dataset = "fashion_mnist";
   std::string data_path = kFashionMnistDir;
+  int64_t dataset_size = 60000;  // "shapes" only
 
   int batch_size = 64;
   int64_t total_steps = 20000;

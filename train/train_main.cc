@@ -47,9 +47,7 @@ int main(int argc, char** argv) {
     return Fail(absl::StrCat(absl::GetFlag(FLAGS_config), ": ", config.status().message()));
 
   absl::StatusOr<dartserve::train::InMemoryDataset> data =
-      config->dataset == "fashion_mnist"
-          ? dartserve::train::LoadFashionMnist("train", config->data_path)
-          : dartserve::train::LoadImageFolder(config->data_path);
+      dartserve::train::LoadTrainingData(*config);
   if (!data.ok()) return Fail(data.status().message());
 
   auto trainer =

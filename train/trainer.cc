@@ -17,6 +17,7 @@
 #include "model/loss.h"
 #include "model/sampler.h"
 #include "nlohmann/json.hpp"
+#include "train/shapes.h"
 
 namespace dartserve::train {
 
@@ -48,23 +49,24 @@ class BatchLoader {
     thread_.join();
   }
 
+  struct Item {
+    int64_t step;
+    torch::Tensor images, labels, indices;
+  };
+
   // The batch of `step`, which must be the step after the previous call's.
-  std::pair<torch::Tensor, torch::Tensor> Next(int64_t step) {
+  Item Next(int64_t step) {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [this] { return !ready_.empty(); });
     Item item = std::move(ready_.front());
     ready_.pop_front();
     cv_.notify_all();
     TORCH_CHECK(item.step == step, "batch loader out of sync");
-    return {item.images, item.labels};
+    return item;
   }
 
  private:
   static constexpr size_t kDepth = 4;
-  struct Item {
-    int64_t step;
-    torch::Tensor images, labels;
-  };
 
   torch::Tensor Permutation(int64_t epoch) {
     if (epoch != perm_epoch_) {
@@ -91,10 +93,11 @@ class BatchLoader {
         const int64_t g = step * batch_size_ + i;
         idx[i] = Permutation(g / n)[g % n].item<int64_t>();
       }
-      auto [images, labels] = data_.Batch(torch::tensor(idx, torch::kLong));
+      const torch::Tensor indices = torch::tensor(idx, torch::kLong);
+      auto [images, labels] = data_.Batch(indices);
       {
         std::lock_guard<std::mutex> lock(mu_);
-        ready_.push_back({step, images, labels});
+        ready_.push_back({step, images, labels, indices});
       }
       cv_.notify_all();
     }
@@ -112,6 +115,38 @@ class BatchLoader {
   bool stop_ = false;
   std::thread thread_;
 };
+
+absl::StatusOr<InMemoryDataset> LoadTrainingData(const TrainConfig& config) {
+  if (config.dataset == "fashion_mnist") return LoadFashionMnist("train", config.data_path);
+  if (config.dataset == "image_folder") return LoadImageFolder(config.data_path);
+  if (config.dataset == "shapes") {
+    ShapesDataset shapes = MakeShapesDataset(config.dataset_size, config.seed, HoldOut::kExclude);
+    shapes.data.captions = std::move(shapes.captions);
+    return std::move(shapes.data);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("dataset: unknown \"", config.dataset, "\""));
+}
+
+namespace {
+
+// The run's tokenizer: out_dir/tokenizer.model, trained from the captions on the first run.
+absl::StatusOr<std::shared_ptr<const dm::Tokenizer>> RunTokenizer(
+    const std::vector<std::string>& captions, int vocab_size, const std::string& out_dir) {
+  const std::string path = (fs::path(out_dir) / dm::kTokenizerFile).string();
+  if (!fs::exists(path)) {
+    if (absl::Status s = dm::TrainTokenizer(captions, vocab_size, path); !s.ok()) return s;
+  }
+  absl::StatusOr<dm::Tokenizer> tokenizer = dm::Tokenizer::Load(path);
+  if (!tokenizer.ok()) return tokenizer.status();
+  if (tokenizer->vocab_size() > vocab_size) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " has ", tokenizer->vocab_size(), " pieces, over model.text_vocab_size ",
+                     vocab_size, " (use a new output folder)"));
+  }
+  return std::make_shared<const dm::Tokenizer>(*std::move(tokenizer));
+}
+
+}  // namespace
 
 Trainer::Trainer(const TrainConfig& config, InMemoryDataset data, std::string out_dir)
     : config_(config),
@@ -138,6 +173,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
     return absl::InvalidArgumentError(
         absl::StrCat("model.num_classes: the dataset has ", data.num_classes, " classes"));
   }
+  const bool text = mc.conditioning == dm::Conditioning::kText;
+  if (text && static_cast<int64_t>(data.captions.size()) != data.size()) {
+    return absl::InvalidArgumentError("dataset: a text model needs one caption per image");
+  }
   auto trainer = std::unique_ptr<Trainer>(new Trainer(config, std::move(data), out_dir));
   torch::manual_seed(config.seed);
   trainer->model_ = dm::Dart(mc);
@@ -159,6 +198,20 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   fs::create_directories(out_dir, ec);
   if (ec)
     return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
+  if (text) {
+    absl::StatusOr<std::shared_ptr<const dm::Tokenizer>> tokenizer =
+        RunTokenizer(trainer->data_.captions, mc.text_vocab_size, out_dir);
+    if (!tokenizer.ok()) return tokenizer.status();
+    trainer->model_->set_tokenizer(*tokenizer);
+    trainer->ema_->set_tokenizer(*tokenizer);
+    // Every caption tokenized once; a caption over text_max_tokens fails here, naming it.
+    absl::StatusOr<dm::TextBatch> ids = trainer->model_->EncodePrompts(trainer->data_.captions);
+    if (!ids.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("dataset captions: ", ids.status().message(), " (raise text_max_tokens)"));
+    }
+    trainer->captions_ = *std::move(ids);
+  }
   if (absl::Status s = trainer->Load(); !s.ok()) return s;
   if (absl::Status s = dm::WriteFileAtomically((fs::path(out_dir) / "train_config.json").string(),
                                                TrainConfigToJson(config));
@@ -179,10 +232,16 @@ double Trainer::LearningRate(int64_t step) const {
 }
 
 double Trainer::TrainStep() {
-  auto [images, labels] = loader_->Next(step_);
+  const BatchLoader::Item batch = loader_->Next(step_);
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(MixSeed(config_.seed, step_));
   model_->zero_grad();
-  const dm::DartLoss loss = dm::ComputeDartLoss(model_, schedule_, images, labels, gen);
+  const dm::DartLoss loss =
+      captions_.tokens.defined()
+          ? dm::ComputeDartLoss(model_, schedule_, batch.images,
+                                dm::TextBatch{captions_.tokens.index_select(0, batch.indices),
+                                              captions_.mask.index_select(0, batch.indices)},
+                                gen)
+          : dm::ComputeDartLoss(model_, schedule_, batch.images, batch.labels, gen);
   loss.loss.backward();
   if (config_.grad_clip > 0) torch::nn::utils::clip_grad_norm_(params_, config_.grad_clip);
 
@@ -301,10 +360,15 @@ absl::Status Trainer::Load() {
 absl::Status Trainer::WriteSampleGrid(int per_class) {
   dm::Sampler sampler(ema_);
   const bool cls = config_.model.conditioning == dm::Conditioning::kClass;
+  const bool text = config_.model.conditioning == dm::Conditioning::kText;
+  const int rows = cls    ? config_.model.num_classes
+                   : text ? static_cast<int>(std::min<size_t>(8, data_.captions.size()))
+                          : 1;
   std::vector<dm::SampleParams> params;
-  for (int c = 0; c < (cls ? config_.model.num_classes : 1); ++c) {
+  for (int c = 0; c < rows; ++c) {
     for (int i = 0; i < per_class; ++i) {
       params.push_back({.condition = cls ? std::optional<int>(c) : std::nullopt,
+                        .prompt = text ? data_.captions[c] : std::string(),
                         .seed = static_cast<uint64_t>(i)});
     }
   }

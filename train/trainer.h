@@ -13,6 +13,9 @@
 //                       state.json ({"step": s}); replaced atomically at each checkpoint
 //   ema/                config.json + model.safetensors: the EMA weights, servable as they are
 //   samples/            step_<s>.png grids from the EMA weights
+//   tokenizer.model     text models: the SentencePiece model, trained from the dataset's captions
+//                       on the first run (model.text_vocab_size pieces at most) and reused on
+//                       resume; ema/ holds a copy, so it stays servable
 // Thread-compatibility: one thread drives a Trainer; its loader thread is internal.
 #ifndef DARTSERVE_TRAIN_TRAINER_H_
 #define DARTSERVE_TRAIN_TRAINER_H_
@@ -36,10 +39,16 @@ namespace dartserve::train {
 
 class BatchLoader;
 
+// The training data a config names: Fashion-MNIST's train split, an image folder, or the
+// procedural captioned shapes (dataset_size scenes from the config's seed, held-out combinations
+// excluded).
+absl::StatusOr<InMemoryDataset> LoadTrainingData(const TrainConfig& config);
+
 class Trainer {
  public:
   // Builds the model and, when `out_dir`/state holds a checkpoint, resumes from it (its config must
-  // build the same model). `data` must match the model's image size and channels.
+  // build the same model). `data` must match the model's image size and channels, and have
+  // captions for a text model.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config,
                                                          InMemoryDataset data,
                                                          const std::string& out_dir);
@@ -57,7 +66,8 @@ class Trainer {
 
   // Writes state/ and ema/ atomically.
   absl::Status SaveCheckpoint();
-  // Writes samples/step_<s>.png: `per_class` images per class from the EMA weights.
+  // Writes samples/step_<s>.png: `per_class` images per class from the EMA weights (text models:
+  // one row per each of the first 8 captions).
   absl::Status WriteSampleGrid(int per_class = 8);
 
   // Trains until total_steps, `max_steps` more steps (-1: no limit) or `stop` becomes true,
@@ -77,6 +87,7 @@ class Trainer {
   std::vector<torch::Tensor> params_;
   std::vector<torch::Tensor> ema_params_;
   std::vector<torch::Tensor> adam_m_, adam_v_;
+  model::TextBatch captions_;  // text models: every caption's ids, padded to text_max_tokens
   int64_t step_ = 0;
   std::unique_ptr<BatchLoader> loader_;
 };

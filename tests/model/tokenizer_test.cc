@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/safetensors.h"
+#include "tests/testing/tiny_model.h"
 
 namespace dartserve::model {
 namespace {
@@ -16,32 +17,7 @@ namespace fs = std::filesystem;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-// Captions in the style of the procedural shapes dataset, built here so the model layer's tests
-// do not depend on train/. Every (size, colour, shape) is seen, but only some positions with each,
-// so "unseen" phrases below are new combinations of known words.
-std::vector<std::string> Captions() {
-  const std::vector<std::string> sizes = {"small", "medium", "large"};
-  const std::vector<std::string> colours = {"red",    "green",  "blue", "yellow",
-                                            "purple", "orange", "cyan", "brown"};
-  const std::vector<std::string> shapes = {"circle", "square", "triangle", "cross", "ring"};
-  const std::vector<std::string> places = {"at the top left", "in the center", "at the bottom",
-                                           "on the right"};
-  const std::vector<std::string> backgrounds = {"white", "black", "gray"};
-  std::vector<std::string> out;
-  int k = 0;
-  for (const auto& s : sizes) {
-    for (const auto& c : colours) {
-      for (const auto& h : shapes) {
-        const std::string& p = places[k % places.size()];
-        const std::string& b = backgrounds[k % backgrounds.size()];
-        out.push_back("a " + s + " " + c + " " + h + " " + p + " on a " + b + " background");
-        out.push_back(c + " " + h + ", " + p.substr(p.find(' ', 3) + 1));
-        ++k;
-      }
-    }
-  }
-  return out;
-}
+using dartserve::testing::ShapeCaptions;
 
 class TokenizerTest : public ::testing::Test {
  protected:
@@ -49,7 +25,7 @@ class TokenizerTest : public ::testing::Test {
     dir_ = new fs::path(fs::path(::testing::TempDir()) / "tokenizer_test");
     fs::remove_all(*dir_);
     fs::create_directories(*dir_);
-    ASSERT_TRUE(TrainTokenizer(Captions(), kVocab, Path("a.model")).ok());
+    ASSERT_TRUE(TrainTokenizer(ShapeCaptions(), kVocab, Path("a.model")).ok());
   }
   static void TearDownTestSuite() {
     fs::remove_all(*dir_);
@@ -137,7 +113,7 @@ TEST_F(TokenizerTest, OverLengthPromptIsAnErrorNotACut) {
 }
 
 TEST_F(TokenizerTest, TrainingIsDeterministic) {
-  ASSERT_TRUE(TrainTokenizer(Captions(), kVocab, Path("b.model")).ok());
+  ASSERT_TRUE(TrainTokenizer(ShapeCaptions(), kVocab, Path("b.model")).ok());
   auto a = ReadFile(Path("a.model"));
   auto b = ReadFile(Path("b.model"));
   ASSERT_TRUE(a.ok() && b.ok());
@@ -170,7 +146,7 @@ TEST_F(TokenizerTest, LoadErrorsNameTheFile) {
 
 TEST(TrainTokenizerTest, RejectsBadArguments) {
   const std::string out = (fs::path(::testing::TempDir()) / "never.model").string();
-  EXPECT_EQ(TrainTokenizer(Captions(), 100, out).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TrainTokenizer(ShapeCaptions(), 100, out).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(TrainTokenizer({"", "  "}, 400, out).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(fs::exists(out));
 }

@@ -271,6 +271,53 @@ TEST(ServiceTest, StreamsAcceptedProgressAndDecodableResults) {
   EXPECT_EQ(second.messages.back().result().png(), first_png);
 }
 
+// A real tiny text model behind the service: a prompt generates (the same prompt and seed give the
+// same PNG, another prompt another one), a prompt over the model's text context is refused naming
+// `prompt`, and class ids are refused.
+TEST(ServiceTest, TextModelTakesPrompts) {
+  const model::ModelConfig config = testing::TinyTextConfig();
+  ModelInfo info;
+  info.name = "tiny-text";
+  info.conditioning = "text";
+  info.image_size = config.image_size;
+  info.channels = config.channels;
+  info.steps = config.num_steps;
+  info.default_guidance = 2.0f;
+  std::vector<ModelSpec> models;
+  models.push_back({.info = info,
+                    .engine = std::make_unique<model::DartEngine>(testing::MakeTinyModel(config))});
+  auto server = Server::Start({.address = "127.0.0.1:0", .metrics_address = ""}, std::move(models));
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE((*server)->WarmUp().ok());  // the warm-up request is the empty prompt
+  auto stub = v1::ImageGenerator::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+
+  const auto png_for = [&](const std::string& prompt) {
+    v1::GenerateImageRequest r;
+    r.set_prompt(prompt);
+    r.set_seed(7);
+    const CallResult call = Generate(*stub, r);
+    EXPECT_TRUE(call.status.ok()) << call.status.error_message();
+    return call.messages.empty() ? std::string() : call.messages.back().result().png();
+  };
+  const std::string blue = png_for("blue square");
+  EXPECT_FALSE(blue.empty());
+  EXPECT_EQ(png_for("blue square"), blue);
+  EXPECT_NE(png_for("red ring"), blue);
+
+  v1::GenerateImageRequest too_long;
+  too_long.set_prompt("a small red circle at the top left on a white background");
+  const CallResult refused = Generate(*stub, too_long);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StartsWith(refused.status.error_message(), "prompt:"))
+      << refused.status.error_message();
+  EXPECT_TRUE(absl::StrContains(refused.status.error_message(), "too long"));
+
+  const CallResult class_id = Generate(*stub, ClassRequest(1, 1));
+  EXPECT_EQ(class_id.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StartsWith(class_id.status.error_message(), "class_id:"));
+}
+
 TEST(ServiceTest, EachInvalidFieldIsNamed) {
   Harness h = Start();
   struct Case {

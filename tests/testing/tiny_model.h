@@ -5,9 +5,13 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "model/config.h"
 #include "model/dart.h"
+#include "model/tokenizer.h"
 
 namespace dartserve::testing {
 
@@ -25,12 +29,22 @@ model::ModelConfig TinyFlowConfig();
 // ModelConfig::Tiny() as DART-AR (token-level steps), with the mean head or `head`.
 model::ModelConfig TinyArConfig(model::OutputHead head = model::OutputHead::kMean);
 
-// ModelConfig::Tiny() with text conditioning and a tiny text encoder: vocab 64, at most 12 ids,
-// width 32, depth 2, 2 heads. Validate() still rejects it (conditioning: text is not wired into
-// DART yet); it is for building a TextEncoder directly.
+// ModelConfig::Tiny() with text conditioning and a tiny text encoder: vocab 320, at most 12 ids,
+// width 32, depth 2, 2 heads. A model built from it needs a tokenizer (set_tokenizer) only for
+// EncodePrompts; TextCondition takes token ids directly.
 model::ModelConfig TinyTextConfig();
 
-// A tiny model (ModelConfig::Tiny() unless given) with randomised weights, in eval mode.
+// Captions in the style of the procedural shapes dataset (train/shapes.h), built here so the model
+// layer's tests do not depend on train/. Every (size, colour, shape) appears, but only some
+// positions with each.
+std::vector<std::string> ShapeCaptions();
+
+// A tokenizer trained on ShapeCaptions() (at most 320 pieces, so it fits TinyTextConfig()), built
+// once per process in a temporary folder.
+std::shared_ptr<const model::Tokenizer> TinyTokenizer();
+
+// A tiny model (ModelConfig::Tiny() unless given) with randomised weights, in eval mode; text
+// models get TinyTokenizer().
 model::Dart MakeTinyModel(const model::ModelConfig& config = model::ModelConfig::Tiny(),
                           uint64_t seed = 1);
 
