@@ -56,4 +56,44 @@ absl::StatusOr<EvalReport> EvaluateClassModel(model::Dart model, Classifier& cla
   return report;
 }
 
+absl::StatusOr<TextEvalReport> EvaluateTextModel(model::Dart model,
+                                                 const std::vector<Prompt>& prompts,
+                                                 const ShapeClassifier& classifier,
+                                                 const TextEvalOptions& options) {
+  const model::ModelConfig& config = model->config();
+  if (config.conditioning != model::Conditioning::kText) {
+    return absl::InvalidArgumentError("prompt evaluation needs a text-conditioned model");
+  }
+  if (config.image_size != kShapeImageSize || config.channels != kShapeChannels) {
+    return absl::InvalidArgumentError("prompt evaluation needs 32x32 RGB images (the shapes world)");
+  }
+  if (options.per_prompt < 1) return absl::InvalidArgumentError("per_prompt: must be >= 1");
+  std::vector<model::SampleParams> params;
+  std::vector<Prompt> asked;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    for (int j = 0; j < options.per_prompt; ++j) {
+      params.push_back({.prompt = prompts[i].text,
+                        .seed = options.seed + i * options.per_prompt + j,
+                        .guidance_scale = options.guidance_scale,
+                        .temperature = options.temperature});
+      asked.push_back(prompts[i]);
+    }
+  }
+  model::Sampler sampler(model, {.flow_steps = options.flow_steps});
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<torch::Tensor> images = sampler.GenerateBatch(params, options.batch);
+  if (!images.ok()) return images.status();
+  TextEvalReport report;
+  report.generation_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.images_per_second = images->size(0) / report.generation_seconds;
+  report.images = *images;
+  absl::StatusOr<std::vector<ShapeImage>> pixels = ShapeImagesFromTensor(*images);
+  if (!pixels.ok()) return pixels.status();
+  absl::StatusOr<PromptEvalReport> adherence = EvaluatePrompts(asked, *pixels, classifier);
+  if (!adherence.ok()) return adherence.status();
+  report.adherence = *std::move(adherence);
+  return report;
+}
+
 }  // namespace dartserve::train

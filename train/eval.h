@@ -1,6 +1,10 @@
-// Sample-quality evaluation of a class-conditional checkpoint with the shipped classifier:
-// conditional accuracy (fraction of class-c samples classified as c) and FID on the classifier's
-// penultimate features against a reference set (the Fashion-MNIST test split).
+// Sample-quality evaluation.
+// - Class-conditional checkpoints, with the shipped Fashion-MNIST classifier: conditional accuracy
+//   (fraction of class-c samples classified as c) and FID on the classifier's penultimate features
+//   against a reference set (the Fashion-MNIST test split).
+// - Text checkpoints on the procedural shapes (GenEval-style prompt adherence): each prompt's
+//   samples are analysed (train/prompt_eval.h) and checked for colour, shape, position, size and
+//   object count.
 #ifndef DARTSERVE_TRAIN_EVAL_H_
 #define DARTSERVE_TRAIN_EVAL_H_
 
@@ -12,6 +16,8 @@
 #include "absl/status/statusor.h"
 #include "model/dart.h"
 #include "train/classifier.h"
+#include "train/prompt_eval.h"
+#include "train/shapes.h"
 
 namespace dartserve::train {
 
@@ -39,6 +45,29 @@ struct EvalReport {
 absl::StatusOr<EvalReport> EvaluateClassModel(model::Dart model, Classifier& classifier,
                                               const torch::Tensor& reference_features,
                                               const EvalOptions& options);
+
+struct TextEvalOptions {
+  int per_prompt = 1;           // samples per prompt
+  float guidance_scale = 3.0f;  // the served default for text models
+  float temperature = 1.0f;
+  uint64_t seed = 0;   // sample j of prompt i uses seed + i * per_prompt + j
+  int batch = 100;     // requests stepped together
+  int flow_steps = 0;  // flow head: ODE steps per DART step (0: the model config's)
+};
+
+struct TextEvalReport {
+  PromptEvalReport adherence;  // results in prompt-major order (per_prompt per prompt)
+  torch::Tensor images;        // [N, 3, 32, 32] in [-1, 1], the same order
+  double generation_seconds = 0;
+  double images_per_second = 0;
+};
+
+// Generates `per_prompt` samples for each of `prompts` with a text model of the shapes world and
+// checks each against its prompt with `classifier` deciding shapes (LearnedShapeClassifier).
+absl::StatusOr<TextEvalReport> EvaluateTextModel(model::Dart model,
+                                                 const std::vector<Prompt>& prompts,
+                                                 const ShapeClassifier& classifier,
+                                                 const TextEvalOptions& options);
 
 }  // namespace dartserve::train
 

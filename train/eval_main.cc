@@ -1,11 +1,16 @@
-// dartserve-eval: sample quality of a class-conditional checkpoint on Fashion-MNIST.
+// dartserve-eval: sample quality of a checkpoint.
 //
 //   dartserve-eval --train_classifier                      # once: trains weights/fmnist-classifier
 //   dartserve-eval --checkpoint weights/fmnist-dart --per_class 1000 --out out/eval
+//   dartserve-eval --checkpoint weights/shapes-dart --guidance 3 --out out/eval-text
 //
-// Reports conditional accuracy, FID on the classifier's penultimate features against the test
-// split (with the real-train-vs-test FID as the floor) and generation throughput; writes
-// report.json and grid.png (10 samples per class) to --out.
+// Class models (Fashion-MNIST): conditional accuracy, FID on the classifier's penultimate
+// features against the test split (with the real-train-vs-test FID as the floor) and generation
+// throughput; writes report.json and grid.png (10 samples per class) to --out.
+// Text models (the procedural shapes): prompt adherence on the fixed prompt sets, seen and
+// held-out combinations apart (per attribute and all correct); writes report.json (both sets,
+// every image's checks) and seen_grid.png / held_out_grid.png (the first 40 prompts, one row per
+// 8) to --out.
 #include <fstream>
 #include <iostream>
 
@@ -15,6 +20,7 @@
 #include "model/checkpoint.h"
 #include "model/image.h"
 #include "nlohmann/json.hpp"
+#include "train/attribute_classifier.h"
 #include "train/eval.h"
 
 ABSL_FLAG(std::string, checkpoint, "weights/fmnist-dart-fm", "DART checkpoint folder to evaluate.");
@@ -30,6 +36,11 @@ ABSL_FLAG(int, floor_samples, 10000, "Real training images for the real-vs-real 
 ABSL_FLAG(std::string, out, "out/eval", "Output folder for report.json and grid.png.");
 ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
 ABSL_FLAG(int, flow_steps, 0, "Flow-head models: ODE steps per DART step (0: the config's).");
+ABSL_FLAG(std::string, shapes_classifier, dartserve::train::kShapeClassifierDir,
+          "Text models: the shape classifier folder.");
+ABSL_FLAG(int, prompts, 100, "Text models: prompts in each fixed set (seen, held-out).");
+ABSL_FLAG(int, per_prompt, 1, "Text models: samples per prompt.");
+ABSL_FLAG(uint64_t, prompt_seed, 1234, "Text models: seed of the fixed prompt sets.");
 
 namespace dt = dartserve::train;
 namespace dm = dartserve::model;
@@ -39,11 +50,60 @@ int Fail(absl::string_view message) {
   std::cerr << "dartserve-eval: " << message << "\n";
   return 1;
 }
+
+int EvaluateText(dm::Dart model) {
+  auto classifier = dt::LoadShapeClassifier(absl::GetFlag(FLAGS_shapes_classifier));
+  if (!classifier.ok()) return Fail(classifier.status().message());
+  const dt::ShapeClassifier shapes = dt::LearnedShapeClassifier(*classifier);
+  const dt::TextEvalOptions options{
+      .per_prompt = absl::GetFlag(FLAGS_per_prompt),
+      .guidance_scale = static_cast<float>(absl::GetFlag(FLAGS_guidance)),
+      .temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature)),
+      .seed = absl::GetFlag(FLAGS_seed),
+      .batch = absl::GetFlag(FLAGS_batch),
+      .flow_steps = absl::GetFlag(FLAGS_flow_steps)};
+  const std::string out = absl::GetFlag(FLAGS_out);
+  std::filesystem::create_directories(out);
+  nlohmann::json j = {{"checkpoint", absl::GetFlag(FLAGS_checkpoint)},
+                      {"prompts", absl::GetFlag(FLAGS_prompts)},
+                      {"prompt_seed", absl::GetFlag(FLAGS_prompt_seed)},
+                      {"per_prompt", options.per_prompt},
+                      {"guidance_scale", options.guidance_scale},
+                      {"temperature", options.temperature},
+                      {"flow_steps", options.flow_steps},
+                      {"threads", torch::get_num_threads()}};
+  for (const bool held_out : {false, true}) {
+    const std::string name = held_out ? "held_out" : "seen";
+    const std::vector<dt::Prompt> prompts = dt::FixedPromptSet(
+        absl::GetFlag(FLAGS_prompts), absl::GetFlag(FLAGS_prompt_seed), held_out);
+    auto report = dt::EvaluateTextModel(model, prompts, shapes, options);
+    if (!report.ok()) return Fail(report.status().message());
+    j[name] = nlohmann::json::parse(dt::ReportToJson(report->adherence));
+    j[name + "_images_per_second"] = report->images_per_second;
+    const int64_t shown = std::min<int64_t>(40 * options.per_prompt, report->images.size(0));
+    auto png = dm::ImageToPng(
+        dm::UpscaleNearest(dm::MakeGrid(report->images.narrow(0, 0, shown).unbind(0), 8), 2));
+    if (!png.ok()) return Fail(png.status().message());
+    if (absl::Status s = dm::WriteFileAtomically(out + "/" + name + "_grid.png", *png); !s.ok()) {
+      return Fail(s.message());
+    }
+    std::cout << name << ": " << dt::SummaryLine(report->adherence) << absl::StrFormat("  %.1f images/s\n", report->images_per_second);
+  }
+  std::ofstream(out + "/report.json") << j.dump(2) << "\n";
+  std::cout << "-> " << out << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   torch::set_num_threads(std::max(1, absl::GetFlag(FLAGS_threads)));
+  if (!absl::GetFlag(FLAGS_train_classifier)) {
+    auto model = dm::LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
+    if (!model.ok()) return Fail(model.status().message());
+    if ((*model)->config().conditioning == dm::Conditioning::kText) return EvaluateText(*model);
+  }
   auto train = dt::LoadFashionMnist("train");
   if (!train.ok()) return Fail(train.status().message());
   auto test = dt::LoadFashionMnist("test");
