@@ -120,16 +120,9 @@ std::vector<torch::Tensor> RunAlone(Sampler& sampler, const SampleParams& p) {
 class TextSamplerTest : public ::testing::TestWithParam<OutputHead> {
  protected:
   static ModelConfig Config(OutputHead head) {
-    ModelConfig c = head == OutputHead::kFlow ? dartserve::testing::TinyFlowConfig()
-                                              : ModelConfig::Tiny();
-    const ModelConfig text = TinyTextConfig();
-    c.conditioning = text.conditioning;
-    c.text_vocab_size = text.text_vocab_size;
-    c.text_max_tokens = text.text_max_tokens;
-    c.text_width = text.text_width;
-    c.text_depth = text.text_depth;
-    c.text_heads = text.text_heads;
-    return c;
+    return dartserve::testing::WithTinyText(head == OutputHead::kFlow
+                                                ? dartserve::testing::TinyFlowConfig()
+                                                : ModelConfig::Tiny());
   }
 };
 

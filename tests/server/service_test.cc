@@ -184,12 +184,13 @@ v1::GenerateImageRequest ClassRequest(int class_id, uint64_t seed, int n = 1) {
   return r;
 }
 
-// The real tiny DART model behind the service: stream order, preview count, PNG size, seeds.
-TEST(ServiceTest, StreamsAcceptedProgressAndDecodableResults) {
-  model::ModelConfig config = model::ModelConfig::Tiny();
+// A server (no metrics endpoint) over one real tiny model with random weights, guidance 2.
+absl::StatusOr<std::unique_ptr<Server>> StartRealModel(const std::string& name,
+                                                       const model::ModelConfig& config) {
   ModelInfo info;
-  info.name = "tiny";
-  info.num_classes = config.num_classes;
+  info.name = name;
+  info.conditioning = config.conditioning == model::Conditioning::kText ? "text" : "class";
+  info.num_classes = config.conditioning == model::Conditioning::kText ? 0 : config.num_classes;
   info.image_size = config.image_size;
   info.channels = config.channels;
   info.steps = config.num_steps;
@@ -197,8 +198,13 @@ TEST(ServiceTest, StreamsAcceptedProgressAndDecodableResults) {
   std::vector<ModelSpec> models;
   models.push_back({.info = info,
                     .engine = std::make_unique<model::DartEngine>(testing::MakeTinyModel(config))});
-  ServerOptions options{.address = "127.0.0.1:0", .metrics_address = ""};
-  auto server = Server::Start(std::move(options), std::move(models));
+  return Server::Start({.address = "127.0.0.1:0", .metrics_address = ""}, std::move(models));
+}
+
+// The real tiny DART model behind the service: stream order, preview count, PNG size, seeds.
+TEST(ServiceTest, StreamsAcceptedProgressAndDecodableResults) {
+  model::ModelConfig config = model::ModelConfig::Tiny();
+  auto server = StartRealModel("tiny", config);
   ASSERT_TRUE(server.ok()) << server.status();
   ASSERT_TRUE((*server)->WarmUp().ok());
   auto stub = v1::ImageGenerator::NewStub(grpc::CreateChannel(
@@ -275,18 +281,7 @@ TEST(ServiceTest, StreamsAcceptedProgressAndDecodableResults) {
 // same PNG, another prompt another one), a prompt over the model's text context is refused naming
 // `prompt`, and class ids are refused.
 TEST(ServiceTest, TextModelTakesPrompts) {
-  const model::ModelConfig config = testing::TinyTextConfig();
-  ModelInfo info;
-  info.name = "tiny-text";
-  info.conditioning = "text";
-  info.image_size = config.image_size;
-  info.channels = config.channels;
-  info.steps = config.num_steps;
-  info.default_guidance = 2.0f;
-  std::vector<ModelSpec> models;
-  models.push_back({.info = info,
-                    .engine = std::make_unique<model::DartEngine>(testing::MakeTinyModel(config))});
-  auto server = Server::Start({.address = "127.0.0.1:0", .metrics_address = ""}, std::move(models));
+  auto server = StartRealModel("tiny-text", testing::TinyTextConfig());
   ASSERT_TRUE(server.ok()) << server.status();
   ASSERT_TRUE((*server)->WarmUp().ok());  // the warm-up request is the empty prompt
   auto stub = v1::ImageGenerator::NewStub(grpc::CreateChannel(

@@ -43,8 +43,9 @@ model::ModelConfig TinyArConfig(model::OutputHead head) {
   return c;
 }
 
-model::ModelConfig TinyTextConfig() {
-  model::ModelConfig c = model::ModelConfig::Tiny();
+model::ModelConfig TinyTextConfig() { return WithTinyText(model::ModelConfig::Tiny()); }
+
+model::ModelConfig WithTinyText(model::ModelConfig c) {
   c.conditioning = model::Conditioning::kText;
   c.text_vocab_size = 320;
   c.text_max_tokens = 12;

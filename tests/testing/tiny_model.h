@@ -33,6 +33,8 @@ model::ModelConfig TinyArConfig(model::OutputHead head = model::OutputHead::kMea
 // width 32, depth 2, 2 heads. A model built from it needs a tokenizer (set_tokenizer) only for
 // EncodePrompts; TextCondition takes token ids directly.
 model::ModelConfig TinyTextConfig();
+// `config` with text conditioning and TinyTextConfig()'s text encoder (any geometry and head).
+model::ModelConfig WithTinyText(model::ModelConfig config);
 
 // Captions in the style of the procedural shapes dataset (train/shapes.h), built here so the model
 // layer's tests do not depend on train/. Every (size, colour, shape) appears, but only some

@@ -7,6 +7,7 @@
 
 #include "model/checkpoint.h"
 #include "model/tokenizer.h"
+#include "tests/testing/tiny_model.h"
 
 namespace dartserve::train {
 namespace {
@@ -130,16 +131,13 @@ TrainConfig TinyTextTrainConfig() {
   TrainConfig c = TinyTrainConfig();
   c.dataset = "shapes";
   c.dataset_size = 64;
-  model::ModelConfig& m = c.model;
-  m.image_size = 32;
-  m.channels = 3;
-  m.patch_size = 8;  // K = 16
-  m.conditioning = model::Conditioning::kText;
-  m.text_vocab_size = 400;
-  m.text_max_tokens = 40;
-  m.text_width = 32;
-  m.text_depth = 1;
-  m.text_heads = 2;
+  c.model = testing::WithTinyText(c.model);
+  c.model.image_size = 32;
+  c.model.channels = 3;
+  c.model.patch_size = 8;  // K = 16
+  c.model.text_vocab_size = 400;
+  c.model.text_max_tokens = 40;  // two-shape captions
+  c.model.text_depth = 1;
   return c;
 }
 
