@@ -30,8 +30,8 @@ int64_t KvCache::bytes() const {
 int64_t Condition::bytes() const {
   int64_t total = 0;
   for (size_t i = 0; i < text_k.size(); ++i) {
-    total += text_k[i].numel() * text_k[i].element_size() +
-             text_v[i].numel() * text_v[i].element_size();
+    total +=
+        text_k[i].numel() * text_k[i].element_size() + text_v[i].numel() * text_v[i].element_size();
   }
   return total;
 }
@@ -155,8 +155,7 @@ absl::StatusOr<TextBatch> DartImpl::EncodePrompts(std::span<const std::string> p
 }
 
 torch::Tensor DartImpl::Features(const torch::Tensor& h, const Condition& cond) {
-  const std::vector<torch::Tensor> mod =
-      final_ada_->forward(cond.vector).unsqueeze(1).chunk(2, -1);
+  const std::vector<torch::Tensor> mod = final_ada_->forward(cond.vector).unsqueeze(1).chunk(2, -1);
   return Modulate(final_norm_->forward(h), mod[0], mod[1]);
 }
 

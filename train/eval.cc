@@ -65,7 +65,8 @@ absl::StatusOr<TextEvalReport> EvaluateTextModel(model::Dart model,
     return absl::InvalidArgumentError("prompt evaluation needs a text-conditioned model");
   }
   if (config.image_size != kShapeImageSize || config.channels != kShapeChannels) {
-    return absl::InvalidArgumentError("prompt evaluation needs 32x32 RGB images (the shapes world)");
+    return absl::InvalidArgumentError(
+        "prompt evaluation needs 32x32 RGB images (the shapes world)");
   }
   if (options.per_prompt < 1) return absl::InvalidArgumentError("per_prompt: must be >= 1");
   std::vector<model::SampleParams> params;

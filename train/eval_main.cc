@@ -87,7 +87,8 @@ int EvaluateText(dm::Dart model) {
     if (absl::Status s = dm::WriteFileAtomically(out + "/" + name + "_grid.png", *png); !s.ok()) {
       return Fail(s.message());
     }
-    std::cout << name << ": " << dt::SummaryLine(report->adherence) << absl::StrFormat("  %.1f images/s\n", report->images_per_second);
+    std::cout << name << ": " << dt::SummaryLine(report->adherence)
+              << absl::StrFormat("  %.1f images/s\n", report->images_per_second);
   }
   std::ofstream(out + "/report.json") << j.dump(2) << "\n";
   std::cout << "-> " << out << "\n";

@@ -139,9 +139,9 @@ absl::StatusOr<std::shared_ptr<const dm::Tokenizer>> RunTokenizer(
   absl::StatusOr<dm::Tokenizer> tokenizer = dm::Tokenizer::Load(path);
   if (!tokenizer.ok()) return tokenizer.status();
   if (tokenizer->vocab_size() > vocab_size) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(path, " has ", tokenizer->vocab_size(), " pieces, over model.text_vocab_size ",
-                     vocab_size, " (use a new output folder)"));
+    return absl::FailedPreconditionError(absl::StrCat(path, " has ", tokenizer->vocab_size(),
+                                                      " pieces, over model.text_vocab_size ",
+                                                      vocab_size, " (use a new output folder)"));
   }
   return std::make_shared<const dm::Tokenizer>(*std::move(tokenizer));
 }

@@ -120,9 +120,8 @@ std::vector<torch::Tensor> RunAlone(Sampler& sampler, const SampleParams& p) {
 class TextSamplerTest : public ::testing::TestWithParam<OutputHead> {
  protected:
   static ModelConfig Config(OutputHead head) {
-    return dartserve::testing::WithTinyText(head == OutputHead::kFlow
-                                                ? dartserve::testing::TinyFlowConfig()
-                                                : ModelConfig::Tiny());
+    return dartserve::testing::WithTinyText(
+        head == OutputHead::kFlow ? dartserve::testing::TinyFlowConfig() : ModelConfig::Tiny());
   }
 };
 

@@ -82,8 +82,8 @@ std::vector<std::string> ShapeCaptions() {
 std::shared_ptr<const model::Tokenizer> TinyTokenizer() {
   static const auto* const tokenizer = [] {
     namespace fs = std::filesystem;
-    const fs::path path = fs::temp_directory_path() /
-                          ("tiny_tokenizer_" + std::to_string(::getpid()) + ".model");
+    const fs::path path =
+        fs::temp_directory_path() / ("tiny_tokenizer_" + std::to_string(::getpid()) + ".model");
     const absl::Status trained =
         model::TrainTokenizer(ShapeCaptions(), TinyTextConfig().text_vocab_size, path.string());
     if (!trained.ok()) throw std::runtime_error(std::string(trained.message()));
