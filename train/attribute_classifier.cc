@@ -21,29 +21,6 @@ constexpr int kCrop = kShapeMaskCrop;
 int Uniform(std::mt19937_64& rng, int n) { return static_cast<int>(rng() % uint64_t(n)); }
 double Uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 
-// A separable 3x3 blur with edge-clamped borders: taps (1, centre, 1) / (centre + 2) per axis.
-// centre 2 is the [1 2 1] blur, centre 1 the box blur.
-ShapeImage Blur(const ShapeImage& image, int centre) {
-  ShapeImage out;
-  const int norm = (centre + 2) * (centre + 2);
-  for (int c = 0; c < kShapeChannels; ++c) {
-    for (int y = 0; y < kSize; ++y) {
-      for (int x = 0; x < kSize; ++x) {
-        int sum = 0;
-        for (int dy = -1; dy <= 1; ++dy) {
-          for (int dx = -1; dx <= 1; ++dx) {
-            const int sx = std::clamp(x + dx, 0, kSize - 1), sy = std::clamp(y + dy, 0, kSize - 1);
-            const int w = (dx == 0 ? centre : 1) * (dy == 0 ? centre : 1);
-            sum += w * image[c * kPlane + sy * kSize + sx];
-          }
-        }
-        out[c * kPlane + y * kSize + x] = static_cast<uint8_t>((sum + norm / 2) / norm);
-      }
-    }
-  }
-  return out;
-}
-
 // Uniform noise in [-amplitude, amplitude] on every channel of every pixel.
 void AddNoise(ShapeImage& image, int amplitude, std::mt19937_64& rng) {
   for (uint8_t& v : image) {
@@ -101,6 +78,27 @@ Shape ShapeFromIndex(int64_t index) {
 }
 
 }  // namespace
+
+ShapeImage Blur(const ShapeImage& image, int centre) {
+  ShapeImage out;
+  const int norm = (centre + 2) * (centre + 2);
+  for (int c = 0; c < kShapeChannels; ++c) {
+    for (int y = 0; y < kSize; ++y) {
+      for (int x = 0; x < kSize; ++x) {
+        int sum = 0;
+        for (int dy = -1; dy <= 1; ++dy) {
+          for (int dx = -1; dx <= 1; ++dx) {
+            const int sx = std::clamp(x + dx, 0, kSize - 1), sy = std::clamp(y + dy, 0, kSize - 1);
+            const int w = (dx == 0 ? centre : 1) * (dy == 0 ? centre : 1);
+            sum += w * image[c * kPlane + sy * kSize + sx];
+          }
+        }
+        out[c * kPlane + y * kSize + x] = static_cast<uint8_t>((sum + norm / 2) / norm);
+      }
+    }
+  }
+  return out;
+}
 
 ShapeMaskCrop CropObjectMask(const DetectedObject& object) {
   const ShapeFeatures& f = object.features;

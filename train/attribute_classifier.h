@@ -42,6 +42,11 @@ inline constexpr char kShapeClassifierDir[] = "weights/shapes-classifier";
 using ShapeMaskCrop = std::array<uint8_t, kShapeMaskCrop * kShapeMaskCrop>;
 ShapeMaskCrop CropObjectMask(const DetectedObject& object);
 
+// A separable 3x3 blur with edge-clamped borders: taps (1, centre, 1) / (centre + 2) per axis.
+// centre 2 is the [1 2 1] blur, centre 1 the box blur. One of the degradations the classifier
+// trains on, standing in for a generated image's soft edges.
+ShapeImage Blur(const ShapeImage& image, int centre);
+
 struct ShapeMaskOptions {
   // Degrade each scene before analysis (blur/noise) and flip mask-edge pixels afterwards.
   bool augment = true;
