@@ -5,6 +5,28 @@
 #include "model/sampler.h"
 
 namespace dartserve::train {
+namespace {
+
+struct TimedImages {
+  torch::Tensor images;
+  double seconds = 0;
+};
+
+// Both evaluations' generation: every request through one Sampler, `batch` stepped together,
+// timed from the first step to the last image.
+absl::StatusOr<TimedImages> GenerateTimed(model::Dart model,
+                                          const std::vector<model::SampleParams>& params, int batch,
+                                          int flow_steps) {
+  model::Sampler sampler(std::move(model), {.flow_steps = flow_steps});
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<torch::Tensor> images = sampler.GenerateBatch(params, batch);
+  if (!images.ok()) return images.status();
+  return TimedImages{
+      .images = *std::move(images),
+      .seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()};
+}
+
+}  // namespace
 
 absl::StatusOr<EvalReport> EvaluateClassModel(model::Dart model, Classifier& classifier,
                                               const torch::Tensor& reference_features,
@@ -29,21 +51,19 @@ absl::StatusOr<EvalReport> EvaluateClassModel(model::Dart model, Classifier& cla
       labels.push_back(c);
     }
   }
-  model::Sampler sampler(model, {.flow_steps = options.flow_steps});
-  const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<torch::Tensor> images = sampler.GenerateBatch(params, options.batch);
-  if (!images.ok()) return images.status();
+  absl::StatusOr<TimedImages> generated =
+      GenerateTimed(model, params, options.batch, options.flow_steps);
+  if (!generated.ok()) return generated.status();
   EvalReport report;
-  report.generation_seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  report.num_images = images->size(0);
+  report.images = generated->images;
+  report.generation_seconds = generated->seconds;
+  report.num_images = report.images.size(0);
   report.images_per_second = report.num_images / report.generation_seconds;
-  report.images = *images;
 
   torch::NoGradGuard no_grad;
   const torch::Tensor y = torch::tensor(labels, torch::kLong);
   // Classify once; overall and per-class accuracy are means over slices of the same vector.
-  const torch::Tensor correct = (Predict(classifier, *images) == y).to(torch::kDouble);
+  const torch::Tensor correct = (Predict(classifier, report.images) == y).to(torch::kDouble);
   report.conditional_accuracy = correct.mean().item<double>();
   for (int c = 0; c < config.num_classes; ++c) {
     const int64_t first = static_cast<int64_t>(c) * options.per_class;
@@ -51,7 +71,7 @@ absl::StatusOr<EvalReport> EvaluateClassModel(model::Dart model, Classifier& cla
         correct.narrow(0, first, options.per_class).mean().item<double>());
   }
   if (reference_features.defined()) {
-    report.fid = FrechetDistance(ExtractFeatures(classifier, *images), reference_features);
+    report.fid = FrechetDistance(ExtractFeatures(classifier, report.images), reference_features);
   }
   return report;
 }
@@ -80,16 +100,14 @@ absl::StatusOr<TextEvalReport> EvaluateTextModel(model::Dart model,
       asked.push_back(prompts[i]);
     }
   }
-  model::Sampler sampler(model, {.flow_steps = options.flow_steps});
-  const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<torch::Tensor> images = sampler.GenerateBatch(params, options.batch);
-  if (!images.ok()) return images.status();
+  absl::StatusOr<TimedImages> generated =
+      GenerateTimed(model, params, options.batch, options.flow_steps);
+  if (!generated.ok()) return generated.status();
   TextEvalReport report;
-  report.generation_seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  report.images_per_second = images->size(0) / report.generation_seconds;
-  report.images = *images;
-  absl::StatusOr<std::vector<ShapeImage>> pixels = ShapeImagesFromTensor(*images);
+  report.images = generated->images;
+  report.generation_seconds = generated->seconds;
+  report.images_per_second = report.images.size(0) / report.generation_seconds;
+  absl::StatusOr<std::vector<ShapeImage>> pixels = ShapeImagesFromTensor(report.images);
   if (!pixels.ok()) return pixels.status();
   absl::StatusOr<PromptEvalReport> adherence = EvaluatePrompts(asked, *pixels, classifier);
   if (!adherence.ok()) return adherence.status();

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "train/attribute_classifier.h"
 #include "train/shape_analysis.h"
 
 namespace dartserve::train {
@@ -168,23 +169,9 @@ TEST(ShapeAnalysisTest, TwoShapeScenesDoNotOverlapAndAreBothFound) {
 // A generated image is never a clean render. A [1 2 1]^2 / 16 blur (soft edges, colours mixed
 // with the background) plus uniform noise of +-12 per channel stands in for one.
 ShapeImage BlurAndNoise(const ShapeImage& image, std::mt19937_64& rng) {
-  ShapeImage out;
-  const int n = kShapeImageSize;
-  for (int c = 0; c < 3; ++c) {
-    for (int y = 0; y < n; ++y) {
-      for (int x = 0; x < n; ++x) {
-        int sum = 0;
-        for (int dy = -1; dy <= 1; ++dy) {
-          for (int dx = -1; dx <= 1; ++dx) {
-            const int sx = std::clamp(x + dx, 0, n - 1), sy = std::clamp(y + dy, 0, n - 1);
-            sum += (2 - std::abs(dx)) * (2 - std::abs(dy)) * image[c * kPlane + sy * n + sx];
-          }
-        }
-        const int noisy = (sum + 8) / 16 + static_cast<int>(rng() % 25) - 12;
-        out[c * kPlane + y * n + x] = static_cast<uint8_t>(std::clamp(noisy, 0, 255));
-      }
-    }
-  }
+  ShapeImage out = Blur(image, /*centre=*/2);  // [1 2 1] per axis
+  for (uint8_t& v : out)
+    v = static_cast<uint8_t>(std::clamp(v + static_cast<int>(rng() % 25) - 12, 0, 255));
   return out;
 }
 
