@@ -2,6 +2,7 @@
 // servers usually run: one request at a time, and static batches that start and finish together.
 //
 //   dartserve-bench --checkpoint weights/fmnist-dart --json out/bench.json
+//   dartserve-bench --checkpoint weights/shapes-dart --guidance 3 --json out/bench-text.json
 //
 // Runs, in one process and one sitting so the numbers are comparable:
 //   sequential   one request at a time (scheduler with max_batch_requests = 1)
@@ -10,7 +11,8 @@
 //   recompute    continuous batching without the KV cache (prefix recomputed every step)
 //   poisson@r    open-loop Poisson arrivals at rate r (fractions of the continuous saturation rate)
 // and reports images/s, latency p50/p95/p99, time to first preview, mean batch size, achieved
-// FLOP/s and its ratio to the matrix-multiply peak measured at the start of the run.
+// FLOP/s and its ratio to the matrix-multiply peak measured at the start of the run. Request i
+// asks for class i % 10, or for a text model prompt i % n of --prompts.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -42,6 +44,11 @@ ABSL_FLAG(double, guidance, 1.0, "Guidance scale of every request.");
 ABSL_FLAG(int, preview_every, 1, "Preview cadence (steps) requested by every request.");
 ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
 ABSL_FLAG(std::string, json, "", "Write the results as JSON here.");
+ABSL_FLAG(std::string, prompts,
+          "a small red circle at the top left on a white background|blue square, bottom right|"
+          "a large green triangle in the center on a black background|yellow ring, top right, "
+          "grey background",
+          "Text models: the prompts requests cycle through, separated by |.");
 ABSL_FLAG(std::string, runs, "sequential,static,continuous,recompute,poisson",
           "Which runs to do (profiling one of them); poisson needs continuous.");
 
@@ -66,6 +73,30 @@ double MeasureMatmulPeak() {
   }
   return best;
 }
+
+// Request i's parameters: class i % 10, or prompt i % n for a text model; seed i.
+class RequestMaker {
+ public:
+  explicit RequestMaker(const dm::ModelConfig& config)
+      : prompts_(config.conditioning == dm::Conditioning::kText
+                     ? absl::StrSplit(absl::GetFlag(FLAGS_prompts), '|', absl::SkipEmpty())
+                     : std::vector<std::string>()),
+        guidance_(static_cast<float>(absl::GetFlag(FLAGS_guidance))) {}
+
+  dm::GenerateParams operator()(int index) const {
+    dm::GenerateParams params{.seed = static_cast<uint64_t>(index), .guidance_scale = guidance_};
+    if (prompts_.empty()) {
+      params.class_id = index % 10;
+    } else {
+      params.prompt = prompts_[index % prompts_.size()];
+    }
+    return params;
+  }
+
+ private:
+  std::vector<std::string> prompts_;
+  float guidance_;
+};
 
 struct Sample {
   double latency = 0, first_preview = -1;
@@ -109,8 +140,9 @@ class TimingSink : public ds::RequestSink {
 
 // Drives a scheduler: closed loop (`concurrency` in flight until `total` done) when rate <= 0,
 // else open-loop Poisson arrivals at `rate` per second for `duration` seconds.
-RunResult Drive(const std::string& name, dm::Engine& engine, const ds::SchedulerOptions& options,
-                int total, int concurrency, double rate, double duration) {
+RunResult Drive(const std::string& name, dm::Engine& engine, const RequestMaker& make,
+                const ds::SchedulerOptions& options, int total, int concurrency, double rate,
+                double duration) {
   ds::Scheduler scheduler(options, &engine);
   scheduler.Start();
   std::mutex mu;
@@ -118,7 +150,6 @@ RunResult Drive(const std::string& name, dm::Engine& engine, const ds::Scheduler
   RunResult out{name};
   int submitted = 0, finished = 0;
   std::function<void()> submit_one;
-  const double guidance = absl::GetFlag(FLAGS_guidance);
   submit_one = [&] {
     int index;
     {
@@ -127,9 +158,7 @@ RunResult Drive(const std::string& name, dm::Engine& engine, const ds::Scheduler
     }
     auto req = std::make_unique<ds::Request>();
     req->id = absl::StrCat(name, "-", index);
-    req->params = {.class_id = index % 10,
-                   .seed = static_cast<uint64_t>(index),
-                   .guidance_scale = static_cast<float>(guidance)};
+    req->params = make(index);
     req->preview_every = absl::GetFlag(FLAGS_preview_every);
     req->sink = std::make_shared<TimingSink>(Clock::now(), [&, rate](const Sample& s) {
       bool more;
@@ -175,16 +204,18 @@ RunResult Drive(const std::string& name, dm::Engine& engine, const ds::Scheduler
 }
 
 // Static batching: batches of `batch` requests that start and finish together.
-RunResult Static(dm::Dart model, int total, int batch) {
+RunResult Static(dm::Dart model, const RequestMaker& make, int total, int batch) {
   dm::Sampler sampler(model);
   RunResult out{"static"};
   const auto start = Clock::now();
   for (int first = 0; first < total; first += batch) {
     std::vector<dm::SampleParams> params;
     for (int i = first; i < std::min(total, first + batch); ++i) {
-      params.push_back({.condition = i % 10,
-                        .seed = static_cast<uint64_t>(i),
-                        .guidance_scale = static_cast<float>(absl::GetFlag(FLAGS_guidance))});
+      const dm::GenerateParams p = make(i);
+      params.push_back({.condition = p.class_id,
+                        .prompt = p.prompt,
+                        .seed = p.seed,
+                        .guidance_scale = p.guidance_scale});
     }
     // Every request in the batch waited from the batch's start (closed loop: all arrive at once).
     const auto t0 = Clock::now();
@@ -246,13 +277,14 @@ int main(int argc, char** argv) {
                                absl::GetFlag(FLAGS_checkpoint), flops_per_image / 1e9, peak / 1e9,
                                torch::get_num_threads());
 
+  const RequestMaker make(config);
   dm::DartEngine engine(*model);
   dm::DartEngine recompute_engine(*model, {.kv_cache = false});
   const int conc = absl::GetFlag(FLAGS_concurrency);
   ds::SchedulerOptions continuous{.max_batch_requests = conc};
   nlohmann::json runs = nlohmann::json::array();
   // Warm-up (allocator, thread pool) outside the measurements.
-  Drive("warmup", engine, continuous, std::min(total, conc), conc, 0, 0);
+  Drive("warmup", engine, make, continuous, std::min(total, conc), conc, 0, 0);
 
   const std::vector<std::string> wanted = absl::StrSplit(absl::GetFlag(FLAGS_runs), ',');
   auto want = [&](const char* name) {
@@ -261,23 +293,24 @@ int main(int argc, char** argv) {
   // Each run that was not asked for stays empty (0 images/s) and is left out of the report.
   RunResult seq, stat, cont, re;
   if (want("sequential")) {
-    seq = Drive("sequential", engine, {.max_batch_requests = 1}, std::max(8, total / 8), 1, 0, 0);
+    seq = Drive("sequential", engine, make, {.max_batch_requests = 1}, std::max(8, total / 8), 1, 0,
+                0);
     runs.push_back(Report(seq, flops_per_image, peak));
   }
   if (want("static")) {
     // On a worker thread, like the scheduler's: a server never runs the model on main(). With
     // LibTorch 1.13 + OpenMP, the same loop on the process's main thread measures up to ~15%
     // faster on this machine; that is a property of the thread, not of the batching.
-    std::thread worker([&] { stat = Static(*model, total, absl::GetFlag(FLAGS_batch)); });
+    std::thread worker([&] { stat = Static(*model, make, total, absl::GetFlag(FLAGS_batch)); });
     worker.join();
     runs.push_back(Report(stat, flops_per_image, peak));
   }
   if (want("continuous")) {
-    cont = Drive("continuous", engine, continuous, total, conc, 0, 0);
+    cont = Drive("continuous", engine, make, continuous, total, conc, 0, 0);
     runs.push_back(Report(cont, flops_per_image, peak));
   }
   if (want("recompute")) {
-    re = Drive("recompute", recompute_engine, continuous, std::max(8, total / 4), conc, 0, 0);
+    re = Drive("recompute", recompute_engine, make, continuous, std::max(8, total / 4), conc, 0, 0);
     runs.push_back(Report(re, flops_per_image, peak));
   }
   // Unloaded latency: one request alone, for the p99-under-load comparison.
@@ -290,8 +323,8 @@ int main(int argc, char** argv) {
     if (!want("poisson") || cont.images_per_second <= 0) break;
     if (!absl::SimpleAtod(part, &frac) || frac <= 0) continue;
     const double rate = frac * cont.images_per_second;
-    const RunResult r = Drive(absl::StrFormat("poisson@%.0f%%", 100 * frac), engine, continuous, 0,
-                              conc, rate, absl::GetFlag(FLAGS_poisson_seconds));
+    const RunResult r = Drive(absl::StrFormat("poisson@%.0f%%", 100 * frac), engine, make,
+                              continuous, 0, conc, rate, absl::GetFlag(FLAGS_poisson_seconds));
     nlohmann::json j = Report(r, flops_per_image, peak);
     j["offered_rate"] = rate;
     if (unloaded > 0) j["p99_over_unloaded"] = j["latency_p99_s"].get<double>() / unloaded;
