@@ -17,15 +17,24 @@ Sampler::Sampler(Dart model, SamplerOptions options)
     : model_(std::move(model)), options_(options), schedule_(model_->config()) {}
 
 absl::Status Sampler::Validate(const SampleParams& params) const {
+  if (absl::Status s = ValidateSettings(params); !s.ok()) return s;
+  if (config().conditioning != Conditioning::kText) return absl::OkStatus();
+  return EncodePrompts({&params.prompt, 1}).status();
+}
+
+absl::StatusOr<TextBatch> Sampler::EncodePrompts(std::span<const std::string> prompts) const {
+  absl::StatusOr<TextBatch> ids = model_->EncodePrompts(prompts);
+  if (!ids.ok()) {
+    return absl::Status(ids.status().code(), absl::StrCat("prompt: ", ids.status().message()));
+  }
+  return ids;
+}
+
+absl::Status Sampler::ValidateSettings(const SampleParams& params) const {
   const ModelConfig& config = model_->config();
   const bool class_model = config.conditioning == Conditioning::kClass;
   const bool text_model = config.conditioning == Conditioning::kText;
-  if (text_model) {
-    absl::StatusOr<TextBatch> ids = model_->EncodePrompts({&params.prompt, 1});
-    if (!ids.ok()) {
-      return absl::Status(ids.status().code(), absl::StrCat("prompt: ", ids.status().message()));
-    }
-  } else if (!params.prompt.empty()) {
+  if (!text_model && !params.prompt.empty()) {
     return absl::InvalidArgumentError(class_model
                                           ? "prompt: this model is class-conditional; give a class"
                                           : "prompt: this model is unconditional");
@@ -56,7 +65,8 @@ absl::Status Sampler::Validate(const SampleParams& params) const {
 }
 
 absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const SampleParams& params) {
-  if (absl::Status s = Validate(params); !s.ok()) return s;
+  // The prompt is checked where it is tokenized, below: once per request.
+  if (absl::Status s = ValidateSettings(params); !s.ok()) return s;
   const ModelConfig& config = model_->config();
   try {
     torch::NoGradGuard no_grad;
@@ -71,7 +81,7 @@ absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const SamplePara
     Condition both;
     if (config.conditioning == Conditioning::kText) {
       const std::string prompts[] = {params.prompt, std::string()};
-      absl::StatusOr<TextBatch> ids = model_->EncodePrompts({prompts, state->guided_ ? 2u : 1u});
+      absl::StatusOr<TextBatch> ids = EncodePrompts({prompts, state->guided_ ? 2u : 1u});
       if (!ids.ok()) return ids.status();
       both = model_->TextCondition(*ids);
     } else {

@@ -130,6 +130,10 @@ class Sampler {
   torch::Tensor Image(const GenerationState& state) const;
 
  private:
+  // Validate's checks of everything but the prompt's tokenization.
+  absl::Status ValidateSettings(const SampleParams& params) const;
+  // The model's EncodePrompts, with errors naming the `prompt` field.
+  absl::StatusOr<TextBatch> EncodePrompts(std::span<const std::string> prompts) const;
   // Backbone features [rows, tokens_per_step, width] at the positions that predict each state's
   // next block (dart) or token (dart_ar), in the row order of Step()
   // (per state: the conditional row, then the unconditional row when guided).

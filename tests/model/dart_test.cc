@@ -94,7 +94,9 @@ TEST(DartArTest, TokenCausality) {
         torch::randn({2, len, config.token_dim()}, gen, torch::kFloat).requires_grad_(true);
     model->forward(x, torch::tensor({1, 4}, torch::kLong)).select(1, i).pow(2).sum().backward();
     const torch::Tensor grad = x.grad().abs().amax({0, 2});  // [len]
-    if (i + 1 < len) EXPECT_EQ(grad.narrow(0, i + 1, len - i - 1).max().item<double>(), 0.0) << i;
+    if (i + 1 < len) {
+      EXPECT_EQ(grad.narrow(0, i + 1, len - i - 1).max().item<double>(), 0.0) << i;
+    }
     EXPECT_GT(grad[i].item<double>(), 0.0) << i;
     EXPECT_GT(grad[0].item<double>(), 0.0) << i;
   }
