@@ -75,6 +75,13 @@ absl::Status ParseDouble(const Json& j, const char* field, double* out) {
   return absl::OkStatus();
 }
 
+absl::Status ParseBool(const Json& j, const char* field, bool* out) {
+  if (!j.is_boolean())
+    return absl::InvalidArgumentError(absl::StrCat(field, ": must be true or false"));
+  *out = j.get<bool>();
+  return absl::OkStatus();
+}
+
 absl::Status Check(bool ok, const char* field, const char* requirement) {
   if (ok) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", requirement));
@@ -225,6 +232,14 @@ Field Double(const char* name, double ModelConfig::*member,
       [member](const ModelConfig& c) { return Json(c.*member); }, written};
 }
 
+Field Bool(const char* name, bool ModelConfig::*member,
+           bool (*written)(const ModelConfig&) = nullptr) {
+  return {
+      name,
+      [name, member](const Json& j, ModelConfig& c) { return ParseBool(j, name, &(c.*member)); },
+      [member](const ModelConfig& c) { return Json(c.*member); }, written};
+}
+
 template <typename E, size_t N>
 Field Enum(const char* name, const EnumNames<E, N>& names, E ModelConfig::*member,
            bool (*written)(const ModelConfig&) = nullptr) {
@@ -240,6 +255,8 @@ Field Enum(const char* name, const EnumNames<E, N>& names, E ModelConfig::*membe
 bool IsFlow(const ModelConfig& c) { return c.flow(); }
 // Text fields likewise only for text models.
 bool IsText(const ModelConfig& c) { return c.conditioning == Conditioning::kText; }
+// Optional features only when on.
+bool HasAbsolutePositions(const ModelConfig& c) { return c.absolute_positions; }
 
 const std::vector<Field>& Fields() {
   using C = ModelConfig;
@@ -258,6 +275,7 @@ const std::vector<Field>& Fields() {
       Int("heads", &C::heads),
       Double("mlp_ratio", &C::mlp_ratio),
       Double("rope_theta", &C::rope_theta),
+      Bool("absolute_positions", &C::absolute_positions, HasAbsolutePositions),
       Enum("conditioning", kConditioningNames, &C::conditioning),
       Int("num_classes", &C::num_classes),
       Double("cond_dropout", &C::cond_dropout),

@@ -44,6 +44,10 @@ struct ModelConfig {
   int heads = 4;
   double mlp_ratio = 8.0 / 3.0;  // SwiGLU hidden = round_up(mlp_ratio * width, 32).
   double rope_theta = 100.0;     // Base of the 2-D rotary frequencies (grids are small).
+  // Adds a learned embedding per raster position to every input token. RoPE alone tells tokens
+  // only where they are relative to each other; a prompt that says "at the top left" needs the
+  // absolute place. Off by default (the class models were trained without it).
+  bool absolute_positions = false;
 
   // Conditioning. For kClass, class ids are [0, num_classes) and id num_classes is the null class
   // used for the unconditional branch of classifier-free guidance.

@@ -92,6 +92,9 @@ DartImpl::DartImpl(const ModelConfig& config) : config_(config), rope_(config) {
   const int64_t d = config.width;
   in_proj_ = register_module("in_proj", nn::Linear(config.token_dim(), d));
   step_embed_ = register_module("step_embed", nn::Embedding(config.num_blocks(), d));
+  if (config.absolute_positions) {
+    pos_embed_ = register_module("pos_embed", nn::Embedding(config.tokens_per_block(), d));
+  }
   if (config.conditioning == Conditioning::kText) {
     text_encoder_ = register_module("text_encoder", TextEncoder(config));
     text_pool_ = register_module("text_pool", nn::Linear(config.text_width, d));
@@ -112,6 +115,7 @@ DartImpl::DartImpl(const ModelConfig& config) : config_(config), rope_(config) {
 
   torch::NoGradGuard no_grad;
   nn::init::normal_(step_embed_->weight, 0.0, 0.02);
+  if (pos_embed_) nn::init::normal_(pos_embed_->weight, 0.0, 0.02);
   if (cond_embed_) nn::init::normal_(cond_embed_->weight, 0.0, 0.02);
   final_ada_->weight.zero_();
   final_ada_->bias.zero_();
@@ -159,6 +163,12 @@ torch::Tensor DartImpl::Features(const torch::Tensor& h, const Condition& cond) 
   return Modulate(final_norm_->forward(h), mod[0], mod[1]);
 }
 
+torch::Tensor DartImpl::Embed(const torch::Tensor& x, const torch::Tensor& block,
+                              const torch::Tensor& raster) {
+  torch::Tensor h = in_proj_->forward(x) + step_embed_->forward(block);
+  return pos_embed_ ? h + pos_embed_->forward(raster) : h;
+}
+
 torch::Tensor DartImpl::forward(const torch::Tensor& x, const Condition& cond) {
   return MeanHead(ForwardFeatures(x, cond));
 }
@@ -186,11 +196,12 @@ torch::Tensor DartImpl::ForwardFeatures(const torch::Tensor& x, const Condition&
   const torch::Tensor pos = torch::arange(len, long_opts);
   const torch::Tensor block_of = pos.div(k, "floor");  // [L]
   const torch::Tensor mask = VisibleKeys(pos, len);    // [L, L]
-  const Rotary rotary = rope_.Tables(pos.remainder(k).cpu(), x.device());
+  const torch::Tensor raster = pos.remainder(k);
+  const Rotary rotary = rope_.Tables(raster.cpu(), x.device());
 
   TORCH_CHECK(cond.rows() == x.size(0), "ForwardFeatures: ", cond.rows(), " condition rows for ",
               x.size(0), " sequences");
-  torch::Tensor h = in_proj_->forward(x) + step_embed_->forward(block_of).unsqueeze(0);
+  torch::Tensor h = Embed(x, block_of, raster);
   const AttendFn attend = [&mask](const torch::Tensor& q, const torch::Tensor& kk,
                                   const torch::Tensor& v) { return Attention(q, kk, v, mask); };
   for (size_t layer = 0; layer < block_list_.size(); ++layer) {
@@ -239,7 +250,7 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const Condit
     }
   }
 
-  torch::Tensor h = in_proj_->forward(x) + step_embed_->forward(block_ids);
+  torch::Tensor h = Embed(x, block_ids, raster.to(x.device()));
   for (size_t layer = 0; layer < block_list_.size(); ++layer) {
     // Rows sit at different steps, so each attends over its own cache length. Rows at the same
     // length are attended together (their cache prefixes stacked: a copy far cheaper than the

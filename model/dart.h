@@ -148,11 +148,17 @@ class DartImpl : public torch::nn::Module {
   // `query_pos` [Nq] over keys at positions [0, num_keys): block-causal, or causal for dart_ar.
   torch::Tensor VisibleKeys(const torch::Tensor& query_pos, int64_t num_keys) const;
   torch::Tensor Features(const torch::Tensor& h, const Condition& cond);
+  // The first layer's input: in_proj(x) plus the embeddings of each token's block (noise level)
+  // and, with absolute_positions, raster position. `block` and `raster` are index tensors on x's
+  // device that broadcast against x's leading dimensions ([L] or [R, N]).
+  torch::Tensor Embed(const torch::Tensor& x, const torch::Tensor& block,
+                      const torch::Tensor& raster);
 
   ModelConfig config_;
   Rope2d rope_;
   torch::nn::Linear in_proj_{nullptr};
   torch::nn::Embedding step_embed_{nullptr};  // [num_blocks, D], indexed by block
+  torch::nn::Embedding pos_embed_{nullptr};   // [K, D] by raster position; absolute_positions
   torch::nn::Embedding cond_embed_{nullptr};  // [num_classes + 1, D] (last = null), or [1, D];
                                               // null for text models
   TextEncoder text_encoder_{nullptr};         // text models

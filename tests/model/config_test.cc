@@ -7,6 +7,7 @@ namespace dartserve::model {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(ModelConfigTest, DefaultAndTinyAreValid) {
   EXPECT_TRUE(ModelConfig().Validate().ok());
@@ -35,6 +36,16 @@ TEST(ModelConfigTest, JsonRoundTrip) {
   EXPECT_EQ(back->snr_shift, 2.0);
   EXPECT_EQ(back->loss_weight, LossWeight::kPaperSum);
   EXPECT_EQ(back->conditioning, Conditioning::kNone);
+}
+
+// Written only when on, so configs saved before the field existed stay byte-identical.
+TEST(ModelConfigTest, AbsolutePositionsWrittenOnlyWhenOn) {
+  ModelConfig c = ModelConfig::Tiny();
+  EXPECT_THAT(ModelConfigToJson(c), Not(HasSubstr("absolute_positions")));
+  c.absolute_positions = true;
+  absl::StatusOr<ModelConfig> back = ModelConfigFromJson(ModelConfigToJson(c));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->absolute_positions);
 }
 
 TEST(ModelConfigTest, PartialJsonKeepsDefaults) {
@@ -76,6 +87,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{R"({"head": "flow", "flow_steps": 0})", "flow_steps"},
         BadCase{R"({"flow_solver": "rk4"})", "flow_solver"},
         BadCase{R"({"flow_width": 2})", "flow_width"}, BadCase{R"({"variant": "mar"})", "variant"},
+        BadCase{R"({"absolute_positions": 1})", "absolute_positions"},
         BadCase{R"({"widht": 64})", "widht"}));
 
 }  // namespace

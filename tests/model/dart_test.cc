@@ -18,6 +18,12 @@ namespace {
 
 using dartserve::testing::MakeTinyModel;
 
+ModelConfig TinyWithAbsolutePositions() {
+  ModelConfig c = ModelConfig::Tiny();
+  c.absolute_positions = true;
+  return c;
+}
+
 class CachedVsFullTest : public ::testing::TestWithParam<ModelConfig> {};
 
 // Step-by-step sampling with the KV cache must see exactly what a full-sequence teacher-forced
@@ -52,10 +58,31 @@ TEST_P(CachedVsFullTest, PerStepOutputsMatchTeacherForcedForward) {
   EXPECT_LE((prefix - full.narrow(0, 0, 2 * k)).abs().max().item<double>(), 1e-5);
 }
 
+constexpr const char* kConfigNames[] = {"Tiny", "RgbPatch3", "AbsolutePositions"};
 INSTANTIATE_TEST_SUITE_P(Configs, CachedVsFullTest,
-                         ::testing::Values(ModelConfig::Tiny(),
-                                           dartserve::testing::TinyRgbConfig()),
-                         [](const auto& info) { return info.index == 0 ? "Tiny" : "RgbPatch3"; });
+                         ::testing::Values(ModelConfig::Tiny(), dartserve::testing::TinyRgbConfig(),
+                                           TinyWithAbsolutePositions()),
+                         [](const auto& info) { return std::string(kConfigNames[info.index]); });
+
+// With RoPE alone a token knows only where the others are relative to it: on a constant input
+// every position computes the same features (its attention weights differ, but they average
+// identical values). absolute_positions gives each raster position its own.
+TEST(DartTest, AbsolutePositionsTellTokensApart) {
+  torch::NoGradGuard no_grad;
+  for (const bool absolute : {false, true}) {
+    ModelConfig config = ModelConfig::Tiny();
+    config.absolute_positions = absolute;
+    Dart model = MakeTinyModel(config);
+    const torch::Tensor x = torch::full({1, config.tokens_per_block(), config.token_dim()}, 0.3f);
+    const torch::Tensor features = model->ForwardFeatures(x, torch::tensor({2}, torch::kLong))[0];
+    const double spread = (features - features[0]).abs().max().item<double>();
+    if (absolute) {
+      EXPECT_GT(spread, 1e-3);
+    } else {
+      EXPECT_LT(spread, 1e-5);
+    }
+  }
+}
 
 // A block's outputs never depend on a cleaner block's inputs: their gradients are exactly zero,
 // while every noisier block (and the block itself) does influence them.
