@@ -1,10 +1,13 @@
 // dartserve-generate: generate images from a checkpoint folder, without the service.
 //
 //   dartserve-generate --checkpoint weights/fmnist-dart --classes 0,1,2 --per_class 4 --out out/gen
+//   dartserve-generate --checkpoint weights/shapes-dart --guidance 3 --per_class 8 \
+//       --prompts "a large red circle in the center on a white background|blue square, top left"
 //
-// Writes one PNG per image (class_<c>_seed_<s>.png), a grid of all of them (grid.png, one row per
-// class) and, with --previews, every step's x_0 estimate (..._step_<n>.png). All requests of a run
-// are batched together through the same step API the server uses.
+// Writes one PNG per image (class_<c>_seed_<s>.png, or prompt_<i>_seed_<s>.png for text models), a
+// grid of all of them (grid.png, one row per class or prompt) and, with --previews, every step's
+// x_0 estimate (..._step_<n>.png). All requests of a run are batched together through the same step
+// API the server uses.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -27,7 +30,9 @@ ABSL_FLAG(std::string, checkpoint, "weights/fmnist-dart-fm",
           "Checkpoint folder holding config.json and model.safetensors.");
 ABSL_FLAG(std::string, classes, "all",
           "Comma-separated class ids, or 'all' (every class; for unconditional models: ignored).");
-ABSL_FLAG(int, per_class, 1, "Images per class (seeds seed, seed+1, ...).");
+ABSL_FLAG(std::string, prompts, "",
+          "Text models: prompts separated by '|' (empty: the unconditional empty prompt).");
+ABSL_FLAG(int, per_class, 1, "Images per class or prompt (seeds seed, seed+1, ...).");
 ABSL_FLAG(uint64_t, seed, 0, "Seed of the first image of each class.");
 ABSL_FLAG(double, guidance, 2.0,
           "Classifier-free guidance scale (1 = off; 2 is where the shipped model is measured).");
@@ -55,6 +60,7 @@ absl::Status WritePng(const std::filesystem::path& path, const torch::Tensor& im
 
 struct Job {
   std::optional<int> condition;
+  std::string prompt;
   uint64_t seed;
   std::unique_ptr<dm::GenerationState> state;
   std::string stem;
@@ -75,10 +81,16 @@ int main(int argc, char** argv) {
   const dm::ModelConfig& config = (*model)->config();
   dm::Sampler sampler(*model);
 
-  // Which conditions to generate.
+  // Which conditions to generate: class ids, or prompts for text models.
   std::vector<std::optional<int>> conditions;
+  std::vector<std::string> prompts;
+  if (config.conditioning == dm::Conditioning::kText) {
+    prompts = absl::StrSplit(absl::GetFlag(FLAGS_prompts), '|');
+  } else if (!absl::GetFlag(FLAGS_prompts).empty()) {
+    return Fail("--prompts: this model is not text-conditioned; use --classes");
+  }
   if (config.conditioning != dm::Conditioning::kClass) {
-    conditions.push_back(std::nullopt);
+    conditions.resize(std::max<size_t>(1, prompts.size()));
   } else if (absl::GetFlag(FLAGS_classes) == "all") {
     for (int c = 0; c < config.num_classes; ++c) conditions.push_back(c);
   } else {
@@ -96,11 +108,14 @@ int main(int argc, char** argv) {
   if (ec) return Fail(absl::StrCat("cannot create ", out.string(), ": ", ec.message()));
 
   std::vector<Job> jobs;
-  for (const std::optional<int>& c : conditions) {
+  for (size_t k = 0; k < conditions.size(); ++k) {
+    const std::optional<int>& c = conditions[k];
     for (int i = 0; i < per_class; ++i) {
-      Job job{c, absl::GetFlag(FLAGS_seed) + i, nullptr, ""};
-      job.stem =
-          c ? absl::StrCat("class_", *c, "_seed_", job.seed) : absl::StrCat("seed_", job.seed);
+      Job job{c, k < prompts.size() ? prompts[k] : std::string(), absl::GetFlag(FLAGS_seed) + i,
+              nullptr, ""};
+      job.stem = c                 ? absl::StrCat("class_", *c, "_seed_", job.seed)
+                 : prompts.empty() ? absl::StrCat("seed_", job.seed)
+                                   : absl::StrCat("prompt_", k, "_seed_", job.seed);
       jobs.push_back(std::move(job));
     }
   }
@@ -114,6 +129,7 @@ int main(int argc, char** argv) {
     for (size_t i = first; i < last; ++i) {
       auto state =
           sampler.Start({.condition = jobs[i].condition,
+                         .prompt = jobs[i].prompt,
                          .seed = jobs[i].seed,
                          .guidance_scale = static_cast<float>(absl::GetFlag(FLAGS_guidance)),
                          .temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature))});
