@@ -6,8 +6,10 @@
 # The build stage installs dependencies with the same script CI runs (scripts/install-deps.sh)
 # and configures with the same script and options (scripts/build.sh: Ninja, Release), so the
 # image is built the way the tested binaries are. The runtime stage holds only the two
-# binaries, the shared libraries they load (collected with ldd by deploy/docker/collect-libs.sh)
-# and the shipped weights. The GPU variant is Dockerfile.cuda; docs/deploy.md covers both.
+# binaries, the tokenizer module beside the server (text models' SentencePiece, loaded with
+# dlopen from the executable's folder), the shared libraries they all load (collected with ldd by
+# deploy/docker/collect-libs.sh) and the shipped weights. The GPU variant is Dockerfile.cuda;
+# docs/deploy.md covers both.
 
 ARG DEBIAN_IMAGE=debian:12-slim
 
@@ -20,9 +22,11 @@ COPY . .
 # Configures exactly as CI does (scripts/build.sh), then builds only what the image ships.
 RUN TARGET=dartserve scripts/build.sh && TARGET=dartserve-client scripts/build.sh
 RUN deploy/docker/collect-libs.sh /stage/lib build/server/dartserve build/client/dartserve-client \
+      build/model/libdartserve_sentencepiece.so \
  && install -D -m 0755 -t /stage/bin build/server/dartserve build/client/dartserve-client \
+      build/model/libdartserve_sentencepiece.so \
  && mkdir -p /stage/weights \
- && cp -r weights/fmnist-dart weights/fmnist-dart-fm /stage/weights/
+ && cp -r weights/fmnist-dart weights/fmnist-dart-fm weights/shapes-dart /stage/weights/
 
 FROM ${DEBIAN_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="dartserve" \
@@ -37,7 +41,8 @@ COPY --from=build /stage/ /opt/dartserve/
 RUN echo /opt/dartserve/lib > /etc/ld.so.conf.d/dartserve.conf && ldconfig
 ENV PATH=/opt/dartserve/bin:${PATH} \
     OMP_NUM_THREADS=2
-# The default --model (weights/fmnist-dart-fm, weights/fmnist-dart) is relative to this folder.
+# The server's default --model (weights/fmnist-dart-fm, weights/fmnist-dart, weights/shapes-dart)
+# is relative to this folder.
 WORKDIR /opt/dartserve
 USER 10001:10001
 # gRPC, and Prometheus metrics (/metrics).
@@ -49,5 +54,5 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
 # SIGTERM drains (docs/service.md); give `docker stop -t` more than --grace_seconds (30 s).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/opt/dartserve/bin/dartserve"]
-CMD ["--model=fmnist-dart-fm=/opt/dartserve/weights/fmnist-dart-fm,fmnist-dart=/opt/dartserve/weights/fmnist-dart", "--port=50051", \
-     "--metrics_port=9464"]
+CMD ["--model=fmnist-dart-fm=/opt/dartserve/weights/fmnist-dart-fm,fmnist-dart=/opt/dartserve/weights/fmnist-dart,shapes-dart=/opt/dartserve/weights/shapes-dart", \
+     "--port=50051", "--metrics_port=9464"]

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
-# The default model is DART-FM (flow head); the mean-head DART is served beside it.
+# The default model is DART-FM (flow head); the mean-head DART and the text-to-image shapes model
+# (requests with a prompt) are served beside it.
 exec "${BUILD_DIR:-build}"/server/dartserve \
-  --model fmnist-dart-fm=weights/fmnist-dart-fm,fmnist-dart=weights/fmnist-dart \
+  --model fmnist-dart-fm=weights/fmnist-dart-fm,fmnist-dart=weights/fmnist-dart,shapes-dart=weights/shapes-dart \
   --port 50051 --metrics_port 9464 "$@"

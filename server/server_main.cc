@@ -1,7 +1,6 @@
 // dartserve: the gRPC image-generation server.
 //
-//   dartserve --model fmnist-dart-fm=weights/fmnist-dart-fm,fmnist-dart=weights/fmnist-dart \
-//       --port 50051 --metrics_port 9464
+//   dartserve --port 50051 --metrics_port 9464   # serves the default --model list (below)
 //
 // Loads each model (safetensors + config.json, optional classes.txt with one class name per line),
 // starts gRPC with health NOT_SERVING, warms every model up, then reports SERVING. SIGTERM or
@@ -25,7 +24,8 @@
 
 ABSL_FLAG(std::vector<std::string>, model,
           (std::vector<std::string>{"fmnist-dart-fm=weights/fmnist-dart-fm",
-                                    "fmnist-dart=weights/fmnist-dart"}),
+                                    "fmnist-dart=weights/fmnist-dart",
+                                    "shapes-dart=weights/shapes-dart"}),
           "Models to serve, NAME=DIR, comma-separated; the first is the default.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and metrics).");
 ABSL_FLAG(int, port, 50051, "gRPC port (0: pick a free one and print it).");

@@ -48,7 +48,7 @@ absl::StatusOr<EvalReport> EvaluateClassModel(model::Dart model, Classifier& cla
 
 struct TextEvalOptions {
   int per_prompt = 1;           // samples per prompt
-  float guidance_scale = 3.0f;  // the served default for text models
+  float guidance_scale = 2.0f;  // the served default
   float temperature = 1.0f;
   uint64_t seed = 0;   // sample j of prompt i uses seed + i * per_prompt + j
   int batch = 100;     // requests stepped together

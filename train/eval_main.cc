@@ -2,7 +2,7 @@
 //
 //   dartserve-eval --train_classifier                      # once: trains weights/fmnist-classifier
 //   dartserve-eval --checkpoint weights/fmnist-dart --per_class 1000 --out out/eval
-//   dartserve-eval --checkpoint weights/shapes-dart --guidance 3 --out out/eval-text
+//   dartserve-eval --checkpoint weights/shapes-dart --guidance 2 --out out/eval-text
 //
 // Class models (Fashion-MNIST): conditional accuracy, FID on the classifier's penultimate
 // features against the test split (with the real-train-vs-test FID as the floor) and generation

@@ -4,7 +4,7 @@
 # runtime stages take exactly this set, so the image's libraries cannot drift from the ones the
 # binaries were built against, and no runtime package list has to be kept by hand.
 #
-#   deploy/docker/collect-libs.sh DEST BINARY...
+#   deploy/docker/collect-libs.sh DEST BINARY...   (executables or shared libraries)
 #
 # Left out:
 # - glibc's own libraries and the loader: the runtime base image has them, from the same
@@ -12,8 +12,10 @@
 # - the NVIDIA driver's user-space libraries (libcuda, libnvidia-*): the NVIDIA container
 #   runtime mounts the host driver's copies at run time; a copied one would not match the host's
 #   kernel module. They are allowed to be unresolved here (a CUDA build stage has no driver).
-# Libraries loaded with dlopen are invisible to ldd; Dockerfile.cuda copies LibTorch's lib/
-# folder whole for that reason. The CPU image's LibTorch and BLAS load nothing that way.
+# Libraries loaded with dlopen are invisible to ldd: a caller passes such a module as one of the
+# BINARY arguments (the Dockerfiles pass the server's SentencePiece module, so its own libraries
+# are collected), and Dockerfile.cuda copies LibTorch's lib/ folder whole. The CPU image's
+# LibTorch and BLAS load nothing that way.
 set -euo pipefail
 
 if [ $# -lt 2 ]; then

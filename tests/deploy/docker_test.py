@@ -102,6 +102,13 @@ class DockerfileTest(unittest.TestCase):
                     a for k, a in stages(dt.SOURCE_DIR / name)["build"] if k == "RUN")
                 self.assertIn("install -D -m 0755 -t /stage/bin build/server/dartserve "
                               "build/client/dartserve-client", build_runs)
+                # The tokenizer module is dlopen()ed from the server's folder, so ldd never sees
+                # it: it is installed beside the server and its own libraries are collected.
+                module = "build/model/libdartserve_sentencepiece.so"
+                self.assertRegex(build_runs, r"install -D -m 0755 -t /stage/bin (build/\S+\s+)*"
+                                 + re.escape(module))
+                self.assertRegex(build_runs, r"collect-libs\.sh /stage/lib (build/\S+\s+)*"
+                                 + re.escape(module))
 
     def test_runtime_user_ports_health_and_entrypoint(self):
         for name in self.FILES:

@@ -51,7 +51,9 @@ class CollectLibsTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.binaries = [dt.binary("DARTSERVE_SERVER"), dt.binary("DARTSERVE_CLIENT")]
+        # The tokenizer module too, as the Dockerfiles pass it (the server dlopen()s it).
+        cls.binaries = [dt.binary("DARTSERVE_SERVER"), dt.binary("DARTSERVE_CLIENT"),
+                        dt.binary("DARTSERVE_SENTENCEPIECE_MODULE")]
         cls.tmp = tempfile.TemporaryDirectory(prefix="dartserve-libs-test-")
         cls.lib = pathlib.Path(cls.tmp.name) / "lib"
         cls.result = collect(cls.lib, cls.binaries)
@@ -71,7 +73,7 @@ class CollectLibsTest(unittest.TestCase):
         names = {path.name for path in files}
         # The heavy dependencies are there, BLAS under the soname LibTorch asks for.
         for expected in ("libtorch_cpu.so", "libgrpc++.so", "libprotobuf.so", "libblas.so.3",
-                         "libcivetweb.so"):
+                         "libcivetweb.so", "libsentencepiece.so"):
             self.assertTrue(any(name.startswith(expected) for name in names), expected)
         self.assertFalse(any(BASE_IMAGE_LIBRARY.match(name) for name in names))
 
@@ -115,6 +117,7 @@ class RuntimeTreeTest(unittest.TestCase):
     def setUpClass(cls):
         cls.server_binary = dt.binary("DARTSERVE_SERVER")
         cls.client_binary = dt.binary("DARTSERVE_CLIENT")
+        cls.module = dt.binary("DARTSERVE_SENTENCEPIECE_MODULE")
         cls.tmp = tempfile.mkdtemp(prefix="dartserve-runtime-test-")
         cls.root = pathlib.Path(cls.tmp) / "root"
         cls.server = None
@@ -129,11 +132,13 @@ class RuntimeTreeTest(unittest.TestCase):
         root, opt = cls.root, cls.root / "opt" / "dartserve"
         # What the Dockerfile's build stage puts in /stage and the runtime stage copies to
         # /opt/dartserve.
-        result = collect(opt / "lib", [cls.server_binary, cls.client_binary])
+        result = collect(opt / "lib", [cls.server_binary, cls.client_binary, cls.module])
         assert result.returncode == 0, result.stderr
         (opt / "bin").mkdir(parents=True)
         shutil.copy(cls.server_binary, opt / "bin" / "dartserve")
         shutil.copy(cls.client_binary, opt / "bin" / "dartserve-client")
+        # Beside the server, where it looks first (text models' tokenizer).
+        shutil.copy(cls.module, opt / "bin" / os.path.basename(cls.module))
         for _, model_dir in dt.model_specs(dt.parse_flagfile()):
             shutil.copytree(dt.SOURCE_DIR / "weights" / os.path.basename(model_dir),
                             root / model_dir.lstrip("/"))

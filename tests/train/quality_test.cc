@@ -2,9 +2,12 @@
 #include <gtest/gtest.h>
 
 #include "model/checkpoint.h"
+#include "train/attribute_classifier.h"
 #include "train/classifier.h"
 #include "train/dataset.h"
 #include "train/eval.h"
+#include "train/prompt_eval.h"
+#include "train/shapes.h"
 
 namespace dartserve::train {
 namespace {
@@ -77,6 +80,27 @@ TEST(QualityGateTest, DefaultModelFid) {
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_LE(report->fid, 75.0);
   std::cout << "fmnist-dart-fm: FID on 500 samples " << report->fid << "\n";
+}
+
+// The shipped text model on the 100 fixed seen prompts (FixedPromptSet(100, 1234), one sample
+// each at the served default guidance 2), scored by the shipped shape classifier: the fraction of
+// images with every attribute right (colour, shape, position, size, count, background). It
+// measures 68 % (71 % on the held-out set; docs/quality.md). The bound sits below it as the class
+// models' gates do; the project's target for this model is 70 % here, not reached yet.
+TEST(QualityGateTest, TextModelPromptAdherence) {
+  torch::set_num_threads(1);
+  auto classifier = LoadShapeClassifier(kWeights + "/shapes-classifier");
+  ASSERT_TRUE(classifier.ok()) << classifier.status();
+  auto model = model::LoadCheckpoint(kWeights + "/shapes-dart");
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto report = EvaluateTextModel(*model, FixedPromptSet(100, 1234, /*held_out=*/false),
+                                  LearnedShapeClassifier(*classifier),
+                                  {.per_prompt = 1, .guidance_scale = 2.0f, .seed = 0});
+  ASSERT_TRUE(report.ok()) << report.status();
+  const CheckTally& tally = report->adherence.tally;
+  EXPECT_EQ(tally.n, 100);
+  EXPECT_GE(tally.Rate(tally.all), 0.60);
+  std::cout << "shapes-dart: " << SummaryLine(report->adherence) << "\n";
 }
 
 }  // namespace
