@@ -211,11 +211,7 @@ RunResult Static(dm::Dart model, const RequestMaker& make, int total, int batch)
   for (int first = 0; first < total; first += batch) {
     std::vector<dm::SampleParams> params;
     for (int i = first; i < std::min(total, first + batch); ++i) {
-      const dm::GenerateParams p = make(i);
-      params.push_back({.condition = p.class_id,
-                        .prompt = p.prompt,
-                        .seed = p.seed,
-                        .guidance_scale = p.guidance_scale});
+      params.push_back(dm::ToSampleParams(make(i)));
     }
     // Every request in the batch waited from the batch's start (closed loop: all arrive at once).
     const auto t0 = Clock::now();

@@ -217,27 +217,28 @@ struct Field {
   bool (*written)(const ModelConfig&) = nullptr;  // null: always written
 };
 
+// A number or boolean field: `parse` checks the JSON value's type (and range) and stores it.
+template <typename T>
+Field Scalar(const char* name, T ModelConfig::*member,
+             absl::Status (*parse)(const Json&, const char*, T*),
+             bool (*written)(const ModelConfig&)) {
+  return {
+      name,
+      [name, member, parse](const Json& j, ModelConfig& c) { return parse(j, name, &(c.*member)); },
+      [member](const ModelConfig& c) { return Json(c.*member); }, written};
+}
+
 Field Int(const char* name, int ModelConfig::*member,
           bool (*written)(const ModelConfig&) = nullptr) {
-  return {name,
-          [name, member](const Json& j, ModelConfig& c) { return ParseInt(j, name, &(c.*member)); },
-          [member](const ModelConfig& c) { return Json(c.*member); }, written};
+  return Scalar(name, member, ParseInt, written);
 }
-
 Field Double(const char* name, double ModelConfig::*member,
              bool (*written)(const ModelConfig&) = nullptr) {
-  return {
-      name,
-      [name, member](const Json& j, ModelConfig& c) { return ParseDouble(j, name, &(c.*member)); },
-      [member](const ModelConfig& c) { return Json(c.*member); }, written};
+  return Scalar(name, member, ParseDouble, written);
 }
-
 Field Bool(const char* name, bool ModelConfig::*member,
            bool (*written)(const ModelConfig&) = nullptr) {
-  return {
-      name,
-      [name, member](const Json& j, ModelConfig& c) { return ParseBool(j, name, &(c.*member)); },
-      [member](const ModelConfig& c) { return Json(c.*member); }, written};
+  return Scalar(name, member, ParseBool, written);
 }
 
 template <typename E, size_t N>

@@ -20,6 +20,8 @@ class DartRequest : public EngineRequest {
   std::unique_ptr<GenerationState> state_;
 };
 
+}  // namespace
+
 SampleParams ToSampleParams(const GenerateParams& p) {
   return {.condition = p.class_id,
           .prompt = p.prompt,
@@ -27,8 +29,6 @@ SampleParams ToSampleParams(const GenerateParams& p) {
           .guidance_scale = p.guidance_scale,
           .temperature = p.temperature};
 }
-
-}  // namespace
 
 DartEngine::DartEngine(Dart model, SamplerOptions options)
     : sampler_(std::move(model), options), options_(options) {}

@@ -8,6 +8,9 @@
 
 namespace dartserve::model {
 
+// The sampler's parameters for an engine request (the same fields, one to one).
+SampleParams ToSampleParams(const GenerateParams& params);
+
 class DartEngine : public Engine {
  public:
   explicit DartEngine(Dart model, SamplerOptions options = {});
