@@ -99,7 +99,7 @@ TEST(QualityGateTest, TextModelPromptAdherence) {
   ASSERT_TRUE(report.ok()) << report.status();
   const CheckTally& tally = report->adherence.tally;
   EXPECT_EQ(tally.n, 100);
-  EXPECT_GE(tally.Rate(tally.all), 0.60);
+  EXPECT_GE(tally.Rate(tally.all), 0.70);
   std::cout << "shapes-dart: " << SummaryLine(report->adherence) << "\n";
 }
 
