@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -22,7 +24,10 @@ using dartserve::testing::ShapeCaptions;
 class TokenizerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new fs::path(fs::path(::testing::TempDir()) / "tokenizer_test");
+    // One folder per process: ctest runs each test of this suite as its own process, in
+    // parallel, and each process sets the suite up and tears it down.
+    dir_ = new fs::path(fs::path(::testing::TempDir()) /
+                        ("tokenizer_test_" + std::to_string(::getpid())));
     fs::remove_all(*dir_);
     fs::create_directories(*dir_);
     ASSERT_TRUE(TrainTokenizer(ShapeCaptions(), kVocab, Path("a.model")).ok());
