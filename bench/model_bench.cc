@@ -19,6 +19,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
+#include "common/file_io.h"
 #include "model/checkpoint.h"
 #include "model/sampler.h"
 #include "nlohmann/json.hpp"
@@ -75,7 +76,7 @@ int main(int argc, char** argv) {
   } else {
     dm::ModelConfig config;
     if (!absl::GetFlag(FLAGS_config).empty()) {
-      auto text = dm::ReadFile(absl::GetFlag(FLAGS_config));
+      auto text = dartserve::ReadFile(absl::GetFlag(FLAGS_config));
       if (text.ok()) {
         const nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
         if (j.is_object() && j.contains("model")) text = j["model"].dump();

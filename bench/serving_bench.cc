@@ -121,7 +121,7 @@ class TimingSink : public ds::RequestSink {
  public:
   TimingSink(Clock::time_point submitted, std::function<void(const Sample&)> done)
       : submitted_(submitted), done_(std::move(done)) {}
-  void OnProgress(int step, int total, const dm::Pixels* preview) override {
+  void OnProgress(int step, int total, const dartserve::Pixels* preview) override {
     if (preview != nullptr && sample_.first_preview < 0) {
       sample_.first_preview = Seconds(Clock::now() - submitted_);
     }
@@ -209,9 +209,9 @@ RunResult Static(dm::Dart model, const RequestMaker& make, int total, int batch)
   RunResult out{"static"};
   const auto start = Clock::now();
   for (int first = 0; first < total; first += batch) {
-    std::vector<dm::SampleParams> params;
+    std::vector<dm::GenerateParams> params;
     for (int i = first; i < std::min(total, first + batch); ++i) {
-      params.push_back(dm::ToSampleParams(make(i)));
+      params.push_back(make(i));
     }
     // Every request in the batch waited from the batch's start (closed loop: all arrive at once).
     const auto t0 = Clock::now();

@@ -21,7 +21,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -34,9 +33,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/terminal.h"
+#include "common/file_io.h"
+#include "common/png.h"
 #include "dartserve/v1/image_generator.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "model/png.h"
 
 ABSL_FLAG(double, timeout, 0,
           "Call deadline in seconds (queue time counts). 0: none for generate, 30 s otherwise.");
@@ -64,7 +64,6 @@ ABSL_FLAG(std::string, out, "out/client", "generate: folder for preview and fina
 namespace {
 
 namespace dc = dartserve::client;
-namespace dm = dartserve::model;
 namespace v1 = dartserve::v1;
 using Clock = std::chrono::steady_clock;
 
@@ -105,12 +104,6 @@ std::string Fixed(double value, int decimals) {
   char buffer[64];
   std::snprintf(buffer, sizeof(buffer), "%.*f", decimals, value);
   return buffer;
-}
-
-bool WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream file(path, std::ios::binary | std::ios::trunc);
-  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  return static_cast<bool>(file);
 }
 
 // --- Ctrl-C -----------------------------------------------------------------------------------
@@ -160,14 +153,14 @@ class PreviewGrid {
  public:
   explicit PreviewGrid(int num_images) : images_(std::max(num_images, 1)) {}
 
-  void Set(int index, dm::Pixels pixels) {
+  void Set(int index, dartserve::Pixels pixels) {
     if (index >= 0 && index < static_cast<int>(images_.size())) images_[index] = std::move(pixels);
   }
 
   // Half-block text of the grid, fitted to `columns` x `pixel_rows`; "" before any image.
   std::string Render(int columns, int pixel_rows) const {
     int cell_w = 0, cell_h = 0, channels = 1;
-    for (const dm::Pixels& p : images_) {
+    for (const dartserve::Pixels& p : images_) {
       cell_w = std::max(cell_w, p.width);
       cell_h = std::max(cell_h, p.height);
       channels = std::max(channels, p.channels >= 3 ? 3 : 1);
@@ -177,17 +170,17 @@ class PreviewGrid {
     const int n = static_cast<int>(images_.size());
     const int per_row = std::clamp((columns + kGap) / (cell_w + kGap), 1, n);
     const int rows = (n + per_row - 1) / per_row;
-    dm::Pixels canvas;
+    dartserve::Pixels canvas;
     canvas.width = per_row * cell_w + (per_row - 1) * kGap;
     canvas.height = rows * cell_h + (rows - 1) * kGap;
     canvas.channels = channels;
     canvas.data.assign(static_cast<size_t>(canvas.width) * canvas.height * channels, 0);
     for (int i = 0; i < n; ++i) {
-      const dm::Pixels& src = images_[i];
+      const dartserve::Pixels& src = images_[i];
       if (src.width == 0) continue;
-      const dm::Pixels cell = (src.width == cell_w && src.height == cell_h)
-                                  ? src
-                                  : dc::ResizePixels(src, cell_w, cell_h);
+      const dartserve::Pixels cell = (src.width == cell_w && src.height == cell_h)
+                                         ? src
+                                         : dc::ResizePixels(src, cell_w, cell_h);
       const int x0 = (i % per_row) * (cell_w + kGap), y0 = (i / per_row) * (cell_h + kGap);
       for (int y = 0; y < cell_h; ++y) {
         for (int x = 0; x < cell_w; ++x) {
@@ -206,7 +199,7 @@ class PreviewGrid {
   }
 
  private:
-  std::vector<dm::Pixels> images_;
+  std::vector<dartserve::Pixels> images_;
 };
 
 // Writes to stdout either through the live area (terminal) or as plain lines.
@@ -265,6 +258,108 @@ absl::StatusOr<v1::GenerateImageRequest> BuildRequest() {
   return request;
 }
 
+// Shows one generate call as its responses arrive: writes every preview and result PNG to the
+// output folder and reports them, either live on a terminal (a redrawn picture and progress
+// line) or as plain lines. Not thread-safe; the reading thread owns it.
+class GenerateView {
+ public:
+  GenerateView(std::string out_dir, const v1::GenerateImageRequest& request)
+      : out_(dc::StdoutIsTerminal()),
+        terminal_(dc::TerminalSize()),
+        // Leave room for the log lines above the picture; 32 lines is plenty for small models.
+        max_pixel_rows_(2 * std::clamp(terminal_.height - 6, 4, 32)),
+        out_dir_(std::move(out_dir)),
+        request_id_(request.request_id()),
+        num_images_(std::max<int>(request.num_images(), 1)),
+        grid_(num_images_),
+        start_(Clock::now()) {}
+
+  void Show(const v1::GenerateImageResponse& response) {
+    if (response.has_accepted()) {
+      ShowAccepted(response.accepted());
+    } else if (response.has_progress()) {
+      ShowProgress(response.progress());
+    } else if (response.has_result()) {
+      ShowResult(response.result());
+    }
+  }
+
+  // The closing line of a successful call.
+  void ShowDone() {
+    out_.Line(absl::StrCat("done: ", results_, " image(s) in ", Fixed(SecondsSince(start_), 2),
+                           " s, written to ", out_dir_));
+  }
+
+ private:
+  void ShowAccepted(const v1::Accepted& a) {
+    // The server's id names the files; its image count sizes the grid.
+    request_id_ = a.request_id();
+    num_images_ = static_cast<int>(a.num_images());
+    grid_ = PreviewGrid(num_images_);
+    out_.Line(absl::StrCat("accepted: request ", a.request_id(), ", model ", a.model(), ", seed ",
+                           a.seed(), ", queue position ", a.queue_position(), ", ", a.num_images(),
+                           " image(s) x ", a.total_steps(), " steps"));
+  }
+
+  void ShowProgress(const v1::Progress& p) {
+    const int index = static_cast<int>(p.image_index());
+    if (!p.preview_png().empty()) {
+      const std::string path = dc::PreviewPath(out_dir_, request_id_, index, p.step());
+      if (!dartserve::WriteFileAtomically(path, p.preview_png()).ok()) {
+        out_.Line(absl::StrCat("cannot write ", path));
+      }
+      Draw(index, p.preview_png());
+    }
+    const std::string line =
+        dc::FormatProgressLine(index, num_images_, static_cast<int>(p.step()),
+                               static_cast<int>(p.total_steps()), SecondsSince(start_));
+    if (out_.live()) {
+      out_.Frame(picture_, line);
+    } else {
+      out_.Line(line);
+    }
+  }
+
+  void ShowResult(const v1::Result& r) {
+    const int index = static_cast<int>(r.image_index());
+    const std::string path = dc::ResultPath(out_dir_, request_id_, index);
+    const bool written = dartserve::WriteFileAtomically(path, r.png()).ok();
+    Draw(index, r.png());
+    ++results_;
+    const v1::Timings& t = r.timings();
+    out_.Line(absl::StrCat("image ", index + 1, "/", num_images_, ": seed ", r.seed(), ", ",
+                           r.width(), "x", r.height(), ", queue ", Fixed(t.queue_seconds(), 3),
+                           " s, compute ", Fixed(t.compute_seconds(), 3), " s, encode ",
+                           Fixed(t.encode_seconds(), 4), " s -> ",
+                           written ? path : absl::StrCat("(cannot write ", path, ")")));
+    if (out_.live()) {
+      out_.Frame(picture_, absl::StrCat(results_, "/", num_images_, " image(s) done, ",
+                                        Fixed(SecondsSince(start_), 2), "s"));
+    }
+  }
+
+  // On a terminal, puts `png` in the grid as image `index` and re-renders the picture; an
+  // undecodable PNG leaves the picture as it was. Elsewhere nothing is decoded.
+  void Draw(int index, const std::string& png) {
+    if (!out_.live()) return;
+    absl::StatusOr<dartserve::Pixels> pixels = dartserve::DecodePng(png);
+    if (!pixels.ok()) return;
+    grid_.Set(index, *std::move(pixels));
+    picture_ = grid_.Render(terminal_.width, max_pixel_rows_);
+  }
+
+  Output out_;
+  const dc::Size terminal_;
+  const int max_pixel_rows_;
+  const std::string out_dir_;
+  std::string request_id_;
+  int num_images_;
+  int results_ = 0;
+  PreviewGrid grid_;
+  std::string picture_;
+  const Clock::time_point start_;
+};
+
 int Generate(v1::ImageGenerator::Stub& stub, const dc::ConnectionOptions& connection) {
   absl::StatusOr<v1::GenerateImageRequest> request = BuildRequest();
   if (!request.ok()) return Fail(request.status().message());
@@ -273,88 +368,22 @@ int Generate(v1::ImageGenerator::Stub& stub, const dc::ConnectionOptions& connec
   std::filesystem::create_directories(out_dir, error);
   if (error) return Fail(absl::StrCat("--out ", out_dir, ": ", error.message()));
 
-  Output out(dc::StdoutIsTerminal());
-  const dc::Size terminal = dc::TerminalSize();
-  // Leave room for the log lines above the picture; 32 lines is plenty for small models.
-  const int max_pixel_rows = 2 * std::clamp(terminal.height - 6, 4, 32);
-
   grpc::ClientContext context;
   dc::PrepareContext(connection, absl::GetFlag(FLAGS_timeout), &context);
   CancelOnInterrupt cancel_on_interrupt(&context);
 
-  const Clock::time_point start = Clock::now();
+  GenerateView view(out_dir, *request);
   std::unique_ptr<grpc::ClientReader<v1::GenerateImageResponse>> reader =
       stub.GenerateImage(&context, *request);
   v1::GenerateImageResponse response;
-  std::string request_id = request->request_id();
-  int num_images = std::max<int>(request->num_images(), 1);
-  int results = 0;
-  PreviewGrid grid(num_images);
-  std::string picture;
-  while (reader->Read(&response)) {
-    if (response.has_accepted()) {
-      const v1::Accepted& a = response.accepted();
-      request_id = a.request_id();
-      num_images = static_cast<int>(a.num_images());
-      grid = PreviewGrid(num_images);
-      out.Line(absl::StrCat("accepted: request ", a.request_id(), ", model ", a.model(), ", seed ",
-                            a.seed(), ", queue position ", a.queue_position(), ", ", a.num_images(),
-                            " image(s) x ", a.total_steps(), " steps"));
-    } else if (response.has_progress()) {
-      const v1::Progress& p = response.progress();
-      if (!p.preview_png().empty()) {
-        const std::string path =
-            dc::PreviewPath(out_dir, request_id, static_cast<int>(p.image_index()), p.step());
-        if (!WriteFile(path, p.preview_png())) out.Line(absl::StrCat("cannot write ", path));
-        if (out.live()) {
-          absl::StatusOr<dm::Pixels> pixels = dm::DecodePng(p.preview_png());
-          if (pixels.ok()) {
-            grid.Set(static_cast<int>(p.image_index()), *std::move(pixels));
-            picture = grid.Render(terminal.width, max_pixel_rows);
-          }
-        }
-      }
-      const std::string line = dc::FormatProgressLine(
-          static_cast<int>(p.image_index()), num_images, static_cast<int>(p.step()),
-          static_cast<int>(p.total_steps()), SecondsSince(start));
-      if (out.live()) {
-        out.Frame(picture, line);
-      } else {
-        out.Line(line);
-      }
-    } else if (response.has_result()) {
-      const v1::Result& r = response.result();
-      const int index = static_cast<int>(r.image_index());
-      const std::string path = dc::ResultPath(out_dir, request_id, index);
-      const bool written = WriteFile(path, r.png());
-      if (out.live()) {
-        absl::StatusOr<dm::Pixels> pixels = dm::DecodePng(r.png());
-        if (pixels.ok()) {
-          grid.Set(index, *std::move(pixels));
-          picture = grid.Render(terminal.width, max_pixel_rows);
-        }
-      }
-      ++results;
-      const v1::Timings& t = r.timings();
-      out.Line(absl::StrCat("image ", index + 1, "/", num_images, ": seed ", r.seed(), ", ",
-                            r.width(), "x", r.height(), ", queue ", Fixed(t.queue_seconds(), 3),
-                            " s, compute ", Fixed(t.compute_seconds(), 3), " s, encode ",
-                            Fixed(t.encode_seconds(), 4), " s -> ",
-                            written ? path : absl::StrCat("(cannot write ", path, ")")));
-      if (out.live()) {
-        out.Frame(picture, absl::StrCat(results, "/", num_images, " image(s) done, ",
-                                        Fixed(SecondsSince(start), 2), "s"));
-      }
-    }
-  }
+  while (reader->Read(&response)) view.Show(response);
   const grpc::Status status = reader->Finish();
   if (g_interrupted.load()) {
     std::cerr << "dartserve-client: interrupted; call cancelled\n";
     return 130;
   }
   if (!status.ok()) return Fail(status);
-  out.Line(absl::StrCat("done: ", results, " image(s) in ", Fixed(SecondsSince(start), 2),
-                        " s, written to ", out_dir));
+  view.ShowDone();
   return 0;
 }
 

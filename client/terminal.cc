@@ -6,16 +6,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <iterator>
 #include <limits>
-#include <sstream>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/file_io.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "Server address, host:port.");
 ABSL_FLAG(std::string, token, "", "Bearer token, sent as 'authorization: Bearer <token>'.");
@@ -30,7 +29,7 @@ struct Rgb {
 };
 
 // Channels beyond the first three (alpha) are ignored; one or two channels are gray (+ alpha).
-Rgb PixelAt(const model::Pixels& image, int x, int y) {
+Rgb PixelAt(const Pixels& image, int x, int y) {
   const uint8_t* p = &image.data[(static_cast<size_t>(y) * image.width + x) * image.channels];
   if (image.channels >= 3) return {p[0], p[1], p[2]};
   return {p[0], p[0], p[0]};
@@ -40,8 +39,8 @@ void AppendRgb(std::string& out, Rgb c) { absl::StrAppend(&out, c.r, ";", c.g, "
 
 }  // namespace
 
-model::Pixels ResizePixels(const model::Pixels& image, int width, int height) {
-  model::Pixels out;
+Pixels ResizePixels(const Pixels& image, int width, int height) {
+  Pixels out;
   out.width = std::max(width, 1);
   out.height = std::max(height, 1);
   out.channels = image.channels;
@@ -94,14 +93,14 @@ Size FitSize(int width, int height, int max_width, int max_height, bool upscale)
   return {std::max(w, 1), max_height};
 }
 
-std::string RenderHalfBlocks(const model::Pixels& image, int max_columns, int max_pixel_rows) {
+std::string RenderHalfBlocks(const Pixels& image, int max_columns, int max_pixel_rows) {
   if (image.width <= 0 || image.height <= 0 || image.channels <= 0 ||
       image.data.size() < static_cast<size_t>(image.width) * image.height * image.channels) {
     return "";
   }
   const Size fit = FitSize(image.width, image.height, max_columns, max_pixel_rows);
-  model::Pixels resized;
-  const model::Pixels* src = &image;
+  Pixels resized;
+  const Pixels* src = &image;
   if (fit.width != image.width || fit.height != image.height) {
     resized = ResizePixels(image, fit.width, fit.height);
     src = &resized;
@@ -182,15 +181,13 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const ConnectionOpt
   if (options.tls_ca_path.empty()) {
     credentials = grpc::InsecureChannelCredentials();
   } else {
-    std::ifstream file(options.tls_ca_path, std::ios::binary);
-    if (!file) return absl::NotFoundError(absl::StrCat("cannot read ", options.tls_ca_path));
-    std::ostringstream pem;
-    pem << file.rdbuf();
-    if (pem.str().empty()) {
+    absl::StatusOr<std::string> pem = ReadFile(options.tls_ca_path);
+    if (!pem.ok()) return pem.status();
+    if (pem->empty()) {
       return absl::InvalidArgumentError(absl::StrCat(options.tls_ca_path, " is empty"));
     }
     grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = pem.str();
+    ssl.pem_root_certs = *std::move(pem);
     credentials = grpc::SslCredentials(ssl);
   }
   grpc::ChannelArguments args;
@@ -335,6 +332,37 @@ const T& Pick(const std::vector<T>& values, std::mt19937_64& rng) {
 
 }  // namespace
 
+namespace {
+
+// Appends one value `v` of `key` to `mix`.
+absl::Status ParseMixValue(absl::string_view key, absl::string_view v, LoadMix& mix) {
+  if (key == "class") return ParseIntValue(key, v, mix.classes);
+  if (key == "preview_every") return ParseIntValue(key, v, mix.preview_every);
+  if (key == "n") return ParseIntValue(key, v, mix.num_images);
+  if (key == "guidance") {
+    float g;
+    if (!absl::SimpleAtof(v, &g)) {
+      return absl::InvalidArgumentError(absl::StrCat("mix: guidance: '", v, "' is not a number"));
+    }
+    mix.guidance.push_back(g);
+    return absl::OkStatus();
+  }
+  if (key == "priority") {
+    absl::StatusOr<v1::Priority> p = ParsePriority(v);
+    if (!p.ok()) return absl::InvalidArgumentError(absl::StrCat("mix: ", p.status().message()));
+    mix.priorities.push_back(*p);
+    return absl::OkStatus();
+  }
+  if (key == "model") {
+    mix.models.emplace_back(v);
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "mix: unknown key '", key, "' (keys: class, guidance, preview_every, n, priority, model)"));
+}
+
+}  // namespace
+
 absl::StatusOr<LoadMix> ParseLoadMix(absl::string_view text) {
   LoadMix mix;
   std::vector<std::string> seen;
@@ -350,6 +378,8 @@ absl::StatusOr<LoadMix> ParseLoadMix(absl::string_view text) {
       return absl::InvalidArgumentError(absl::StrCat("mix: key '", key, "' is repeated"));
     }
     seen.emplace_back(key);
+    // Every value is checked for emptiness before any is parsed, so "class:a||1" reports the
+    // empty value rather than the bad one.
     std::vector<absl::string_view> values;
     for (absl::string_view v : absl::StrSplit(entry.substr(colon + 1), '|')) {
       v = absl::StripAsciiWhitespace(v);
@@ -359,36 +389,7 @@ absl::StatusOr<LoadMix> ParseLoadMix(absl::string_view text) {
       values.push_back(v);
     }
     for (absl::string_view v : values) {
-      absl::Status status;
-      if (key == "class") {
-        status = ParseIntValue(key, v, mix.classes);
-      } else if (key == "preview_every") {
-        status = ParseIntValue(key, v, mix.preview_every);
-      } else if (key == "n") {
-        status = ParseIntValue(key, v, mix.num_images);
-      } else if (key == "guidance") {
-        float g;
-        if (!absl::SimpleAtof(v, &g)) {
-          status =
-              absl::InvalidArgumentError(absl::StrCat("mix: guidance: '", v, "' is not a number"));
-        } else {
-          mix.guidance.push_back(g);
-        }
-      } else if (key == "priority") {
-        absl::StatusOr<v1::Priority> p = ParsePriority(v);
-        if (p.ok()) {
-          mix.priorities.push_back(*p);
-        } else {
-          status = absl::InvalidArgumentError(absl::StrCat("mix: ", p.status().message()));
-        }
-      } else if (key == "model") {
-        mix.models.emplace_back(v);
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("mix: unknown key '", key,
-                         "' (keys: class, guidance, preview_every, n, priority, model)"));
-      }
-      if (!status.ok()) return status;
+      if (absl::Status status = ParseMixValue(key, v, mix); !status.ok()) return status;
     }
   }
   return mix;

@@ -8,7 +8,8 @@
 //     request mix.
 //
 // Everything here is a pure function or a small value type with no global state, so it is
-// unit-tested without a terminal or a server (tests/client/terminal_test.cc).
+// unit-tested without a terminal (tests/client/terminal_test.cc; the connection functions
+// against an in-process server).
 #ifndef DARTSERVE_CLIENT_TERMINAL_H_
 #define DARTSERVE_CLIENT_TERMINAL_H_
 
@@ -20,9 +21,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/pixels.h"
 #include "dartserve/v1/image_generator.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
-#include "model/png.h"
 
 namespace dartserve::client {
 
@@ -33,7 +34,7 @@ namespace dartserve::client {
 // Resizes `image` to `width` x `height` (both >= 1). Each output pixel is the mean of the source
 // pixels its area covers (a box filter), which degenerates to nearest-neighbour when enlarging.
 // Keeps the channel count.
-model::Pixels ResizePixels(const model::Pixels& image, int width, int height);
+Pixels ResizePixels(const Pixels& image, int width, int height);
 
 struct Size {
   int width = 0;
@@ -57,7 +58,7 @@ Size FitSize(int width, int height, int max_width, int max_height, bool upscale 
 // Gray images (1 channel) use R = G = B. The image is first shrunk with FitSize/ResizePixels
 // (box filter, never enlarged) to at most `max_columns` characters wide and `max_pixel_rows`
 // pixel rows (that is, ceil(max_pixel_rows / 2) lines). Empty string for an empty image.
-std::string RenderHalfBlocks(const model::Pixels& image, int max_columns, int max_pixel_rows);
+std::string RenderHalfBlocks(const Pixels& image, int max_columns, int max_pixel_rows);
 
 // One progress line, e.g. "image 1/2 step 3/8 [###-----] 0.42s". `image_index` is 0-based (it
 // is printed 1-based, like the step); the bar has `bar_width` cells, floor(step * bar_width /
@@ -125,8 +126,12 @@ struct ConnectionOptions {
 // (defined once, in terminal.cc).
 ConnectionOptions ConnectionFromFlags();
 
-// Creates a channel to `options.server`. Connecting is lazy: this fails only when the CA file
-// cannot be read (NOT_FOUND / INVALID_ARGUMENT), never because the server is down.
+// Creates a channel to `options.server`: plaintext when `options.tls_ca_path` is empty, TLS
+// trusting that file's certificates otherwise. Connecting is lazy (the channel starts IDLE), so
+// this never fails because the server is down; it fails only over the CA file: NOT_FOUND (naming
+// the path) when it cannot be opened, DATA_LOSS on a read error, INVALID_ARGUMENT (naming the
+// path) when it is empty. A CA file that is not valid PEM is not detected here: calls on the
+// channel then fail with UNAVAILABLE.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const ConnectionOptions& options);
 
 // Adds the per-call settings to a fresh `context`: the bearer token as metadata (plain metadata

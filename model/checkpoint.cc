@@ -7,8 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/file_io.h"
 #include "model/config.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 
 namespace dartserve::model {
 namespace {
@@ -112,6 +115,22 @@ absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir) {
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("building model from ", dir, ": ", e.what()));
   }
+}
+
+absl::StatusOr<ModelInfo> DescribeCheckpoint(const std::string& dir, const Dart& model) {
+  ModelInfo info = DescribeModel(model);
+  const std::string path = (std::filesystem::path(dir) / kClassNamesFile).string();
+  if (!std::filesystem::exists(path)) return info;
+  absl::StatusOr<std::string> names = ReadFile(path);
+  if (!names.ok()) return names.status();
+  for (absl::string_view line : absl::StrSplit(*names, '\n', absl::SkipWhitespace())) {
+    info.class_names.emplace_back(absl::StripAsciiWhitespace(line));
+  }
+  if (static_cast<int>(info.class_names.size()) != info.num_classes) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", info.class_names.size(),
+                                                   " names for ", info.num_classes, " classes"));
+  }
+  return info;
 }
 
 absl::Status SaveCheckpoint(const std::string& dir, Dart& model, DType dtype) {

@@ -1,6 +1,6 @@
 // Checkpoint folders: `config.json` (ModelConfig) + `model.safetensors` (the weights), and for
-// text models `tokenizer.model` (model/tokenizer.h), which is loaded with them and attached to the
-// model, so a text checkpoint cannot be served with a tokenizer it was not trained with.
+// text models `tokenizer.model` (model/text/tokenizer.h), which is loaded with them and attached to
+// the model, so a text checkpoint cannot be served with a tokenizer it was not trained with.
 //
 // Loading checks every tensor against the model the config builds: a missing, unexpected or
 // wrongly shaped tensor is an error naming it, so a checkpoint either loads completely or not at
@@ -21,6 +21,7 @@ namespace dartserve::model {
 
 inline constexpr char kConfigFile[] = "config.json";
 inline constexpr char kWeightsFile[] = "model.safetensors";
+inline constexpr char kClassNamesFile[] = "classes.txt";
 
 // Copies the file's tensors into `module`'s parameters (names as in named_parameters()).
 absl::Status LoadWeights(torch::nn::Module& module, const SafetensorsFile& file);
@@ -31,6 +32,11 @@ std::vector<TensorToWrite> WeightsToWrite(const torch::nn::Module& module, DType
 // Reads `dir`/config.json and `dir`/model.safetensors into a new model in eval mode on the CPU.
 // Errors are prefixed with the offending file.
 absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir);
+
+// DescribeModel(model) plus the class names in `dir`/classes.txt (one per line, index = class
+// id), when that file exists. INVALID_ARGUMENT naming the file when it does not hold exactly
+// num_classes names.
+absl::StatusOr<ModelInfo> DescribeCheckpoint(const std::string& dir, const Dart& model);
 
 // Writes `dir`/config.json and `dir`/model.safetensors (creating `dir`), each atomically, and the
 // model's tokenizer for text models (FAILED_PRECONDITION when a text model has none).

@@ -11,16 +11,16 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "model/model_info.h"
 
 namespace dartserve::model {
 
-enum class Conditioning { kNone, kClass, kText };
 enum class OutputHead { kMean, kFlow };
 enum class Variant { kDart, kDartAr };
 enum class Schedule { kCosine };
-// Loss weight per block (research/dart.md §2). kClampedSnr is the default.
+// Loss weight per block (docs/model.md, "Schedule and loss"). kClampedSnr is the default.
 enum class LossWeight { kClampedSnr, kUniform, kPaperSum };
-// ODE solver of the flow head (research/dart.md §6).
+// ODE solver of the flow head (docs/model.md, "Flow head").
 enum class FlowSolver { kEuler, kHeun };
 
 struct ModelConfig {
@@ -55,9 +55,9 @@ struct ModelConfig {
   int num_classes = 10;
   double cond_dropout = 0.1;  // Training-time probability of replacing the condition with null.
 
-  // Text encoder (conditioning = text; model/text_encoder.h): a small bidirectional transformer
-  // over the prompt's token ids. These fields are read from any config but written only for text
-  // models, so class and unconditional checkpoints stay as they were.
+  // Text encoder (conditioning = text; model/text/text_encoder.h): a small bidirectional
+  // transformer over the prompt's token ids. These fields are read from any config but written only
+  // for text models, so class and unconditional checkpoints stay as they were.
   int text_vocab_size = 0;   // The tokenizer's vocabulary size; no default, it must be set.
   int text_max_tokens = 32;  // Longest prompt in ids, BOS and EOS included.
   int text_width = 128;
@@ -67,10 +67,10 @@ struct ModelConfig {
   OutputHead head = OutputHead::kMean;
   Variant variant = Variant::kDart;
 
-  // Flow head (head = flow; research/dart.md §6): a per-token MLP that samples each token's x_0
-  // patch by integrating a rectified-flow velocity from noise (s = 0) to data (s = 1), conditioned
-  // on the backbone's output for that token. The mean head stays as an auxiliary (its loss weight
-  // is flow_mean_weight) and gives cheap previews.
+  // Flow head (head = flow; docs/model.md, "Flow head"): a per-token MLP that samples each token's
+  // x_0 patch by integrating a rectified-flow velocity from noise (s = 0) to data (s = 1),
+  // conditioned on the backbone's output for that token. The mean head stays as an auxiliary (its
+  // loss weight is flow_mean_weight) and gives cheap previews.
   int flow_width = 128;
   int flow_depth = 3;
   int flow_steps = 4;  // ODE steps per DART step when sampling

@@ -290,4 +290,17 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const Condit
   return Features(h, cond);
 }
 
+ModelInfo DescribeModel(const Dart& model) {
+  const ModelConfig& c = model->config();
+  ModelInfo info;
+  info.conditioning = c.conditioning;
+  info.num_classes = c.conditioning == Conditioning::kClass ? c.num_classes : 0;
+  info.image_size = c.image_size;
+  info.channels = c.channels;
+  info.denoising_steps = c.num_steps;
+  info.progress_steps = c.generation_steps();
+  for (const torch::Tensor& p : model->parameters()) info.parameters += p.numel();
+  return info;
+}
+
 }  // namespace dartserve::model

@@ -1,4 +1,4 @@
-// The DART transformer (research/dart.md §2, §3, §5, §8).
+// The DART transformer (docs/model.md).
 //
 // variant = dart: the sequence is T blocks [x_T | ... | x_1] of K patch tokens each, raster order
 // inside a block. Attention is block-causal: a token sees its own block and every noisier block,
@@ -7,9 +7,9 @@
 // mask, and a one-token shift: the output at position i predicts the x_0 patch of token i + 1.
 // Both: the noise level enters through a learned embedding of the block index added to every
 // token of a block; positions inside a block through 2-D RoPE; the condition through AdaLN-Zero:
-// a class embedding (with a null class for guidance), or for text models (research/dart.md §3)
-// the projected mean-pooled prompt features, while the prompt's tokens also enter every block by
-// cross-attention. The empty prompt is the unconditional branch of guidance.
+// a class embedding (with a null class for guidance), or for text models (docs/model.md, "Text
+// conditioning") the projected mean-pooled prompt features, while the prompt's tokens also enter
+// every block by cross-attention. The empty prompt is the unconditional branch of guidance.
 //
 // A condition is computed once per request (Condition: the AdaLN vector and, for text, every
 // layer's cross-attention keys and values) and reused at each of its steps.
@@ -34,8 +34,8 @@
 #include "model/config.h"
 #include "model/flow_head.h"
 #include "model/layers.h"
-#include "model/text_encoder.h"
-#include "model/tokenizer.h"
+#include "model/text/text_encoder.h"
+#include "model/text/tokenizer.h"
 
 namespace dartserve::model {
 
@@ -172,6 +172,11 @@ class DartImpl : public torch::nn::Module {
   FlowHead flow_head_{nullptr};
 };
 TORCH_MODULE(Dart);
+
+// What `model` is and accepts (model/model_info.h): conditioning, classes, geometry, steps,
+// parameter count and the request limits every DART model declares. No class names (a checkpoint
+// may carry them: DescribeCheckpoint) and a default guidance of 1.
+ModelInfo DescribeModel(const Dart& model);
 
 }  // namespace dartserve::model
 

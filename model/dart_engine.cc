@@ -22,19 +22,15 @@ class DartRequest : public EngineRequest {
 
 }  // namespace
 
-SampleParams ToSampleParams(const GenerateParams& p) {
-  return {.condition = p.class_id,
-          .prompt = p.prompt,
-          .seed = p.seed,
-          .guidance_scale = p.guidance_scale,
-          .temperature = p.temperature};
-}
+DartEngine::DartEngine(Dart model, ModelInfo info, SamplerOptions options)
+    : sampler_(std::move(model), options), options_(options), info_(std::move(info)) {}
 
 DartEngine::DartEngine(Dart model, SamplerOptions options)
-    : sampler_(std::move(model), options), options_(options) {}
+    : DartEngine(model, DescribeModel(model), options) {}
 
 absl::Status DartEngine::Validate(const GenerateParams& params) const {
-  return sampler_.Validate(ToSampleParams(params));
+  if (absl::Status s = CheckParams(params, info_); !s.ok()) return s;
+  return sampler_.Validate(params);
 }
 
 int64_t DartEngine::KvBytes(const GenerateParams& params) const {
@@ -54,7 +50,7 @@ int64_t DartEngine::TokensPerStep(const GenerateParams& params) const {
 }
 
 absl::StatusOr<std::unique_ptr<EngineRequest>> DartEngine::Start(const GenerateParams& params) {
-  absl::StatusOr<std::unique_ptr<GenerationState>> state = sampler_.Start(ToSampleParams(params));
+  absl::StatusOr<std::unique_ptr<GenerationState>> state = sampler_.Start(params);
   if (!state.ok()) return state.status();
   return std::make_unique<DartRequest>(*std::move(state));
 }

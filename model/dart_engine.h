@@ -1,4 +1,5 @@
-// DartEngine: the Engine interface over a DART model and its Sampler.
+// DartEngine: the Engine interface over a DART model and its Sampler. Thread-compatible, as the
+// Engine contract asks (model/engine.h).
 #ifndef DARTSERVE_MODEL_DART_ENGINE_H_
 #define DARTSERVE_MODEL_DART_ENGINE_H_
 
@@ -8,13 +9,15 @@
 
 namespace dartserve::model {
 
-// The sampler's parameters for an engine request (the same fields, one to one).
-SampleParams ToSampleParams(const GenerateParams& params);
-
 class DartEngine : public Engine {
  public:
+  // `info` describes `model` (DescribeModel or DescribeCheckpoint), with whatever the caller
+  // decides on top (class names, the default guidance).
+  DartEngine(Dart model, ModelInfo info, SamplerOptions options = {});
+  // Described by DescribeModel(model).
   explicit DartEngine(Dart model, SamplerOptions options = {});
 
+  const ModelInfo& info() const override { return info_; }
   absl::Status Validate(const GenerateParams& params) const override;
   int64_t KvBytes(const GenerateParams& params) const override;
   int Steps(const GenerateParams& params) const override;
@@ -26,6 +29,7 @@ class DartEngine : public Engine {
  private:
   Sampler sampler_;
   SamplerOptions options_;
+  ModelInfo info_;
 };
 
 }  // namespace dartserve::model

@@ -1,8 +1,10 @@
-// The narrow, torch-free interface between the scheduler and a model (DESIGN.md §2, §4).
+// The narrow, torch-free interface between the scheduler and a model (docs/design.md: layers, the
+// Engine contract).
 //
 // The scheduler owns admission, batching and delivery; an Engine owns the maths. Engine
 // implementations are driven by exactly one thread (the scheduler's worker), so they need no
-// locking; the `const` queries (Validate, KvBytes, Steps) may be called from any thread.
+// locking; the `const` queries (info, Validate, KvBytes, Steps, TokensPerStep) may be called from
+// any thread.
 #ifndef DARTSERVE_MODEL_ENGINE_H_
 #define DARTSERVE_MODEL_ENGINE_H_
 
@@ -14,18 +16,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "model/png.h"
+#include "common/pixels.h"
+#include "model/model_info.h"
 
 namespace dartserve::model {
-
-// What a request asks the model for. Validated by Engine::Validate.
-struct GenerateParams {
-  std::optional<int> class_id;  // class models; nullopt: unconditional
-  std::string prompt;           // text models; empty: unconditional
-  uint64_t seed = 0;
-  float guidance_scale = 1.0f;
-  float temperature = 1.0f;
-};
 
 // One request's in-flight generation state (KV cache, RNG, step index).
 class EngineRequest {
@@ -40,11 +34,14 @@ class Engine {
  public:
   virtual ~Engine() = default;
 
-  // INVALID_ARGUMENT naming the field when `params` cannot be served by this model.
+  // What the model is and accepts; fixed for the engine's lifetime.
+  virtual const ModelInfo& info() const = 0;
+  // INVALID_ARGUMENT naming the field when `params` cannot be served by this model: CheckParams
+  // against info(), plus whatever only the model can check (a prompt's length in tokens).
   virtual absl::Status Validate(const GenerateParams& params) const = 0;
   // Exact peak KV memory of a request, held from Start() until the state is destroyed.
   virtual int64_t KvBytes(const GenerateParams& params) const = 0;
-  // Denoising steps a request takes.
+  // Model calls a request takes (ModelInfo::progress_steps): one Step() each.
   virtual int Steps(const GenerateParams& params) const = 0;
   // Tokens one step of this request puts through the model (rows x tokens per block).
   virtual int64_t TokensPerStep(const GenerateParams& params) const = 0;

@@ -1,4 +1,4 @@
-// The DART-FM flow head (research/dart.md §6, after MAR's per-token diffusion head).
+// The DART-FM flow head (docs/model.md, "Flow head"; after MAR's per-token diffusion head).
 //
 // A small per-token MLP that turns the backbone's output h_i for token i into a *sample* of that
 // token's x_0 patch instead of the mean an MSE head predicts. Rectified flow from noise to data:

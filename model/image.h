@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "model/png.h"
+#include "common/png.h"
 
 namespace dartserve::model {
 

@@ -1,4 +1,4 @@
-// Transformer building blocks of DART (research/dart.md §8): Llama-style pre-RMSNorm blocks with
+// Transformer building blocks of DART (docs/model.md, "Block"): Llama-style pre-RMSNorm blocks with
 // QK-norm, 2-D rotary positions over (row, col), SwiGLU and AdaLN-Zero modulation.
 //
 // Blocks never see how attention context is assembled: the caller passes an `AttendFn` that turns

@@ -45,10 +45,10 @@ DartLoss Loss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& i
 
   torch::Tensor features;
   if (c.autoregressive()) {
-    // dart_ar (research/dart.md §5): teacher-force [x_T | ... | x_1 | x_0] minus the last token;
-    // position i predicts token i + 1, so the outputs from the last token of x_T on predict the
-    // blocks x_{T-1} ... x_0 in order. Predicting x_{t-1}'s tokens is weighted like DART's block
-    // x_t, so the targets and weights line up with the dart path below.
+    // dart_ar (docs/model.md, "Token-level autoregression"): teacher-force [x_T | ... | x_1 | x_0]
+    // minus the last token; position i predicts token i + 1, so the outputs from the last token of
+    // x_T on predict the blocks x_{T-1} ... x_0 in order. Predicting x_{t-1}'s tokens is weighted
+    // like DART's block x_t, so the targets and weights line up with the dart path below.
     const torch::Tensor seq = torch::cat({xt, x0}, 1).reshape({b, (t_steps + 1) * k, d});
     features = model->ForwardFeatures(seq.narrow(1, 0, seq.size(1) - 1), cond)
                    .narrow(1, k - 1, t_steps * k);

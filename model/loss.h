@@ -1,4 +1,4 @@
-// DART training loss (research/dart.md §1–§2).
+// DART training loss (docs/model.md, "Schedule and loss").
 //
 // For each image, every x_t (t = 1..T) is drawn independently from x_0 (non-Markovian forward
 // process); the whole trajectory [x_T | ... | x_1] goes through the model in one teacher-forced,
@@ -27,10 +27,11 @@ struct DartLoss {
 
 // images: [B, C, H, W] in [-1, 1]; cond_ids: [B] int64 (class ids; ignored for unconditional
 // models). All randomness (noise, dropout) comes from `generator`, so a step is reproducible.
-// For dart_ar the sequence is shifted by one token and ends with the clean block (research/dart.md
-// §5); the prediction of each token of x_{t-1} is scored like DART's prediction at block x_t.
-// With a flow head (research/dart.md §6) the loss is the block-weighted rectified-flow loss of the
-// head, at config.flow_times flow times per token, plus flow_mean_weight times the mean-head loss.
+// For dart_ar the sequence is shifted by one token and ends with the clean block (docs/model.md,
+// "Token-level autoregression"); the prediction of each token of x_{t-1} is scored like DART's
+// prediction at block x_t. With a flow head (docs/model.md, "Flow head") the loss is the
+// block-weighted rectified-flow loss of the head, at config.flow_times flow times per token, plus
+// flow_mean_weight times the mean-head loss.
 DartLoss ComputeDartLoss(Dart& model, const NoiseSchedule& schedule, const torch::Tensor& images,
                          const torch::Tensor& cond_ids, torch::Generator& generator);
 // The same for text models: `prompts` are the images' captions as padded ids (Dart::EncodePrompts

@@ -69,11 +69,6 @@ absl::StatusOr<std::string> SerializeSafetensors(
     const std::vector<TensorToWrite>& tensors,
     const std::map<std::string, std::string>& metadata = {});
 
-// Writes atomically: a temporary file in the same folder, then rename.
-absl::Status WriteFileAtomically(const std::string& path, std::string_view contents);
-// Reads a whole file. NOT_FOUND when missing.
-absl::StatusOr<std::string> ReadFile(const std::string& path);
-
 }  // namespace dartserve::model
 
 #endif  // DARTSERVE_MODEL_SAFETENSORS_H_

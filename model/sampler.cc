@@ -14,10 +14,13 @@ int64_t GenerationState::kv_bytes() const {
 }
 
 Sampler::Sampler(Dart model, SamplerOptions options)
-    : model_(std::move(model)), options_(options), schedule_(model_->config()) {}
+    : model_(std::move(model)),
+      info_(DescribeModel(model_)),
+      options_(options),
+      schedule_(model_->config()) {}
 
-absl::Status Sampler::Validate(const SampleParams& params) const {
-  if (absl::Status s = ValidateSettings(params); !s.ok()) return s;
+absl::Status Sampler::Validate(const GenerateParams& params) const {
+  if (absl::Status s = CheckParams(params, info_); !s.ok()) return s;
   if (config().conditioning != Conditioning::kText) return absl::OkStatus();
   return EncodePrompts({&params.prompt, 1}).status();
 }
@@ -30,43 +33,9 @@ absl::StatusOr<TextBatch> Sampler::EncodePrompts(std::span<const std::string> pr
   return ids;
 }
 
-absl::Status Sampler::ValidateSettings(const SampleParams& params) const {
-  const ModelConfig& config = model_->config();
-  const bool class_model = config.conditioning == Conditioning::kClass;
-  const bool text_model = config.conditioning == Conditioning::kText;
-  if (!text_model && !params.prompt.empty()) {
-    return absl::InvalidArgumentError(class_model
-                                          ? "prompt: this model is class-conditional; give a class"
-                                          : "prompt: this model is unconditional");
-  }
-  if (params.condition.has_value()) {
-    if (!class_model) {
-      return absl::InvalidArgumentError(text_model
-                                            ? "condition: this model is text-conditioned; give a "
-                                              "prompt"
-                                            : "condition: this model is unconditional");
-    }
-    if (*params.condition < 0 || *params.condition >= config.num_classes) {
-      return absl::InvalidArgumentError(absl::StrCat("condition: class id ", *params.condition,
-                                                     " is outside [0, ", config.num_classes, ")"));
-    }
-  }
-  if (!std::isfinite(params.guidance_scale) || params.guidance_scale < 0 ||
-      params.guidance_scale > 100) {
-    return absl::InvalidArgumentError("guidance_scale: must be in [0, 100]");
-  }
-  if (params.guidance_scale != 1.0f && !class_model && !text_model) {
-    return absl::InvalidArgumentError("guidance_scale: an unconditional model cannot be guided");
-  }
-  if (!std::isfinite(params.temperature) || params.temperature < 0 || params.temperature > 10) {
-    return absl::InvalidArgumentError("temperature: must be in [0, 10]");
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const SampleParams& params) {
+absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const GenerateParams& params) {
   // The prompt is checked where it is tokenized, below: once per request.
-  if (absl::Status s = ValidateSettings(params); !s.ok()) return s;
+  if (absl::Status s = CheckParams(params, info_); !s.ok()) return s;
   const ModelConfig& config = model_->config();
   try {
     torch::NoGradGuard no_grad;
@@ -86,7 +55,7 @@ absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const SamplePara
       both = model_->TextCondition(*ids);
     } else {
       const bool class_model = config.conditioning == Conditioning::kClass;
-      std::vector<int64_t> ids = {class_model ? params.condition.value_or(config.null_class()) : 0};
+      std::vector<int64_t> ids = {class_model ? params.class_id.value_or(config.null_class()) : 0};
       if (state->guided_) ids.push_back(config.null_class());
       both = model_->ClassCondition(torch::tensor(ids, torch::kLong));
     }
@@ -300,7 +269,7 @@ torch::Tensor Sampler::PredictByRecompute(std::span<GenerationState* const> stat
   return torch::stack(rows);
 }
 
-absl::StatusOr<torch::Tensor> Sampler::Generate(const SampleParams& params) {
+absl::StatusOr<torch::Tensor> Sampler::Generate(const GenerateParams& params) {
   absl::StatusOr<std::unique_ptr<GenerationState>> state = Start(params);
   if (!state.ok()) return state.status();
   GenerationState* s = state->get();
@@ -310,7 +279,7 @@ absl::StatusOr<torch::Tensor> Sampler::Generate(const SampleParams& params) {
   return Image(*s);
 }
 
-absl::StatusOr<torch::Tensor> Sampler::GenerateBatch(std::span<const SampleParams> params,
+absl::StatusOr<torch::Tensor> Sampler::GenerateBatch(std::span<const GenerateParams> params,
                                                      int max_batch) {
   std::vector<torch::Tensor> images;
   const size_t batch = std::max(1, max_batch);

@@ -5,19 +5,19 @@
 // parameters, never on its batch mates), its step index and its latest x_0 estimate (the preview).
 //
 //   Sampler sampler(model);
-//   auto state = sampler.Start({.condition = 3, .seed = 42, .guidance_scale = 2.0f});
+//   auto state = sampler.Start({.class_id = 3, .seed = 42, .guidance_scale = 2.0f});
 //   // (a text model: .prompt = "a small red circle at the top left on a white background")
 //   while (!(*state)->finished()) sampler.Step({state->get()});   // any mix of states
 //   torch::Tensor image = sampler.Image(**state);                  // [C, H, W] in [-1, 1]
 //
-// Reverse step (research/dart.md §4): x_{t-1} = sqrt(a_{t-1}) x0 + sqrt(1 - a_{t-1}) eps, with
-// fresh noise scaled by the temperature. Classifier-free guidance feeds the conditional and the
-// null-condition row the same trajectory, each with its own cache, and combines
-// x0 = x0_u + w (x0_c - x0_u). The unconditional row is only run when w != 1. A state's
-// conditions (for text: the encoded prompt and the empty prompt, with every layer's
-// cross-attention K/V) are computed once in Start() and reused at every step. With a flow head,
-// x0 is instead sampled per token by integrating the head's velocity from noise, with guidance
-// v = v_u + w (v_c - v_u) applied at every ODE evaluation.
+// Reverse step (docs/model.md, "Sampling"): x_{t-1} = sqrt(a_{t-1}) x0 + sqrt(1 - a_{t-1}) eps,
+// with fresh noise scaled by the temperature. Classifier-free guidance feeds the conditional and
+// the null-condition row the same trajectory, each with its own cache, and combines x0 = x0_u + w
+// (x0_c - x0_u). The unconditional row is only run when w != 1. A state's conditions (for text: the
+// encoded prompt and the empty prompt, with every layer's cross-attention K/V) are computed once in
+// Start() and reused at every step. With a flow head, x0 is instead sampled per token by
+// integrating the head's velocity from noise, with guidance v = v_u + w (v_c - v_u) applied at
+// every ODE evaluation.
 //
 // Thread-compatibility: a Sampler and the states it steps are used by one thread at a time (the
 // engine's worker thread owns every torch call).
@@ -40,20 +40,6 @@
 
 namespace dartserve::model {
 
-struct SampleParams {
-  // Class id in [0, num_classes) for class models; std::nullopt means unconditional (the null
-  // class). Must be nullopt for unconditional and text models.
-  std::optional<int> condition;
-  // The prompt, for text models; empty means unconditional (the empty prompt is the null branch
-  // of guidance). Must be empty for other models. At most text_max_tokens ids once tokenized.
-  std::string prompt;
-  uint64_t seed = 0;
-  // Classifier-free guidance weight w; 1 disables guidance (no unconditional branch is run).
-  float guidance_scale = 1.0f;
-  // Scales the fresh noise of every re-noising step; 1 is the model's distribution.
-  float temperature = 1.0f;
-};
-
 struct SamplerOptions {
   // true: each step runs only the new block against the request's KV cache (DART's AR property).
   // false: each step recomputes the whole prefix x_{t:T} with the teacher-forced forward; no KV
@@ -70,7 +56,7 @@ class GenerationState {
   int total_steps() const { return total_steps_; }
   bool finished() const { return steps_done_ == total_steps_; }
   bool guided() const { return guided_; }
-  const SampleParams& params() const { return params_; }
+  const GenerateParams& params() const { return params_; }
   // The tokens the next step consumes ([N, token_dim]: a noisy block for dart; the x_T block, then
   // the single token last sampled, for dart_ar); undefined once finished.
   const torch::Tensor& next_input() const { return x_t_; }
@@ -86,7 +72,7 @@ class GenerationState {
   friend class Sampler;
   GenerationState() = default;
 
-  SampleParams params_;
+  GenerateParams params_;
   Condition cond_;    // one row: the request's condition
   Condition uncond_;  // one row: the null class or empty prompt; only when guided
   int steps_done_ = 0;
@@ -106,14 +92,17 @@ class Sampler {
   explicit Sampler(Dart model, SamplerOptions options = {});
 
   const ModelConfig& config() const { return model_->config(); }
+  // DescribeModel(model): the conditioning and limits Validate and Start check against.
+  const ModelInfo& info() const { return info_; }
   const NoiseSchedule& schedule() const { return schedule_; }
 
-  // OK, or INVALID_ARGUMENT naming the field of `params` this model cannot serve.
-  absl::Status Validate(const SampleParams& params) const;
+  // OK, or INVALID_ARGUMENT naming the field of `params` this model cannot serve: CheckParams
+  // against info(), then the prompt's length in tokens.
+  absl::Status Validate(const GenerateParams& params) const;
 
   // Checks `params` (as Validate), computes its conditions, allocates the request's KV caches at
   // their peak size and draws x_T from the request's own generator.
-  absl::StatusOr<std::unique_ptr<GenerationState>> Start(const SampleParams& params);
+  absl::StatusOr<std::unique_ptr<GenerationState>> Start(const GenerateParams& params);
 
   // Advances every state by one denoising step in one batched forward. States may be at
   // different steps and have different parameters; finished states are an error. On error
@@ -121,17 +110,16 @@ class Sampler {
   absl::Status Step(std::span<GenerationState* const> states);
 
   // Convenience: runs one request to completion and returns its image [C, H, W] in [-1, 1].
-  absl::StatusOr<torch::Tensor> Generate(const SampleParams& params);
+  absl::StatusOr<torch::Tensor> Generate(const GenerateParams& params);
 
   // Runs many requests to completion, `max_batch` at a time; returns images [N, C, H, W].
-  absl::StatusOr<torch::Tensor> GenerateBatch(std::span<const SampleParams> params, int max_batch);
+  absl::StatusOr<torch::Tensor> GenerateBatch(std::span<const GenerateParams> params,
+                                              int max_batch);
 
   // The image [C, H, W] for a state's latest x_0 estimate (a preview until finished).
   torch::Tensor Image(const GenerationState& state) const;
 
  private:
-  // Validate's checks of everything but the prompt's tokenization.
-  absl::Status ValidateSettings(const SampleParams& params) const;
   // The model's EncodePrompts, with errors naming the `prompt` field.
   absl::StatusOr<TextBatch> EncodePrompts(std::span<const std::string> prompts) const;
   // Backbone features [rows, tokens_per_step, width] at the positions that predict each state's
@@ -140,7 +128,8 @@ class Sampler {
   torch::Tensor PredictWithCache(std::span<GenerationState* const> states);
   torch::Tensor PredictByRecompute(std::span<GenerationState* const> states);
   // Each state's guided x_0 estimate [tokens_per_step, d] from the features: the mean head's
-  // prediction, or a sample of the flow head (guidance on the velocity, research/dart.md §6).
+  // prediction, or a sample of the flow head (guidance on the velocity; docs/model.md, "Flow
+  // head").
   std::vector<torch::Tensor> MeanX0(std::span<GenerationState* const> states,
                                     const torch::Tensor& features);
   std::vector<torch::Tensor> SampleFlow(std::span<GenerationState* const> states,
@@ -153,6 +142,7 @@ class Sampler {
   torch::Tensor Renoise(GenerationState& s, const torch::Tensor& x0, int t) const;
 
   Dart model_;
+  ModelInfo info_;
   SamplerOptions options_;
   NoiseSchedule schedule_;
 };

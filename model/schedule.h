@@ -1,4 +1,4 @@
-// Noise schedule and loss-weight tables (research/dart.md §1–§2).
+// Noise schedule and loss-weight tables (docs/model.md, "Schedule and loss").
 //
 // DART's forward process is non-Markovian: every x_t is drawn independently from x_0,
 //   x_t = sqrt(alpha_t) x_0 + sqrt(1 - alpha_t) eps_t,  t = 1..T,

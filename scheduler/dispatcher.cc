@@ -1,22 +1,17 @@
 #include "scheduler/dispatcher.h"
 
 #include <algorithm>
-
-#include "absl/strings/str_cat.h"
+#include <utility>
 
 namespace dartserve::scheduler {
 
-void Dispatcher::AddReplica(const std::string& model, Scheduler* scheduler) {
-  replicas_[model].push_back(scheduler);
-}
+void Dispatcher::AddReplica(Scheduler* scheduler) { replicas_.push_back(scheduler); }
 
-absl::Status Dispatcher::Submit(const std::string& model, std::unique_ptr<Request>& request) {
-  auto it = replicas_.find(model);
-  if (it == replicas_.end()) {
-    return absl::NotFoundError(absl::StrCat("model: no model named \"", model, "\""));
-  }
+absl::Status Dispatcher::Submit(std::unique_ptr<Request>& request) {
+  if (replicas_.empty()) return absl::FailedPreconditionError("dispatcher: no replicas");
   std::vector<std::pair<int, Scheduler*>> by_load;
-  for (Scheduler* s : it->second) by_load.emplace_back(s->load(), s);
+  by_load.reserve(replicas_.size());
+  for (Scheduler* s : replicas_) by_load.emplace_back(s->load(), s);
   std::stable_sort(by_load.begin(), by_load.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });
   absl::Status status;
@@ -28,30 +23,36 @@ absl::Status Dispatcher::Submit(const std::string& model, std::unique_ptr<Reques
 }
 
 bool Dispatcher::Cancel(const std::string& id) {
-  for (auto& [model, schedulers] : replicas_) {
-    for (Scheduler* s : schedulers) {
-      if (s->Cancel(id)) return true;
-    }
+  for (Scheduler* s : replicas_) {
+    if (s->Cancel(id)) return true;
   }
   return false;
 }
 
 void Dispatcher::BeginDrain(absl::Duration grace) {
-  for (auto& [model, schedulers] : replicas_) {
-    for (Scheduler* s : schedulers) s->BeginDrain(grace);
+  for (Scheduler* s : replicas_) s->BeginDrain(grace);
+}
+
+void Dispatcher::WaitUntilIdle() {
+  for (Scheduler* s : replicas_) s->WaitUntilIdle();
+}
+
+SchedulerStats Dispatcher::stats() const {
+  SchedulerStats sum;
+  for (const Scheduler* s : replicas_) {
+    const SchedulerStats r = s->stats();
+    sum.queued += r.queued;
+    sum.active += r.active;
+    sum.kv_bytes_used += r.kv_bytes_used;
+    sum.kv_budget_bytes += r.kv_budget_bytes;
+    sum.iterations += r.iterations;
+    sum.last_batch_requests = std::max(sum.last_batch_requests, r.last_batch_requests);
+    sum.last_batch_tokens = std::max(sum.last_batch_tokens, r.last_batch_tokens);
+    sum.total_batch_requests += r.total_batch_requests;
+    sum.total_batch_tokens += r.total_batch_tokens;
+    sum.draining = sum.draining || r.draining;
   }
-}
-
-std::vector<std::string> Dispatcher::models() const {
-  std::vector<std::string> out;
-  for (const auto& [model, schedulers] : replicas_) out.push_back(model);
-  return out;
-}
-
-const std::vector<Scheduler*>& Dispatcher::replicas(const std::string& model) const {
-  static const std::vector<Scheduler*> kNone;
-  auto it = replicas_.find(model);
-  return it == replicas_.end() ? kNone : it->second;
+  return sum;
 }
 
 }  // namespace dartserve::scheduler

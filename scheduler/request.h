@@ -7,13 +7,13 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/pixels.h"
 #include "model/engine.h"
-#include "model/png.h"
 
 namespace dartserve::scheduler {
 
 struct Result {
-  model::Pixels image;
+  Pixels image;
   uint64_t seed = 0;
   int steps = 0;
   absl::Duration queue_time;    // submit -> admitted
@@ -29,7 +29,7 @@ class RequestSink {
   virtual ~RequestSink() = default;
   virtual void OnStarted(absl::Duration queue_time) {}
   // `preview` is set on the steps the request's cadence asks for, null otherwise.
-  virtual void OnProgress(int step, int total_steps, const model::Pixels* preview) {}
+  virtual void OnProgress(int step, int total_steps, const Pixels* preview) {}
   virtual void OnFinished(absl::StatusOr<Result> result) = 0;
 };
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -14,8 +15,9 @@ struct Scheduler::Entry {
   absl::Time admitted;
   int64_t kv_bytes = 0;
   int64_t tokens = 0;
+  bool kv_reserved = false;                     // counted in kv_used_ (under mu_)
   std::unique_ptr<model::EngineRequest> state;  // set while active
-  bool finished = false;
+  bool finished = false;                        // the sink had OnFinished
 };
 
 Scheduler::Scheduler(const SchedulerOptions& options, model::Engine* engine, Clock* clock)
@@ -28,26 +30,26 @@ Scheduler::Scheduler(const SchedulerOptions& options, model::Engine* engine, Clo
 
 Scheduler::~Scheduler() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stop_ = true;
   }
-  work_cv_.notify_all();
+  work_cv_.SignalAll();
   if (worker_.joinable()) worker_.join();
   // The worker is gone: this thread may now call sinks and free engine state.
-  std::vector<EntryPtr> rest;
+  std::vector<Departure> rest;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
+    const absl::Status why = absl::UnavailableError("server is shutting down");
     for (auto& q : queues_) {
-      for (auto& e : q) rest.push_back(std::move(e));
+      for (EntryPtr& e : q) rest.push_back({std::move(e), why});
       q.clear();
     }
-    for (auto& e : active_) rest.push_back(std::move(e));
+    queued_ = 0;
+    for (EntryPtr& e : active_) rest.push_back({std::move(e), why});
     active_.clear();
+    for (Departure& d : rest) ReleaseLocked(*d.entry);
   }
-  for (auto& e : rest) {
-    e->state.reset();
-    Finish(*e, absl::UnavailableError("server is shutting down"));
-  }
+  Deliver(rest);
 }
 
 absl::Status Scheduler::Submit(std::unique_ptr<Request>& request) {
@@ -72,7 +74,7 @@ absl::Status Scheduler::Submit(std::unique_ptr<Request>& request) {
   entry->kv_bytes = kv;
   entry->tokens = engine_->TokensPerStep(request->params);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (draining_ || stop_) return absl::UnavailableError("server is draining");
     if (queued_ >= options_.max_queued) {
       return absl::ResourceExhaustedError(
@@ -89,15 +91,17 @@ absl::Status Scheduler::Submit(std::unique_ptr<Request>& request) {
     queues_[priority].push_back(std::move(entry));
     ++queued_;
   }
-  work_cv_.notify_all();
+  work_cv_.SignalAll();
   return absl::OkStatus();
 }
 
 bool Scheduler::Cancel(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!live_ids_.contains(id)) return false;
-  cancelled_.insert(id);
-  work_cv_.notify_all();
+  {
+    MutexLock lock(&mu_);
+    if (!live_ids_.contains(id)) return false;
+    cancelled_.insert(id);
+  }
+  work_cv_.SignalAll();
   return true;
 }
 
@@ -107,91 +111,124 @@ void Scheduler::Start() {
 
 void Scheduler::BeginDrain(absl::Duration grace) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     draining_ = true;
     drain_deadline_ = clock_->Now() + grace;
   }
-  work_cv_.notify_all();
+  work_cv_.SignalAll();
 }
 
 void Scheduler::WaitUntilIdle() {
-  std::unique_lock<std::mutex> lock(mu_);
-  idle_cv_.wait(lock, [this] { return queued_ == 0 && active_.empty(); });
+  MutexLock lock(&mu_);
+  while (HasWorkLocked() || in_iteration_) idle_cv_.Wait(&mu_);
 }
 
 void Scheduler::WorkerLoop() {
   while (true) {
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      work_cv_.wait(lock, [this] { return stop_ || queued_ > 0 || !active_.empty(); });
+      MutexLock lock(&mu_);
+      while (!stop_ && !HasWorkLocked()) work_cv_.Wait(&mu_);
       if (stop_) return;
     }
     RunIteration();
   }
 }
 
-void Scheduler::CollectLeavers(absl::Time now,
-                               std::vector<std::pair<EntryPtr, absl::Status>>* out) {
-  const bool drained = draining_ && now >= drain_deadline_;
-  auto reason = [&](const Entry& e) -> absl::Status {
-    if (cancelled_.contains(e.request.id)) return absl::CancelledError("request was cancelled");
-    if (now >= e.request.deadline) return absl::DeadlineExceededError("deadline exceeded");
-    if (drained) return absl::UnavailableError("server is draining; the grace period ended");
-    return absl::OkStatus();
-  };
+bool Scheduler::RunIteration() {
+  const absl::Time now = clock_->Now();
+  bool changed = false;
+  const std::vector<Entry*> batch = AdmitPhase(now, &changed);
+  if (batch.empty()) {
+    EndIteration(nullptr);
+    return changed;
+  }
+  // Counted before RetirePhase, which frees the entries that leave.
+  int64_t tokens = 0;
+  for (const Entry* e : batch) tokens += e->tokens;
+  const absl::Status step_status = StepPhase(batch);
+  RetirePhase(batch, step_status);
+  const IterationInfo info{.duration = clock_->Now() - now,
+                           .batch_requests = static_cast<int>(batch.size()),
+                           .batch_tokens = tokens,
+                           .step_failed = !step_status.ok()};
+  if (options_.on_iteration) options_.on_iteration(info);
+  EndIteration(&info);
+  return true;
+}
+
+std::vector<Scheduler::Entry*> Scheduler::AdmitPhase(absl::Time now, bool* changed) {
+  std::vector<Departure> leavers;
+  std::vector<EntryPtr> admitted;
+  {
+    // One critical section, so the KV that leavers release is already free for admission.
+    MutexLock lock(&mu_);
+    in_iteration_ = true;
+    leavers = TakeLeaversLocked(now);
+    admitted = PopAdmissibleLocked(now);
+  }
+  *changed = !leavers.empty() || !admitted.empty();
+  // Leavers free their KV memory before the admitted requests allocate theirs.
+  Deliver(leavers);
+  std::vector<EntryPtr> started = StartAll(std::move(admitted), now);
+
+  std::vector<Entry*> batch;
+  MutexLock lock(&mu_);
+  for (EntryPtr& e : started) active_.push_back(std::move(e));
+  batch.reserve(active_.size());
+  for (const EntryPtr& e : active_) batch.push_back(e.get());
+  return batch;
+}
+
+std::vector<Scheduler::Departure> Scheduler::TakeLeaversLocked(absl::Time now) {
+  std::vector<Departure> out;
   for (auto& q : queues_) {
     for (auto it = q.begin(); it != q.end();) {
-      absl::Status why = reason(**it);
+      absl::Status why = LeaveReasonLocked(**it, now);
       if (why.ok()) {
         ++it;
         continue;
       }
-      out->emplace_back(std::move(*it), why);
+      out.push_back({std::move(*it), std::move(why)});
       it = q.erase(it);
       --queued_;
     }
   }
   for (auto it = active_.begin(); it != active_.end();) {
-    absl::Status why = reason(**it);
+    absl::Status why = LeaveReasonLocked(**it, now);
     if (why.ok()) {
       ++it;
       continue;
     }
-    kv_used_ -= (*it)->kv_bytes;
-    out->emplace_back(std::move(*it), why);
+    out.push_back({std::move(*it), std::move(why)});
     it = active_.erase(it);
   }
-  for (const auto& [entry, why] : *out) {
-    live_ids_.erase(entry->request.id);
-    cancelled_.erase(entry->request.id);
-  }
+  for (Departure& d : out) ReleaseLocked(*d.entry);
+  return out;
 }
 
-std::vector<Scheduler::EntryPtr> Scheduler::Admit(absl::Time now) {
+absl::Status Scheduler::LeaveReasonLocked(const Entry& entry, absl::Time now) const {
+  if (cancelled_.contains(entry.request.id)) return absl::CancelledError("request was cancelled");
+  if (now >= entry.request.deadline) return absl::DeadlineExceededError("deadline exceeded");
+  if (draining_ && now >= drain_deadline_) {
+    return absl::UnavailableError("server is draining; the grace period ended");
+  }
+  return absl::OkStatus();
+}
+
+std::vector<Scheduler::EntryPtr> Scheduler::PopAdmissibleLocked(absl::Time now) {
   std::vector<EntryPtr> admitted;
   int count = static_cast<int>(active_.size());
   int64_t tokens = 0;
-  for (const auto& e : active_) tokens += e->tokens;
+  for (const EntryPtr& e : active_) tokens += e->tokens;
   while (count < options_.max_batch_requests) {
-    // The best head: lowest effective class (class minus one per `aging` waited), then oldest.
-    int best = -1;
-    double best_class = 0;
-    for (int c = 0; c < static_cast<int>(queues_.size()); ++c) {
-      if (queues_[c].empty()) continue;
-      const Entry& head = *queues_[c].front();
-      const double waited = absl::FDivDuration(now - head.submitted, options_.aging);
-      const double effective = c - std::floor(std::max(0.0, waited));
-      if (best < 0 || effective < best_class ||
-          (effective == best_class && head.submitted < queues_[best].front()->submitted)) {
-        best = c;
-        best_class = effective;
-      }
-    }
+    const int best = NextClassLocked(now);
     if (best < 0) break;
     Entry& head = *queues_[best].front();
-    if (kv_used_ + head.kv_bytes > options_.kv_budget_bytes) break;  // waits for memory
+    // The head waits for memory rather than being overtaken, so large requests never starve.
+    if (kv_used_ + head.kv_bytes > options_.kv_budget_bytes) break;
     if (count > 0 && tokens + head.tokens > options_.max_batch_tokens) break;
     kv_used_ += head.kv_bytes;
+    head.kv_reserved = true;
     tokens += head.tokens;
     ++count;
     admitted.push_back(std::move(queues_[best].front()));
@@ -201,39 +238,32 @@ std::vector<Scheduler::EntryPtr> Scheduler::Admit(absl::Time now) {
   return admitted;
 }
 
-void Scheduler::Finish(Entry& entry, absl::StatusOr<Result> result) {
-  if (entry.finished) return;
-  entry.finished = true;
-  entry.request.sink->OnFinished(std::move(result));
+int Scheduler::NextClassLocked(absl::Time now) const {
+  // Effective class: the class minus one per `aging` waited by the class's head.
+  int best = -1;
+  double best_class = 0;
+  for (int c = 0; c < static_cast<int>(queues_.size()); ++c) {
+    if (queues_[c].empty()) continue;
+    const Entry& head = *queues_[c].front();
+    const double waited = absl::FDivDuration(now - head.submitted, options_.aging);
+    const double effective = c - std::floor(std::max(0.0, waited));
+    if (best < 0 || effective < best_class ||
+        (effective == best_class && head.submitted < queues_[best].front()->submitted)) {
+      best = c;
+      best_class = effective;
+    }
+  }
+  return best;
 }
 
-bool Scheduler::RunIteration() {
-  const absl::Time now = clock_->Now();
-  std::vector<std::pair<EntryPtr, absl::Status>> leavers;
-  std::vector<EntryPtr> admitted;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    CollectLeavers(now, &leavers);
-    admitted = Admit(now);
-  }
-  for (auto& [entry, why] : leavers) {
-    entry->state.reset();  // frees the KV memory before the sink hears of it
-    Finish(*entry, why);
-  }
-
-  // Start the admitted requests: their KV memory is allocated now, and their first step runs in
-  // this same iteration.
+std::vector<Scheduler::EntryPtr> Scheduler::StartAll(std::vector<EntryPtr> admitted,
+                                                     absl::Time now) {
   std::vector<EntryPtr> started;
+  std::vector<Departure> failed;
   for (EntryPtr& e : admitted) {
     absl::StatusOr<std::unique_ptr<model::EngineRequest>> state = engine_->Start(e->request.params);
     if (!state.ok()) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        kv_used_ -= e->kv_bytes;
-        live_ids_.erase(e->request.id);
-        cancelled_.erase(e->request.id);
-      }
-      Finish(*e, state.status());
+      failed.push_back({std::move(e), state.status()});
       continue;
     }
     e->state = *std::move(state);
@@ -241,104 +271,114 @@ bool Scheduler::RunIteration() {
     e->request.sink->OnStarted(now - e->submitted);
     started.push_back(std::move(e));
   }
-
-  std::vector<Entry*> batch;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (EntryPtr& e : started) active_.push_back(std::move(e));
-    for (const EntryPtr& e : active_) batch.push_back(e.get());
+  if (!failed.empty()) {
+    {
+      MutexLock lock(&mu_);
+      for (Departure& d : failed) ReleaseLocked(*d.entry);
+    }
+    Deliver(failed);
   }
-  if (batch.empty()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (queued_ == 0) idle_cv_.notify_all();
-    return !leavers.empty() || !admitted.empty();
-  }
+  return started;
+}
 
+absl::Status Scheduler::StepPhase(const std::vector<Entry*>& batch) {
   std::vector<model::EngineRequest*> states;
-  int64_t tokens = 0;
-  for (Entry* e : batch) {
-    states.push_back(e->state.get());
-    tokens += e->tokens;
-  }
-  absl::Status step_status;
+  states.reserve(batch.size());
+  for (Entry* e : batch) states.push_back(e->state.get());
+  absl::Status status;
   try {
-    step_status = engine_->Step(states);
+    status = engine_->Step(states);
   } catch (const std::exception& e) {
-    step_status = absl::InternalError(absl::StrCat("denoising step threw: ", e.what()));
+    status = absl::InternalError(absl::StrCat("denoising step threw: ", e.what()));
   }
-
-  // Deliver progress; collect the requests that leave (finished or failed).
-  std::vector<Entry*> leaving;
+  if (!status.ok()) return status;
+  // Progress for the requests that go on; those that finished hear of it in RetirePhase.
   for (Entry* e : batch) {
-    if (!step_status.ok()) {
-      leaving.push_back(e);
-      continue;
-    }
-    const int step = e->state->steps_done(), total = e->state->total_steps();
-    if (e->state->finished()) {
-      leaving.push_back(e);
-      continue;
-    }
+    if (e->state->finished()) continue;
     const Request& r = e->request;
+    const int step = e->state->steps_done(), total = e->state->total_steps();
     if (r.preview_every > 0 && step % r.preview_every == 0) {
-      absl::StatusOr<model::Pixels> preview = engine_->Render(*e->state, r.preview_max_side);
+      absl::StatusOr<Pixels> preview = engine_->Render(*e->state, r.preview_max_side);
       r.sink->OnProgress(step, total, preview.ok() ? &*preview : nullptr);
     } else {
       r.sink->OnProgress(step, total, nullptr);
     }
   }
-  std::vector<std::pair<EntryPtr, absl::StatusOr<Result>>> done;
-  for (Entry* e : leaving) {
-    absl::StatusOr<Result> result =
-        absl::InternalError(absl::StrCat("denoising step failed: ", step_status.message()));
-    if (step_status.ok()) {
-      const int total = e->state->total_steps();
-      e->request.sink->OnProgress(total, total, nullptr);
-      absl::StatusOr<model::Pixels> image = engine_->Render(*e->state, 0);
-      if (image.ok()) {
-        result = Result{.image = *std::move(image),
-                        .seed = e->request.params.seed,
-                        .steps = total,
-                        .queue_time = e->admitted - e->submitted,
-                        .compute_time = clock_->Now() - e->admitted};
-      } else {
-        result = image.status();
-      }
+  return status;
+}
+
+void Scheduler::RetirePhase(const std::vector<Entry*>& batch, const absl::Status& step_status) {
+  std::vector<std::pair<Entry*, absl::StatusOr<Result>>> leaving;
+  for (Entry* e : batch) {
+    if (!step_status.ok()) {
+      leaving.emplace_back(
+          e, absl::InternalError(absl::StrCat("denoising step failed: ", step_status.message())));
+    } else if (e->state->finished()) {
+      leaving.emplace_back(e, Complete(*e));
     }
-    done.emplace_back(nullptr, std::move(result));
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = std::find_if(active_.begin(), active_.end(),
-                           [e](const EntryPtr& p) { return p.get() == e; });
-    done.back().first = std::move(*it);
-    active_.erase(it);
-    kv_used_ -= e->kv_bytes;
-    live_ids_.erase(e->request.id);
-    cancelled_.erase(e->request.id);
   }
-  for (auto& [entry, result] : done) {
-    entry->state.reset();
-    Finish(*entry, std::move(result));
-  }
-  if (options_.on_iteration) {
-    options_.on_iteration({.duration = clock_->Now() - now,
-                           .batch_requests = static_cast<int>(batch.size()),
-                           .batch_tokens = tokens,
-                           .step_failed = !step_status.ok()});
-  }
+  if (leaving.empty()) return;
+  std::vector<Departure> done;
+  done.reserve(leaving.size());
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++stats_.iterations;
-    stats_.last_batch_requests = static_cast<int>(batch.size());
-    stats_.last_batch_tokens = tokens;
-    stats_.total_batch_requests += static_cast<int64_t>(batch.size());
-    stats_.total_batch_tokens += tokens;
-    if (queued_ == 0 && active_.empty()) idle_cv_.notify_all();
+    MutexLock lock(&mu_);
+    for (auto& [e, result] : leaving) {
+      auto it = std::find_if(active_.begin(), active_.end(),
+                             [e = e](const EntryPtr& p) { return p.get() == e; });
+      done.push_back({std::move(*it), std::move(result)});
+      active_.erase(it);
+      ReleaseLocked(*done.back().entry);
+    }
   }
-  return true;
+  Deliver(done);
+}
+
+absl::StatusOr<Result> Scheduler::Complete(Entry& entry) {
+  const int total = entry.state->total_steps();
+  entry.request.sink->OnProgress(total, total, nullptr);
+  absl::StatusOr<Pixels> image = engine_->Render(*entry.state, 0);
+  if (!image.ok()) return image.status();
+  return Result{.image = *std::move(image),
+                .seed = entry.request.params.seed,
+                .steps = total,
+                .queue_time = entry.admitted - entry.submitted,
+                .compute_time = clock_->Now() - entry.admitted};
+}
+
+void Scheduler::EndIteration(const IterationInfo* stepped) {
+  MutexLock lock(&mu_);
+  if (stepped != nullptr) {
+    ++stats_.iterations;
+    stats_.last_batch_requests = stepped->batch_requests;
+    stats_.last_batch_tokens = stepped->batch_tokens;
+    stats_.total_batch_requests += stepped->batch_requests;
+    stats_.total_batch_tokens += stepped->batch_tokens;
+  }
+  in_iteration_ = false;
+  if (!HasWorkLocked()) idle_cv_.SignalAll();
+}
+
+void Scheduler::ReleaseLocked(Entry& entry) {
+  if (entry.kv_reserved) {
+    kv_used_ -= entry.kv_bytes;
+    entry.kv_reserved = false;
+  }
+  live_ids_.erase(entry.request.id);
+  cancelled_.erase(entry.request.id);
+}
+
+void Scheduler::Deliver(std::vector<Departure>& departures) {
+  for (Departure& d : departures) {
+    Entry& e = *d.entry;
+    e.state.reset();  // frees the KV memory before the sink hears of it
+    if (e.finished) continue;
+    e.finished = true;
+    e.request.sink->OnFinished(std::move(d.result));
+  }
 }
 
 SchedulerStats Scheduler::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   SchedulerStats s = stats_;
   s.queued = queued_;
   s.active = static_cast<int>(active_.size());
@@ -348,7 +388,7 @@ SchedulerStats Scheduler::stats() const {
 }
 
 int Scheduler::load() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return queued_ + static_cast<int>(active_.size());
 }
 

@@ -1,4 +1,4 @@
-// Step-level continuous batching over one Engine (DESIGN.md §4).
+// Step-level continuous batching over one Engine (docs/design.md).
 //
 // Each iteration runs one denoising step for every active request, in one batched Engine::Step.
 // Requests join (Engine::Start: KV memory allocated, first step in the same iteration) and leave
@@ -22,26 +22,29 @@
 //    KV memory at once.
 //  - All Engine calls and all sink calls happen on one thread: the worker (Start()), or the caller
 //    of RunIteration() in tests. Sinks are called without the scheduler's lock held.
-// Thread-safety: Submit, Cancel, BeginDrain and the stats accessors are thread-safe.
+// Thread-safety: Submit, Cancel, BeginDrain, WaitUntilIdle and the stats accessors are
+// thread-safe. One mutex guards the queue, the active set and the bookkeeping (annotated below and
+// checked by clang's -Wthread-safety in scripts/test.sh); Engine calls, sink calls and the
+// on_iteration callback run without it.
 #ifndef DARTSERVE_SCHEDULER_SCHEDULER_H_
 #define DARTSERVE_SCHEDULER_SCHEDULER_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "model/engine.h"
 #include "scheduler/clock.h"
+#include "scheduler/mutex.h"
 #include "scheduler/request.h"
 
 namespace dartserve::scheduler {
@@ -84,60 +87,110 @@ class Scheduler {
   // `engine` and `clock` must outlive the scheduler.
   Scheduler(const SchedulerOptions& options, model::Engine* engine, Clock* clock = Clock::Real());
   // Stops the worker; requests still queued or active finish with UNAVAILABLE.
-  ~Scheduler();
+  ~Scheduler() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Queues `*request` (moved from iff OK). INVALID_ARGUMENT for bad parameters or priority,
   // ALREADY_EXISTS for a live id, RESOURCE_EXHAUSTED when the queue is full or the request alone
   // exceeds the KV budget, UNAVAILABLE while draining.
-  absl::Status Submit(std::unique_ptr<Request>& request);
+  absl::Status Submit(std::unique_ptr<Request>& request) ABSL_LOCKS_EXCLUDED(mu_);
   // Marks a live request cancelled (effective at the next boundary). False if the id is unknown.
-  bool Cancel(const std::string& id);
+  bool Cancel(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Starts the worker thread that runs iterations while there is work.
   void Start();
   // Stops admitting (Submit returns UNAVAILABLE). Work already accepted continues until `grace`
   // has passed, after which whatever remains finishes with UNAVAILABLE.
-  void BeginDrain(absl::Duration grace);
-  // Blocks until nothing is queued or active (use with Start()).
-  void WaitUntilIdle();
+  void BeginDrain(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
+  // Blocks until nothing is queued or active and no iteration is under way, so every accepted
+  // request's sink has had OnFinished (use with Start()).
+  void WaitUntilIdle() ABSL_LOCKS_EXCLUDED(mu_);
 
   // One iteration on the calling thread (tests; do not mix with Start()). Returns false when there
   // was nothing to do.
-  bool RunIteration();
+  bool RunIteration() ABSL_LOCKS_EXCLUDED(mu_);
 
-  SchedulerStats stats() const;
+  SchedulerStats stats() const ABSL_LOCKS_EXCLUDED(mu_);
   // Load for the dispatcher: queued + active requests.
-  int load() const;
+  int load() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Entry;
   using EntryPtr = std::unique_ptr<Entry>;
+  // A request that leaves the scheduler, and what its sink will be told.
+  struct Departure {
+    EntryPtr entry;
+    absl::StatusOr<Result> result;
+  };
 
-  void WorkerLoop();
-  // Moves finished/cancelled/expired/drained entries out of the queue and the active set.
-  void CollectLeavers(absl::Time now, std::vector<std::pair<EntryPtr, absl::Status>>* out);
-  // Picks queued entries that fit the budgets, in priority order.
-  std::vector<EntryPtr> Admit(absl::Time now);
-  void Finish(Entry& entry, absl::StatusOr<Result> result);
+  void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // An iteration runs three phases, and only the worker (or RunIteration's caller) runs them, so
+  // the Entry pointers of the batch stay valid between them without the lock.
+  //
+  // Admit: at the boundary, the requests that must leave (cancelled, expired, drained) leave, and
+  // the queued ones that fit the budgets are started (KV allocated; they step in this iteration).
+  // Returns the batch, every active request; `*changed` is set when any request left or joined.
+  std::vector<Entry*> AdmitPhase(absl::Time now, bool* changed) ABSL_LOCKS_EXCLUDED(mu_);
+  // Step: one Engine::Step over `batch`, then progress to the requests that go on. Returns the
+  // step's status (a thrown exception becomes INTERNAL).
+  absl::Status StepPhase(const std::vector<Entry*>& batch) ABSL_LOCKS_EXCLUDED(mu_);
+  // Retire: the requests of `batch` that finished (all of them when the step failed) leave with
+  // their image (INTERNAL when the step failed). Frees their entries.
+  void RetirePhase(const std::vector<Entry*>& batch, const absl::Status& step_status)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Records the iteration (`stepped` is null when there was no batch) and wakes WaitUntilIdle.
+  void EndIteration(const IterationInfo* stepped) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Removes the cancelled, expired and drained requests from the queue and the active set.
+  std::vector<Departure> TakeLeaversLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why `entry` must leave now; OK when it stays.
+  absl::Status LeaveReasonLocked(const Entry& entry, absl::Time now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Pops the queued requests that fit the budgets, in priority order, and reserves their KV.
+  std::vector<EntryPtr> PopAdmissibleLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The class whose head is admitted next: lowest effective class, then oldest. -1 when empty.
+  int NextClassLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Engine::Start for each admitted request; those that fail leave at once. Returns the others.
+  std::vector<EntryPtr> StartAll(std::vector<EntryPtr> admitted, absl::Time now)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The image of a request that ran all its steps (after its last OnProgress).
+  absl::StatusOr<Result> Complete(Entry& entry) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The one release of a request's bookkeeping, for every path by which a request leaves (after
+  // its removal from the queue or the active set): its KV reservation, its live id (free for
+  // reuse) and any pending cancellation.
+  void ReleaseLocked(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After ReleaseLocked, without the lock: frees each engine state (its KV memory) before the
+  // sink hears of it, then tells the sink, once.
+  void Deliver(std::vector<Departure>& departures) ABSL_LOCKS_EXCLUDED(mu_);
+
+  bool HasWorkLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return queued_ > 0 || !active_.empty();
+  }
 
   const SchedulerOptions options_;
   model::Engine* const engine_;
   Clock* const clock_;
 
-  mutable std::mutex mu_;
-  std::condition_variable work_cv_;
-  std::condition_variable idle_cv_;
-  std::vector<std::deque<EntryPtr>> queues_;  // per priority class, FIFO
-  int queued_ = 0;
-  std::vector<EntryPtr> active_;
-  absl::flat_hash_set<std::string> live_ids_;
-  absl::flat_hash_set<std::string> cancelled_;
-  int64_t kv_used_ = 0;
-  bool draining_ = false;
-  absl::Time drain_deadline_ = absl::InfiniteFuture();
-  bool stop_ = false;
-  SchedulerStats stats_;
-  std::thread worker_;
+  mutable Mutex mu_;
+  CondVar work_cv_;  // signalled on Submit, Cancel, BeginDrain and stop
+  CondVar idle_cv_;  // signalled when an iteration ends idle
+  std::vector<std::deque<EntryPtr>> queues_ ABSL_GUARDED_BY(mu_);  // per class, FIFO
+  int queued_ ABSL_GUARDED_BY(mu_) = 0;
+  // Removed from only by the worker (and the destructor, after it), so the worker may use the
+  // entries' pointers without the lock; other threads only count it.
+  std::vector<EntryPtr> active_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> live_ids_ ABSL_GUARDED_BY(mu_);  // queued, active or starting
+  absl::flat_hash_set<std::string> cancelled_ ABSL_GUARDED_BY(mu_);
+  int64_t kv_used_ ABSL_GUARDED_BY(mu_) = 0;  // reserved by admitted requests
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time drain_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  // Set from admission to EndIteration: admitted requests being started are in neither the queue
+  // nor the active set, and leavers are told after their removal, so "idle" needs this too.
+  bool in_iteration_ ABSL_GUARDED_BY(mu_) = false;
+  SchedulerStats stats_ ABSL_GUARDED_BY(mu_);
+  std::thread worker_;  // Start() and the destructor only
 };
 
 }  // namespace dartserve::scheduler

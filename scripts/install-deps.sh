@@ -4,14 +4,16 @@
 set -euo pipefail
 
 PACKAGES=(
-  # Toolchain.
-  g++ cmake ninja-build pkg-config
+  # Toolchain. clang: scripts/test.sh checks the lock annotations with -Wthread-safety.
+  g++ clang cmake ninja-build pkg-config
   # Model: LibTorch (CPU) and an OpenMP BLAS (without it LibTorch falls back to reference BLAS).
   libtorch-dev libopenblas0-openmp
   # Common libraries.
   libabsl-dev nlohmann-json3-dev libpng-dev
-  # Service layers.
-  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libcivetweb-dev curl openssl
+  # Service layers. prometheus-cpp serves the server's metrics; civetweb (under its Exposer) is
+  # also used directly by the metrics tests' HTTP client.
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler prometheus-cpp-dev
+  libcivetweb-dev curl openssl
   # Text conditioning.
   libsentencepiece-dev sentencepiece
   # Tests, benchmarks, the Python reference peer; promtool and a real Prometheus for the metrics

@@ -12,3 +12,13 @@ ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure --parallel "$(nproc)"
 BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan} TARGET=scheduler_test scripts/build.sh \
   -DDARTSERVE_SANITIZER=thread -DCMAKE_BUILD_TYPE=RelWithDebInfo
 TSAN_OPTIONS=halt_on_error=1 "${TSAN_BUILD_DIR:-build-tsan}"/tests/scheduler_test
+
+# Clang's thread-safety analysis of the lock annotations (ABSL_GUARDED_BY and friends): a clang
+# build, warnings as errors, of the torch-free targets that carry them (the scheduler and its
+# test, the server library). Compiling is the check; the scheduler's tests also run, built by
+# clang.
+BUILD_DIR=${CLANG_BUILD_DIR:-build-clang} TARGET=scheduler_test scripts/build.sh \
+  -DCMAKE_CXX_COMPILER="$(command -v clang++)" \
+  "-DCMAKE_CXX_FLAGS=-Wthread-safety -Werror=thread-safety"
+BUILD_DIR=${CLANG_BUILD_DIR:-build-clang} TARGET=dartserve_server scripts/build.sh
+"${CLANG_BUILD_DIR:-build-clang}"/tests/scheduler_test

@@ -1,5 +1,6 @@
-// The one place where absl::Status becomes grpc::Status (DESIGN.md §5). The canonical codes have
-// the same numbers in both; the message is kept as is (it names the field or the reason).
+// The one place where absl::Status becomes grpc::Status (docs/service.md, "Errors"). The canonical
+// codes have the same numbers in both; the message is kept as is (it names the field or the
+// reason).
 #ifndef DARTSERVE_SERVER_GRPC_STATUS_H_
 #define DARTSERVE_SERVER_GRPC_STATUS_H_
 

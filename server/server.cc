@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 
+#include "absl/algorithm/container.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -34,6 +35,22 @@ class WarmUpSink : public scheduler::RequestSink {
   absl::Status status_;
 };
 
+// Generates one image on every replica of `model` (each has its own worker thread, whose first
+// torch calls are the slow ones), one replica at a time.
+absl::Status WarmUpModel(const ServedModel& model) {
+  for (const std::unique_ptr<scheduler::Scheduler>& replica : model.schedulers) {
+    auto sink = std::make_shared<WarmUpSink>();
+    auto request = std::make_unique<scheduler::Request>();
+    request->id = "#warmup";
+    if (model.info.conditioning == model::Conditioning::kClass) request->params.class_id = 0;
+    request->params.guidance_scale = model.info.default_guidance;
+    request->sink = sink;
+    if (absl::Status s = replica->Submit(request); !s.ok()) return s;
+    if (absl::Status s = sink->Wait(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
@@ -41,38 +58,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   if (models.empty()) return absl::InvalidArgumentError("model: at least one model is needed");
   absl::flat_hash_set<std::string> names;
   for (const ModelSpec& m : models) {
-    if (m.info.name.empty() || !names.insert(m.info.name).second) {
+    if (m.name.empty() || !names.insert(m.name).second) {
       return absl::InvalidArgumentError(
-          absl::StrCat("model: names must be unique and non-empty ('", m.info.name, "')"));
+          absl::StrCat("model: names must be unique and non-empty ('", m.name, "')"));
+    }
+    if (m.engines.empty() || absl::c_linear_search(m.engines, nullptr)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model '", m.name, "': at least one engine is needed"));
     }
   }
   std::unique_ptr<Server> server(new Server());
-  server->metrics_ = std::make_unique<ServerMetrics>(&server->registry_);
+  server->metrics_ = std::make_shared<ServerMetrics>();
   server->pump_ = std::make_unique<WorkQueue>(options.pump_threads);
   std::vector<ServedModel*> served;
   for (ModelSpec& spec : models) {
-    auto m = std::make_unique<ServedModel>();
-    m->info = spec.info;
-    m->engine = std::move(spec.engine);
-    ModelMetrics* mm = &server->metrics_->ForModel(m->info.name);
-    spec.scheduler.on_iteration = [mm](const scheduler::IterationInfo& it) {
-      mm->step_duration.Observe(absl::ToDoubleSeconds(it.duration));
-      mm->step_batch_requests.Observe(it.batch_requests);
-      mm->step_batch_tokens.Observe(static_cast<double>(it.batch_tokens));
-    };
-    m->scheduler = std::make_unique<scheduler::Scheduler>(spec.scheduler, m->engine.get());
-    m->scheduler->Start();
-    scheduler::Scheduler* sched = m->scheduler.get();
-    const int64_t budget = spec.scheduler.kv_budget_bytes;
-    server->registry_.AddCollectHook([mm, sched, budget] {
-      const scheduler::SchedulerStats s = sched->stats();
-      mm->running.Set(s.active);
-      mm->waiting.Set(s.queued);
-      mm->kv_bytes.Set(static_cast<double>(s.kv_bytes_used));
-      mm->kv_usage_ratio.Set(budget > 0 ? static_cast<double>(s.kv_bytes_used) / budget : 0);
-    });
-    served.push_back(m.get());
-    server->models_.push_back(std::move(m));
+    served.push_back(server->StartModel(spec));
   }
   server->service_ = std::make_unique<ImageGeneratorService>(
       std::move(served), server->metrics_.get(), server->pump_.get(), options.service);
@@ -100,12 +100,42 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   server->SetServing(false);
 
   if (!options.metrics_address.empty()) {
-    absl::StatusOr<std::unique_ptr<metrics::MetricsHttpServer>> http =
-        metrics::MetricsHttpServer::Start(&server->registry_, options.metrics_address);
-    if (!http.ok()) return http.status();
-    server->metrics_http_ = *std::move(http);
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+        MetricsEndpoint::Start(options.metrics_address, server->metrics_);
+    if (!endpoint.ok()) return endpoint.status();
+    server->metrics_endpoint_ = *std::move(endpoint);
   }
   return server;
+}
+
+ServedModel* Server::StartModel(ModelSpec& spec) {
+  auto m = std::make_unique<ServedModel>();
+  m->name = spec.name;
+  m->info = spec.engines.front()->info();
+  m->engines = std::move(spec.engines);
+  ModelMetrics* mm = &metrics_->ForModel(m->name);
+  spec.scheduler.on_iteration = [mm](const scheduler::IterationInfo& it) {
+    mm->step_duration.Observe(absl::ToDoubleSeconds(it.duration));
+    mm->step_batch_requests.Observe(it.batch_requests);
+    mm->step_batch_tokens.Observe(static_cast<double>(it.batch_tokens));
+  };
+  for (const std::unique_ptr<model::Engine>& engine : m->engines) {
+    m->schedulers.push_back(std::make_unique<scheduler::Scheduler>(spec.scheduler, engine.get()));
+    m->schedulers.back()->Start();
+    m->dispatcher.AddReplica(m->schedulers.back().get());
+  }
+  const scheduler::Dispatcher* dispatcher = &m->dispatcher;
+  // Gauges that mirror the scheduler's state are read when /metrics is scraped.
+  metrics_->AddCollectHook([mm, dispatcher] {
+    const scheduler::SchedulerStats s = dispatcher->stats();
+    mm->running.Set(s.active);
+    mm->waiting.Set(s.queued);
+    mm->kv_bytes.Set(static_cast<double>(s.kv_bytes_used));
+    mm->kv_usage_ratio.Set(
+        s.kv_budget_bytes > 0 ? static_cast<double>(s.kv_bytes_used) / s.kv_budget_bytes : 0);
+  });
+  models_.push_back(std::move(m));
+  return models_.back().get();
 }
 
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
@@ -118,17 +148,9 @@ void Server::SetServing(bool serving) {
 
 absl::Status Server::WarmUp() {
   for (const auto& m : models_) {
-    auto sink = std::make_shared<WarmUpSink>();
-    auto request = std::make_unique<scheduler::Request>();
-    request->id = "#warmup";
-    request->params.class_id =
-        m->info.conditioning == "class" ? std::optional<int>(0) : std::nullopt;
-    request->params.guidance_scale = m->info.default_guidance;
-    request->sink = sink;
-    if (absl::Status s = m->scheduler->Submit(request); !s.ok()) return s;
-    if (absl::Status s = sink->Wait(); !s.ok()) {
-      return absl::Status(
-          s.code(), absl::StrCat("warm-up of model '", m->info.name, "' failed: ", s.message()));
+    if (absl::Status s = WarmUpModel(*m); !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrCat("warm-up of model '", m->name, "' failed: ", s.message()));
     }
   }
   SetServing(true);
@@ -140,13 +162,13 @@ void Server::Shutdown(absl::Duration grace) {
   shut_down_ = true;
   SetServing(false);
   service_->StopAccepting();
-  for (const auto& m : models_) m->scheduler->BeginDrain(grace);
+  for (const auto& m : models_) m->dispatcher.BeginDrain(grace);
   // Bounded: at the end of `grace` the schedulers fail what is left with UNAVAILABLE.
-  for (const auto& m : models_) m->scheduler->WaitUntilIdle();
+  for (const auto& m : models_) m->dispatcher.WaitUntilIdle();
   // The calls now only have their last messages to write; give them a moment, then cancel.
   grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   grpc_server_->Wait();
-  metrics_http_.reset();
+  metrics_endpoint_.reset();
 }
 
 }  // namespace dartserve::server

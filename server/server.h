@@ -15,8 +15,6 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "scheduler/scheduler.h"
-#include "server/metrics.h"
-#include "server/metrics_http.h"
 #include "server/server_metrics.h"
 #include "server/service.h"
 #include "server/work_queue.h"
@@ -24,8 +22,11 @@
 namespace dartserve::server {
 
 struct ModelSpec {
-  ModelInfo info;
-  std::unique_ptr<model::Engine> engine;
+  std::string name;  // unique among the server's models
+  // One engine per replica, at least one, all serving the same model (the first's info() is what
+  // ListModels reports). Each gets its own scheduler with `scheduler` as options: its own worker
+  // thread and KV budget.
+  std::vector<std::unique_ptr<model::Engine>> engines;
   scheduler::SchedulerOptions scheduler;  // on_iteration is set by the server (metrics)
 };
 
@@ -52,8 +53,9 @@ class Server {
   ~Server();
 
   int port() const { return port_; }
-  int metrics_port() const { return metrics_http_ ? metrics_http_->port() : 0; }
-  metrics::Registry& registry() { return registry_; }
+  // The metrics endpoint's port; 0 when it is off (empty ServerOptions::metrics_address).
+  int metrics_port() const { return metrics_endpoint_ ? metrics_endpoint_->port() : 0; }
+  ServerMetrics& metrics() { return *metrics_; }
   ServedModel& model(size_t i) { return *models_[i]; }
 
   // Generates one image per model through its scheduler, then marks the server SERVING.
@@ -64,14 +66,16 @@ class Server {
 
  private:
   Server() = default;
+  // Starts `spec`'s schedulers (one per engine) and its metrics; the result lives in models_.
+  ServedModel* StartModel(ModelSpec& spec);
 
-  metrics::Registry registry_;
-  std::unique_ptr<ServerMetrics> metrics_;
+  // Shared: the metrics endpoint holds it weakly.
+  std::shared_ptr<ServerMetrics> metrics_;
   std::unique_ptr<WorkQueue> pump_;
   std::vector<std::unique_ptr<ServedModel>> models_;
   std::unique_ptr<ImageGeneratorService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
-  std::unique_ptr<metrics::MetricsHttpServer> metrics_http_;
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
   int port_ = 0;
   bool shut_down_ = false;
 };

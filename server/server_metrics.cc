@@ -1,83 +1,185 @@
 #include "server/server_metrics.h"
 
+#include <CivetServer.h>
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <prometheus/exposer.h>
+#include <prometheus/text_serializer.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <exception>
+#include <thread>
+#include <utility>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "server/grpc_status.h"
 
 namespace dartserve::server {
 namespace {
 
+// True while this thread constructs a prometheus::Exposer, which is where civetweb creates all
+// of its threads (master and workers); see pthread_attr_setstacksize at the end of this file.
+thread_local bool starting_exposer = false;
+// While this thread starts an Exposer: civetweb's error messages, for the Status if it fails.
+thread_local std::vector<std::string>* exposer_start_log = nullptr;
+
+// `count` upper bounds start, start*factor, start*factor^2, ...
+std::vector<double> ExponentialBuckets(double start, double factor, int count) {
+  std::vector<double> buckets;
+  double bound = start;
+  for (int i = 0; i < count; ++i, bound *= factor) buckets.push_back(bound);
+  return buckets;
+}
+
 // Request-level latencies: 5 ms .. ~160 s. Steps: 0.5 ms .. ~16 s.
-std::vector<double> RequestBuckets() { return metrics::ExponentialBuckets(0.005, 2, 16); }
-std::vector<double> StepBuckets() { return metrics::ExponentialBuckets(0.0005, 2, 16); }
+const prometheus::Histogram::BucketBoundaries& RequestBuckets() {
+  static const auto* const buckets = new std::vector<double>(ExponentialBuckets(0.005, 2, 16));
+  return *buckets;
+}
+const prometheus::Histogram::BucketBoundaries& StepBuckets() {
+  static const auto* const buckets = new std::vector<double>(ExponentialBuckets(0.0005, 2, 16));
+  return *buckets;
+}
+const prometheus::Histogram::BucketBoundaries& BatchRequestBuckets() {
+  static const auto* const buckets = new std::vector<double>(ExponentialBuckets(1, 2, 9));
+  return *buckets;
+}
+const prometheus::Histogram::BucketBoundaries& BatchTokenBuckets() {
+  static const auto* const buckets = new std::vector<double>(ExponentialBuckets(16, 2, 14));
+  return *buckets;
+}
+
+template <typename T>
+prometheus::Family<T>& Add(prometheus::Registry& registry, const std::string& name,
+                           const std::string& help) {
+  return prometheus::detail::Builder<T>().Name(name).Help(help).Register(registry);
+}
+
+// A validated listening address.
+struct ListenAddress {
+  std::string host;  // an IPv4 literal
+  int port = 0;
+};
+
+// civetweb's own parser of "listening_ports" is lenient in surprising ways (in 1.15,
+// "999.1.1.1:0" binds 231.1.1.1), so the address is checked here: an IPv4 literal (Debian's
+// civetweb has no IPv6) or "localhost", and a port.
+absl::StatusOr<ListenAddress> ParseAddress(absl::string_view address) {
+  const size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics address \"", address, "\" is not <IPv4 address>:<port>"));
+  }
+  ListenAddress parsed;
+  parsed.host = std::string(address.substr(0, colon));
+  const absl::string_view port_text = address.substr(colon + 1);
+  const bool port_ok =
+      !port_text.empty() && port_text.find_first_not_of("0123456789") == absl::string_view::npos &&
+      absl::SimpleAtoi(port_text, &parsed.port) && parsed.port >= 0 && parsed.port <= 65535;
+  if (!port_ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics address \"", address, "\": port must be a number in [0, 65535]"));
+  }
+  if (parsed.host == "localhost") parsed.host = "127.0.0.1";
+  in_addr ip;
+  if (inet_pton(AF_INET, parsed.host.c_str(), &ip) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics address \"", address, "\": host must be an IPv4 address or localhost"));
+  }
+  return parsed;
+}
+
+// civetweb's log callback: during an Exposer's start-up on this thread, keeps the message (for
+// instance "cannot bind to 127.0.0.1:9464: 98 (Address already in use)") and tells civetweb it
+// was handled; otherwise leaves it to civetweb's default (no error log file: dropped).
+int CaptureStartLog(const mg_connection* /*connection*/, const char* message) {
+  if (exposer_start_log == nullptr) return 0;
+  exposer_start_log->emplace_back(message);
+  return 1;
+}
+
+// Opens and closes a TCP connection to `ip`:`port`, which wakes civetweb's master thread from
+// its poll() on the listening socket. Errors are irrelevant: the next attempt retries.
+void Poke(uint32_t ip, int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  sockaddr_in target = {};
+  target.sin_family = AF_INET;
+  target.sin_addr.s_addr = ip;
+  target.sin_port = htons(static_cast<uint16_t>(port));
+  (void)connect(fd, reinterpret_cast<const sockaddr*>(&target), sizeof(target));
+  close(fd);
+}
 
 }  // namespace
 
-ServerMetrics::ServerMetrics(metrics::Registry* registry)
-    : registry_(registry),
-      request_duration_(registry->AddHistogram(
-          "dartserve_request_duration_seconds",
-          "GenerateImage calls from arrival to final status, by model and status.",
-          RequestBuckets(), {"model", "status"})),
-      requests_(registry->AddCounter("dartserve_requests_total",
-                                     "GenerateImage calls by model and final status.",
-                                     {"model", "status"})),
-      queue_wait_(registry->AddHistogram("dartserve_queue_wait_seconds",
-                                         "Time an image waited in the queue before its first step.",
-                                         RequestBuckets(), {"model"})),
-      time_to_first_preview_(
-          registry->AddHistogram("dartserve_time_to_first_preview_seconds",
-                                 "Call arrival to the first preview image written to the client.",
-                                 RequestBuckets(), {"model"})),
-      step_duration_(registry->AddHistogram(
-          "dartserve_step_duration_seconds",
-          "One scheduler iteration: one denoising step for every active request.", StepBuckets(),
-          {"model"})),
-      step_batch_requests_(registry->AddHistogram("dartserve_step_batch_requests",
-                                                  "Requests stepped together in one iteration.",
-                                                  metrics::ExponentialBuckets(1, 2, 9), {"model"})),
-      step_batch_tokens_(registry->AddHistogram("dartserve_step_batch_tokens",
-                                                "Tokens put through the model in one iteration.",
-                                                metrics::ExponentialBuckets(16, 2, 14), {"model"})),
-      png_encode_(registry->AddHistogram("dartserve_png_encode_seconds",
-                                         "PNG encoding of one preview or final image.",
-                                         StepBuckets(), {"model"})),
-      running_(registry->AddGauge("dartserve_requests_running",
-                                  "Images being denoised now (one per requested image).",
-                                  {"model"})),
-      waiting_(registry->AddGauge("dartserve_requests_waiting",
-                                  "Images waiting in the queue (one per requested image).",
-                                  {"model"})),
-      kv_usage_ratio_(registry->AddGauge("dartserve_kv_cache_usage_ratio",
-                                         "Reserved KV cache memory over the KV budget.",
-                                         {"model"})),
-      kv_bytes_(registry->AddGauge("dartserve_kv_cache_bytes", "Reserved KV cache memory in bytes.",
-                                   {"model"})),
-      previews_sent_(registry->AddCounter("dartserve_previews_sent_total",
-                                          "Preview images written to clients.", {"model"})),
-      previews_dropped_(registry->AddCounter(
-          "dartserve_previews_dropped_total",
-          "Preview images replaced by a newer one before a slow client read them.",
-          {"model", "reason"})),
-      images_(
-          registry->AddCounter("dartserve_images_total", "Final images generated.", {"model"})) {}
+ServerMetrics::ServerMetrics()
+    : request_duration_(Add<prometheus::Histogram>(
+          registry_, "dartserve_request_duration_seconds",
+          "GenerateImage calls from arrival to final status, by model and status.")),
+      requests_(Add<prometheus::Counter>(registry_, "dartserve_requests_total",
+                                         "GenerateImage calls by model and final status.")),
+      queue_wait_(
+          Add<prometheus::Histogram>(registry_, "dartserve_queue_wait_seconds",
+                                     "Time an image waited in the queue before its first step.")),
+      time_to_first_preview_(Add<prometheus::Histogram>(
+          registry_, "dartserve_time_to_first_preview_seconds",
+          "Call arrival to the first preview image written to the client.")),
+      step_duration_(Add<prometheus::Histogram>(
+          registry_, "dartserve_step_duration_seconds",
+          "One scheduler iteration: one denoising step for every active request.")),
+      step_batch_requests_(
+          Add<prometheus::Histogram>(registry_, "dartserve_step_batch_requests",
+                                     "Requests stepped together in one iteration.")),
+      step_batch_tokens_(
+          Add<prometheus::Histogram>(registry_, "dartserve_step_batch_tokens",
+                                     "Tokens put through the model in one iteration.")),
+      png_encode_(Add<prometheus::Histogram>(registry_, "dartserve_png_encode_seconds",
+                                             "PNG encoding of one preview or final image.")),
+      running_(Add<prometheus::Gauge>(registry_, "dartserve_requests_running",
+                                      "Images being denoised now (one per requested image).")),
+      waiting_(Add<prometheus::Gauge>(registry_, "dartserve_requests_waiting",
+                                      "Images waiting in the queue (one per requested image).")),
+      kv_usage_ratio_(Add<prometheus::Gauge>(registry_, "dartserve_kv_cache_usage_ratio",
+                                             "Reserved KV cache memory over the KV budget.")),
+      kv_bytes_(Add<prometheus::Gauge>(registry_, "dartserve_kv_cache_bytes",
+                                       "Reserved KV cache memory in bytes.")),
+      previews_sent_(Add<prometheus::Counter>(registry_, "dartserve_previews_sent_total",
+                                              "Preview images written to clients.")),
+      previews_dropped_(Add<prometheus::Counter>(
+          registry_, "dartserve_previews_dropped_total",
+          "Preview images replaced by a newer one before a slow client read them.")),
+      images_(Add<prometheus::Counter>(registry_, "dartserve_images_total",
+                                       "Final images generated.")) {}
 
 ModelMetrics& ServerMetrics::ForModel(const std::string& model) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&models_mu_);
   std::unique_ptr<ModelMetrics>& m = models_[model];
   if (m == nullptr) {
+    const prometheus::Labels labels = {{"model", model}};
     m.reset(new ModelMetrics{
-        .queue_wait = queue_wait_.WithLabels({model}),
-        .time_to_first_preview = time_to_first_preview_.WithLabels({model}),
-        .step_duration = step_duration_.WithLabels({model}),
-        .step_batch_requests = step_batch_requests_.WithLabels({model}),
-        .step_batch_tokens = step_batch_tokens_.WithLabels({model}),
-        .png_encode = png_encode_.WithLabels({model}),
-        .running = running_.WithLabels({model}),
-        .waiting = waiting_.WithLabels({model}),
-        .kv_usage_ratio = kv_usage_ratio_.WithLabels({model}),
-        .kv_bytes = kv_bytes_.WithLabels({model}),
-        .previews_sent = previews_sent_.WithLabels({model}),
-        .previews_dropped = previews_dropped_.WithLabels({model, "backpressure"}),
-        .images = images_.WithLabels({model}),
+        .queue_wait = queue_wait_.Add(labels, RequestBuckets()),
+        .time_to_first_preview = time_to_first_preview_.Add(labels, RequestBuckets()),
+        .step_duration = step_duration_.Add(labels, StepBuckets()),
+        .step_batch_requests = step_batch_requests_.Add(labels, BatchRequestBuckets()),
+        .step_batch_tokens = step_batch_tokens_.Add(labels, BatchTokenBuckets()),
+        .png_encode = png_encode_.Add(labels, StepBuckets()),
+        .running = running_.Add(labels),
+        .waiting = waiting_.Add(labels),
+        .kv_usage_ratio = kv_usage_ratio_.Add(labels),
+        .kv_bytes = kv_bytes_.Add(labels),
+        .previews_sent = previews_sent_.Add(labels),
+        .previews_dropped = previews_dropped_.Add({{"model", model}, {"reason", "backpressure"}}),
+        .images = images_.Add(labels),
     });
   }
   return *m;
@@ -85,9 +187,116 @@ ModelMetrics& ServerMetrics::ForModel(const std::string& model) {
 
 void ServerMetrics::RecordRequest(const std::string& model, const absl::Status& status,
                                   double seconds) {
-  const std::string label = StatusLabel(status.code());
-  request_duration_.WithLabels({model, label}).Observe(seconds);
-  requests_.WithLabels({model, label}).Increment();
+  // Family::Add returns the existing child for labels it has seen.
+  const prometheus::Labels labels = {{"model", model}, {"status", StatusLabel(status.code())}};
+  request_duration_.Add(labels, RequestBuckets()).Observe(seconds);
+  requests_.Add(labels).Increment();
+}
+
+void ServerMetrics::AddCollectHook(std::function<void()> hook) {
+  absl::MutexLock lock(&collect_mu_);
+  hooks_.push_back(std::move(hook));
+}
+
+std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
+  absl::MutexLock lock(&collect_mu_);
+  for (const std::function<void()>& hook : hooks_) hook();
+  return registry_.Collect();
+}
+
+std::string ServerMetrics::Serialize() const {
+  return prometheus::TextSerializer().Serialize(Collect());
+}
+
+absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
+    const std::string& address, const std::shared_ptr<prometheus::Collectable>& collectable) {
+  absl::StatusOr<ListenAddress> parsed = ParseAddress(address);
+  if (!parsed.ok()) return parsed.status();
+
+  std::unique_ptr<MetricsEndpoint> endpoint(new MetricsEndpoint());
+  CivetCallbacks callbacks;  // copied by civetweb
+  callbacks.log_message = &CaptureStartLog;
+  std::vector<std::string> log;
+  {
+    starting_exposer = true;
+    exposer_start_log = &log;
+    absl::Cleanup done = [] {
+      starting_exposer = false;
+      exposer_start_log = nullptr;
+    };
+    // civetweb reports a failed start (bind, threads) only as an exception from the Exposer's
+    // constructor, with a generic text; the captured log says what actually went wrong.
+    try {
+      endpoint->exposer_ = std::make_unique<prometheus::Exposer>(
+          std::vector<std::string>{"listening_ports", absl::StrCat(parsed->host, ":", parsed->port),
+                                   // Scrapes are rare and cheap: two workers suffice.
+                                   "num_threads", "2",
+                                   // A stalled client cannot hold a worker for long.
+                                   "request_timeout_ms", "10000"},
+          &callbacks);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on ", address, ": ",
+                       log.empty() ? e.what() : absl::StrJoin(log, "; ")));
+    }
+  }
+  endpoint->exposer_->RegisterCollectable(collectable);
+
+  // civetweb reads the bound address back after bind() (getsockname), so for port 0 this is the
+  // ephemeral port the kernel chose.
+  const std::vector<int> ports = endpoint->exposer_->GetListeningPorts();
+  if (ports.empty() || ports[0] <= 0) {
+    return absl::InternalError(
+        absl::StrCat("metrics endpoint on ", address, ": civetweb did not report its port"));
+  }
+  endpoint->port_ = ports[0];
+  // An endpoint on every interface is reachable on loopback, where the destructor pokes it.
+  const std::string wake_host = parsed->host == "0.0.0.0" ? "127.0.0.1" : parsed->host;
+  in_addr wake_ip;
+  inet_pton(AF_INET, wake_host.c_str(), &wake_ip);
+  endpoint->wake_ip_ = wake_ip.s_addr;
+  return endpoint;
+}
+
+MetricsEndpoint::~MetricsEndpoint() {
+  if (exposer_ == nullptr) return;
+  // civetweb's master thread (1.15) polls its listening socket in 2-second quanta and checks the
+  // stop flag only between them, so destroying the Exposer takes up to 2 s. A connection wakes
+  // it up; as one that arrives before the stop flag is set is just served (and closed), the poke
+  // is repeated every few milliseconds until the Exposer is gone.
+  absl::Mutex mu;
+  bool stopped = false;
+  std::thread waker([&] {
+    absl::MutexLock lock(&mu);
+    while (!mu.AwaitWithTimeout(absl::Condition(&stopped), absl::Milliseconds(5))) {
+      Poke(wake_ip_, port_);
+    }
+  });
+  exposer_.reset();
+  {
+    absl::MutexLock lock(&mu);
+    stopped = true;
+  }
+  waker.join();
 }
 
 }  // namespace dartserve::server
+
+// Debian builds civetweb (1.15) with a fixed 100 KiB thread stack (USE_STACK_SIZE=102400). glibc
+// places a thread's static TLS on its stack, and a process that links LibTorch (OpenBLAS, glog:
+// about 108 KiB of static TLS) needs more than that, so every civetweb pthread_create fails with
+// EINVAL and the Exposer's constructor throws ("null context when constructing CivetServer") in
+// the dartserve binary and in tests that link LibTorch. prometheus-cpp uses the system civetweb,
+// so it inherits this, and the stack size is a compile-time choice of the package. The call is
+// therefore intercepted: while this thread constructs an Exposer, the request is ignored and
+// civetweb's threads get glibc's default stack size, like any std::thread. Every other caller in
+// the process goes straight to glibc. (The CMake target exports this symbol from executables so
+// that the dynamic linker binds civetweb's calls to it.)
+extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t stack_size) noexcept {
+  if (dartserve::server::starting_exposer) return 0;
+  using SetStackSize = int (*)(pthread_attr_t*, size_t);
+  static const auto glibc_set_stack_size =
+      reinterpret_cast<SetStackSize>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
+  if (glibc_set_stack_size == nullptr) return ENOSYS;
+  return glibc_set_stack_size(attr, stack_size);
+}

@@ -50,7 +50,7 @@ absl::Status ImageGeneratorService::Authenticate(const grpc::CallbackServerConte
 ServedModel* ImageGeneratorService::FindModel(const std::string& name) const {
   if (name.empty()) return models_.front();
   for (ServedModel* m : models_) {
-    if (m->info.name == name) return m;
+    if (m->name == name) return m;
   }
   return nullptr;
 }
@@ -58,7 +58,7 @@ ServedModel* ImageGeneratorService::FindModel(const std::string& name) const {
 grpc::ServerWriteReactor<v1::GenerateImageResponse>* ImageGeneratorService::GenerateImage(
     grpc::CallbackServerContext* context, const v1::GenerateImageRequest* request) {
   ServedModel* model = FindModel(request->model());
-  const std::string model_label = model != nullptr ? model->info.name : "unknown";
+  const std::string model_label = model != nullptr ? model->name : "unknown";
   auto reject = [&](const absl::Status& status) {
     metrics_->RecordRequest(model_label, status, 0);
     return RejectCall(status);
@@ -67,22 +67,26 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* ImageGeneratorService::Gene
   if (draining_) return reject(absl::UnavailableError("server is shutting down"));
   if (model == nullptr) {
     std::vector<std::string> names;
-    for (const ServedModel* m : models_) names.push_back(m->info.name);
+    for (const ServedModel* m : models_) names.push_back(m->name);
     return reject(absl::NotFoundError(absl::StrCat("model: unknown model '", request->model(),
                                                    "'; served: ", absl::StrJoin(names, ", "))));
   }
   if (absl::Status s = ValidateRequestId(request->request_id()); !s.ok()) return reject(s);
-  absl::StatusOr<ValidatedRequest> validated =
-      ValidateGenerateRequest(*request, model->info, absl::Uniform<uint64_t>(absl::BitGen()));
+  absl::StatusOr<ValidatedRequest> validated = ValidateGenerateRequest(
+      *request, model->info, model->name, absl::Uniform<uint64_t>(absl::BitGen()));
   if (!validated.ok()) return reject(validated.status());
-  // Engine-level checks (the scheduler repeats them; doing them here keeps the field names).
-  if (absl::Status s = model->engine->Validate(validated->params); !s.ok()) return reject(s);
+  // What only the model can check (a prompt's length in tokens). The scheduler repeats it; doing
+  // it here rejects the call before anything is accepted.
+  if (absl::Status s = model->engines.front()->Validate(validated->params); !s.ok()) {
+    return reject(s);
+  }
 
   std::string id = request->request_id();
   if (id.empty()) id = absl::StrCat("req-", absl::ToUnixMicros(started_), "-", next_id_++);
-  const CallContext deps{.scheduler = model->scheduler.get(),
-                         .model = &model->info,
-                         .model_metrics = &metrics_->ForModel(model->info.name),
+  const CallContext deps{.scheduler = &model->dispatcher,
+                         .model_name = model->name,
+                         .progress_steps = model->info.progress_steps,
+                         .model_metrics = &metrics_->ForModel(model->name),
                          .metrics = metrics_,
                          .pump = pump_,
                          .registry = &calls_};
@@ -111,13 +115,14 @@ grpc::ServerUnaryReactor* ImageGeneratorService::ListModels(grpc::CallbackServer
   if (absl::Status s = Authenticate(*context); !s.ok()) return Reply(context, s);
   for (const ServedModel* m : models_) {
     v1::ModelInfo* info = response->add_models();
-    info->set_name(m->info.name);
-    info->set_conditioning(m->info.conditioning);
+    info->set_name(m->name);
+    info->set_conditioning(std::string(model::ConditioningName(m->info.conditioning)));
     info->set_num_classes(static_cast<uint32_t>(m->info.num_classes));
     for (const std::string& n : m->info.class_names) info->add_class_names(n);
     info->set_image_size(static_cast<uint32_t>(m->info.image_size));
     info->set_channels(static_cast<uint32_t>(m->info.channels));
-    info->set_steps(static_cast<uint32_t>(m->info.steps));
+    info->set_steps(static_cast<uint32_t>(m->info.denoising_steps));
+    info->set_progress_steps(static_cast<uint32_t>(m->info.progress_steps));
     info->set_default_guidance_scale(m->info.default_guidance);
     info->set_is_default(m == models_.front());
     info->set_parameters(static_cast<uint64_t>(m->info.parameters));
@@ -133,7 +138,7 @@ grpc::ServerUnaryReactor* ImageGeneratorService::GetServerInfo(
   response->set_uptime_seconds(absl::ToDoubleSeconds(absl::Now() - started_));
   uint32_t waiting = 0, running = 0;
   for (const ServedModel* m : models_) {
-    const scheduler::SchedulerStats stats = m->scheduler->stats();
+    const scheduler::SchedulerStats stats = m->dispatcher.stats();
     waiting += static_cast<uint32_t>(stats.queued);
     running += static_cast<uint32_t>(stats.active);
   }

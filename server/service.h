@@ -1,4 +1,5 @@
-// The ImageGenerator gRPC service (callback API) over one scheduler per served model.
+// The ImageGenerator gRPC service (callback API) over one dispatcher (of one or more replicas) per
+// served model.
 #ifndef DARTSERVE_SERVER_SERVICE_H_
 #define DARTSERVE_SERVER_SERVICE_H_
 
@@ -10,6 +11,7 @@
 #include "absl/time/time.h"
 #include "dartserve/v1/image_generator.grpc.pb.h"
 #include "model/engine.h"
+#include "scheduler/dispatcher.h"
 #include "scheduler/scheduler.h"
 #include "server/server_metrics.h"
 #include "server/stream.h"
@@ -18,11 +20,15 @@
 
 namespace dartserve::server {
 
-// A model as served: its description, its engine and the scheduler that owns the engine's thread.
+// A model as served: its name and description, and its replicas: one engine per replica, each
+// driven by its own scheduler (worker thread, KV budget), and the dispatcher that spreads requests
+// over them.
 struct ServedModel {
-  ModelInfo info;
-  std::unique_ptr<model::Engine> engine;
-  std::unique_ptr<scheduler::Scheduler> scheduler;
+  std::string name;
+  model::ModelInfo info;  // the first replica's; every replica serves the same model
+  std::vector<std::unique_ptr<model::Engine>> engines;
+  std::vector<std::unique_ptr<scheduler::Scheduler>> schedulers;  // schedulers[i] drives engines[i]
+  scheduler::Dispatcher dispatcher;                               // over `schedulers`
 };
 
 struct ServiceOptions {

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "model/png.h"
+#include "common/png.h"
 #include "server/grpc_status.h"
 
 namespace dartserve::server {
@@ -18,7 +18,7 @@ class ImageSink : public scheduler::RequestSink {
   ImageSink(std::shared_ptr<GenerateCall> call, int index)
       : call_(std::move(call)), index_(index) {}
   void OnStarted(absl::Duration queue_time) override { call_->ImageStarted(index_, queue_time); }
-  void OnProgress(int step, int total, const model::Pixels* preview) override {
+  void OnProgress(int step, int total, const Pixels* preview) override {
     call_->ImageProgress(index_, step, total, preview);
   }
   void OnFinished(absl::StatusOr<scheduler::Result> result) override {
@@ -50,7 +50,7 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* RejectCall(const absl::Stat
 }
 
 bool CallRegistry::Add(const std::string& id, std::weak_ptr<GenerateCall> call) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto [it, inserted] = calls_.try_emplace(id, call);
   if (inserted) return true;
   if (!it->second.expired()) return false;
@@ -59,7 +59,7 @@ bool CallRegistry::Add(const std::string& id, std::weak_ptr<GenerateCall> call) 
 }
 
 void CallRegistry::Remove(const std::string& id, const GenerateCall* call) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = calls_.find(id);
   if (it == calls_.end()) return;
   std::shared_ptr<GenerateCall> live = it->second.lock();
@@ -67,13 +67,13 @@ void CallRegistry::Remove(const std::string& id, const GenerateCall* call) {
 }
 
 std::shared_ptr<GenerateCall> CallRegistry::Find(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = calls_.find(id);
   return it == calls_.end() ? nullptr : it->second.lock();
 }
 
 size_t CallRegistry::size() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return calls_.size();
 }
 
@@ -88,10 +88,13 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateCall::Start(
   if (!deps.registry->Add(call->request_id_, call)) {
     const absl::Status status = absl::AlreadyExistsError(
         absl::StrCat("request_id: '", call->request_id_, "' is already in flight"));
-    deps.metrics->RecordRequest(deps.model->name, status, 0);
+    deps.metrics->RecordRequest(std::string(deps.model_name), status, 0);
     return RejectCall(status);
   }
-  call->self_ = call;
+  {
+    absl::MutexLock lock(&call->mu_);
+    call->self_ = call;
+  }
 
   const int queued_before = deps.scheduler->stats().queued;
   absl::Status submit_status;
@@ -107,12 +110,12 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateCall::Start(
     r->sink = std::make_shared<ImageSink>(call, i);
     submit_status = deps.scheduler->Submit(r);
     if (submit_status.ok()) {
-      std::lock_guard<std::mutex> lock(call->mu_);
+      absl::MutexLock lock(&call->mu_);
       ++call->submitted_;
     }
   }
 
-  std::lock_guard<std::mutex> lock(call->mu_);
+  absl::MutexLock lock(&call->mu_);
   if (!submit_status.ok()) {
     // Nothing was sent yet: the call ends with the submit error alone.
     call->queue_.clear();
@@ -124,11 +127,11 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateCall::Start(
   }
   Outgoing accepted{.kind = Outgoing::kAccepted};
   accepted.accepted.set_request_id(call->request_id_);
-  accepted.accepted.set_model(deps.model->name);
+  accepted.accepted.set_model(std::string(deps.model_name));
   accepted.accepted.set_seed(request.params.seed);
   accepted.accepted.set_queue_position(static_cast<uint32_t>(queued_before));
   accepted.accepted.set_num_images(static_cast<uint32_t>(request.num_images));
-  accepted.accepted.set_total_steps(static_cast<uint32_t>(deps.model->steps));
+  accepted.accepted.set_total_steps(static_cast<uint32_t>(deps.progress_steps));
   call->queue_.push_front(std::move(accepted));
   call->hold_ = false;
   call->SchedulePumpLocked();
@@ -142,7 +145,7 @@ std::string GenerateCall::ImageId(int index) const {
 void GenerateCall::CancelImages() {
   int submitted;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     submitted = submitted_;
   }
   for (int i = 0; i < submitted; ++i) deps_.scheduler->Cancel(ImageId(i));
@@ -150,7 +153,7 @@ void GenerateCall::CancelImages() {
 
 void GenerateCall::Cancel(const std::string& why) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     queue_.clear();
     SetFinalLocked(absl::CancelledError(why));
   }
@@ -185,8 +188,8 @@ void GenerateCall::ImageStarted(int index, absl::Duration queue_time) {
   deps_.model_metrics->queue_wait.Observe(absl::ToDoubleSeconds(queue_time));
 }
 
-void GenerateCall::ImageProgress(int index, int step, int total, const model::Pixels* preview) {
-  std::lock_guard<std::mutex> lock(mu_);
+void GenerateCall::ImageProgress(int index, int step, int total, const Pixels* preview) {
+  absl::MutexLock lock(&mu_);
   if (final_set_ || done_) return;
   for (Outgoing& o : queue_) {
     if (o.kind != Outgoing::kProgress || o.index != index) continue;
@@ -209,7 +212,7 @@ void GenerateCall::ImageProgress(int index, int step, int total, const model::Pi
 void GenerateCall::ImageFinished(int index, absl::StatusOr<scheduler::Result> result) {
   bool cancel_siblings = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (!result.ok()) {
       if (!final_set_) {
         // Results already queued still go out; pending progress does not.
@@ -235,7 +238,7 @@ void GenerateCall::Pump() {
   Outgoing item;
   std::optional<absl::Status> finish;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (done_ || finished_) {
       pumping_ = false;
       return;
@@ -255,69 +258,78 @@ void GenerateCall::Pump() {
     }
   }
   if (finish.has_value()) {
-    deps_.metrics->RecordRequest(deps_.model->name, *finish,
+    deps_.metrics->RecordRequest(std::string(deps_.model_name), *finish,
                                  absl::ToDoubleSeconds(absl::Now() - arrived_));
     Finish(ToGrpcStatus(*finish));
     return;
   }
 
   response_.Clear();
+  absl::Status filled;
   switch (item.kind) {
     case Outgoing::kAccepted:
       *response_.mutable_accepted() = std::move(item.accepted);
       break;
-    case Outgoing::kProgress: {
-      v1::Progress* p = response_.mutable_progress();
-      p->set_image_index(static_cast<uint32_t>(item.index));
-      p->set_step(static_cast<uint32_t>(item.step));
-      p->set_total_steps(static_cast<uint32_t>(item.total));
-      if (item.pixels.has_value()) {
-        const absl::Time t0 = absl::Now();
-        absl::StatusOr<std::string> png = model::EncodePng(*item.pixels);
-        deps_.model_metrics->png_encode.Observe(absl::ToDoubleSeconds(absl::Now() - t0));
-        if (png.ok()) {
-          p->set_preview_png(*std::move(png));
-          deps_.model_metrics->previews_sent.Increment();
-          if (!first_preview_sent_) {
-            first_preview_sent_ = true;
-            deps_.model_metrics->time_to_first_preview.Observe(
-                absl::ToDoubleSeconds(absl::Now() - arrived_));
-          }
-        }
-      }
+    case Outgoing::kProgress:
+      FillProgress(item);
       break;
-    }
-    case Outgoing::kResult: {
-      const absl::Time t0 = absl::Now();
-      absl::StatusOr<std::string> png = model::EncodePng(*item.pixels);
-      const double encode = absl::ToDoubleSeconds(absl::Now() - t0);
-      deps_.model_metrics->png_encode.Observe(encode);
-      if (!png.ok()) {
-        std::lock_guard<std::mutex> lock(mu_);
-        SetFinalLocked(absl::InternalError(absl::StrCat("encoding PNG: ", png.status().message())));
-        queue_.clear();
-        pumping_ = false;
-        SchedulePumpLocked();
-        return;
-      }
-      deps_.model_metrics->images.Increment();
-      v1::Result* r = response_.mutable_result();
-      r->set_image_index(static_cast<uint32_t>(item.index));
-      r->set_png(*std::move(png));
-      r->set_width(static_cast<uint32_t>(item.pixels->width));
-      r->set_height(static_cast<uint32_t>(item.pixels->height));
-      r->set_seed(item.result.seed);
-      r->mutable_timings()->set_queue_seconds(absl::ToDoubleSeconds(item.result.queue_time));
-      r->mutable_timings()->set_compute_seconds(absl::ToDoubleSeconds(item.result.compute_time));
-      r->mutable_timings()->set_encode_seconds(encode);
+    case Outgoing::kResult:
+      filled = FillResult(item);
       break;
-    }
+  }
+  if (!filled.ok()) {
+    absl::MutexLock lock(&mu_);
+    SetFinalLocked(filled);
+    queue_.clear();
+    pumping_ = false;
+    SchedulePumpLocked();
+    return;
   }
   StartWrite(&response_);
 }
 
+void GenerateCall::FillProgress(Outgoing& item) {
+  v1::Progress* p = response_.mutable_progress();
+  p->set_image_index(static_cast<uint32_t>(item.index));
+  p->set_step(static_cast<uint32_t>(item.step));
+  p->set_total_steps(static_cast<uint32_t>(item.total));
+  if (!item.pixels.has_value()) return;
+  const absl::Time t0 = absl::Now();
+  absl::StatusOr<std::string> png = EncodePng(*item.pixels);
+  deps_.model_metrics->png_encode.Observe(absl::ToDoubleSeconds(absl::Now() - t0));
+  if (!png.ok()) return;
+  p->set_preview_png(*std::move(png));
+  deps_.model_metrics->previews_sent.Increment();
+  if (!first_preview_sent_) {
+    first_preview_sent_ = true;
+    deps_.model_metrics->time_to_first_preview.Observe(
+        absl::ToDoubleSeconds(absl::Now() - arrived_));
+  }
+}
+
+absl::Status GenerateCall::FillResult(Outgoing& item) {
+  const absl::Time t0 = absl::Now();
+  absl::StatusOr<std::string> png = EncodePng(*item.pixels);
+  const double encode = absl::ToDoubleSeconds(absl::Now() - t0);
+  deps_.model_metrics->png_encode.Observe(encode);
+  if (!png.ok()) {
+    return absl::InternalError(absl::StrCat("encoding PNG: ", png.status().message()));
+  }
+  deps_.model_metrics->images.Increment();
+  v1::Result* r = response_.mutable_result();
+  r->set_image_index(static_cast<uint32_t>(item.index));
+  r->set_png(*std::move(png));
+  r->set_width(static_cast<uint32_t>(item.pixels->width));
+  r->set_height(static_cast<uint32_t>(item.pixels->height));
+  r->set_seed(item.result.seed);
+  r->mutable_timings()->set_queue_seconds(absl::ToDoubleSeconds(item.result.queue_time));
+  r->mutable_timings()->set_compute_seconds(absl::ToDoubleSeconds(item.result.compute_time));
+  r->mutable_timings()->set_encode_seconds(encode);
+  return absl::OkStatus();
+}
+
 void GenerateCall::OnWriteDone(bool ok) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!ok) {
     // The stream is broken (client gone or call cancelled): nothing more can be delivered.
     queue_.clear();
@@ -336,7 +348,7 @@ void GenerateCall::OnCancel() { Cancel("the client cancelled the call or its dea
 void GenerateCall::OnDone() {
   std::shared_ptr<GenerateCall> self;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     done_ = true;
     queue_.clear();
     self = std::move(self_);

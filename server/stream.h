@@ -1,5 +1,5 @@
 // One GenerateImage call: a gRPC server-streaming reactor that submits the call's images to the
-// scheduler and streams Accepted -> Progress -> Result back (DESIGN.md §5).
+// scheduler and streams Accepted -> Progress -> Result back (docs/service.md).
 //
 // Threads and lifetime:
 //  - the scheduler's worker calls the per-image sinks; they only queue events and never block;
@@ -11,6 +11,10 @@
 // Backpressure: at most one Progress per image waits in the queue; a newer preview replaces an
 // unsent one (counted in dartserve_previews_dropped_total), so a slow reader loses previews and
 // never results, and the queue stays bounded by 2 * num_images + 1 messages.
+// Locks: each class's state is guarded by its mutex (ABSL_GUARDED_BY, checked by clang's
+// -Wthread-safety in scripts/test.sh). Order: GenerateCall::mu_ before CallRegistry::mu_ (the pump
+// frees the call's id under its lock) and the pump's queue; neither is held while calling into the
+// scheduler.
 #ifndef DARTSERVE_SERVER_STREAM_H_
 #define DARTSERVE_SERVER_STREAM_H_
 
@@ -18,15 +22,18 @@
 
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "dartserve/v1/image_generator.grpc.pb.h"
+#include "scheduler/dispatcher.h"
 #include "scheduler/scheduler.h"
 #include "server/server_metrics.h"
 #include "server/validation.h"
@@ -44,19 +51,20 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* RejectCall(const absl::Stat
 class CallRegistry {
  public:
   // False when `id` is already live.
-  bool Add(const std::string& id, std::weak_ptr<GenerateCall> call);
-  void Remove(const std::string& id, const GenerateCall* call);
-  std::shared_ptr<GenerateCall> Find(const std::string& id);
-  size_t size();
+  bool Add(const std::string& id, std::weak_ptr<GenerateCall> call) ABSL_LOCKS_EXCLUDED(mu_);
+  void Remove(const std::string& id, const GenerateCall* call) ABSL_LOCKS_EXCLUDED(mu_);
+  std::shared_ptr<GenerateCall> Find(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  size_t size() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  std::mutex mu_;
-  absl::flat_hash_map<std::string, std::weak_ptr<GenerateCall>> calls_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::weak_ptr<GenerateCall>> calls_ ABSL_GUARDED_BY(mu_);
 };
 
 struct CallContext {
-  scheduler::Scheduler* scheduler = nullptr;
-  const ModelInfo* model = nullptr;
+  scheduler::Dispatcher* scheduler = nullptr;  // the model's replicas
+  absl::string_view model_name;                // outlives the call
+  int progress_steps = 0;                      // Progress messages per image
   ModelMetrics* model_metrics = nullptr;
   ServerMetrics* metrics = nullptr;
   WorkQueue* pump = nullptr;
@@ -73,16 +81,17 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse>,
       const ValidatedRequest& request);
 
   // CancelGeneration: the call ends with CANCELLED and its images leave the scheduler.
-  void Cancel(const std::string& why);
+  void Cancel(const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
 
-  void OnWriteDone(bool ok) override;
-  void OnCancel() override;
-  void OnDone() override;
+  void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_);
+  void OnCancel() override ABSL_LOCKS_EXCLUDED(mu_);
+  void OnDone() override ABSL_LOCKS_EXCLUDED(mu_);
 
   // Events from the per-image sinks (scheduler worker thread).
   void ImageStarted(int index, absl::Duration queue_time);
-  void ImageProgress(int index, int step, int total, const model::Pixels* preview);
-  void ImageFinished(int index, absl::StatusOr<scheduler::Result> result);
+  void ImageProgress(int index, int step, int total, const Pixels* preview)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void ImageFinished(int index, absl::StatusOr<scheduler::Result> result) ABSL_LOCKS_EXCLUDED(mu_);
 
   GenerateCall(const CallContext& deps, std::string request_id, const ValidatedRequest& request);
 
@@ -92,37 +101,46 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse>,
     int index = 0;
     int step = 0;
     int total = 0;
-    std::optional<model::Pixels> pixels;  // preview or final image
-    scheduler::Result result;             // kResult
-    v1::Accepted accepted;                // kAccepted
+    std::optional<Pixels> pixels;  // preview or final image
+    scheduler::Result result;      // kResult
+    v1::Accepted accepted;         // kAccepted
   };
 
   std::string ImageId(int index) const;
-  void CancelImages();
-  // Under mu_: sets the final status (first one wins) and makes sure the pump will run.
-  void SetFinalLocked(const absl::Status& status);
-  void SchedulePumpLocked();
-  // Under mu_: removes queued progress of image `index` (-1: of all images), counting previews.
-  void DropProgressLocked(int index);
-  void Pump();
+  // Cancels the submitted images in the scheduler (never under mu_: see the file comment).
+  void CancelImages() ABSL_LOCKS_EXCLUDED(mu_);
+  // Sets the final status (first one wins) and makes sure the pump will run.
+  void SetFinalLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SchedulePumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes queued progress of image `index` (-1: of all images), counting previews.
+  void DropProgressLocked(int index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The pump job: sends the next queued message, or finishes the call once the queue is empty and
+  // the outcome known.
+  void Pump() ABSL_LOCKS_EXCLUDED(mu_);
+  // Pump only: fill response_ from `item`, encoding its PNG. A preview that cannot be encoded goes
+  // without its image; a result image that cannot be encoded is an error (the call fails).
+  void FillProgress(Outgoing& item);
+  absl::Status FillResult(Outgoing& item);
 
   const CallContext deps_;
   const std::string request_id_;
   const ValidatedRequest request_;
   const absl::Time arrived_;
-  std::shared_ptr<GenerateCall> self_;  // keeps the reactor alive until OnDone
 
-  std::mutex mu_;
-  std::deque<Outgoing> queue_;
-  bool hold_ = true;        // until Accepted is queued: events wait, the pump does not run
-  bool pumping_ = false;    // a pump job is posted or a write is in flight
-  bool final_set_ = false;  // the call's outcome is known
-  absl::Status final_status_;
-  bool finished_ = false;  // Finish was called
-  bool done_ = false;      // OnDone ran
+  absl::Mutex mu_;
+  std::shared_ptr<GenerateCall> self_ ABSL_GUARDED_BY(mu_);  // keeps the reactor alive to OnDone
+  std::deque<Outgoing> queue_ ABSL_GUARDED_BY(mu_);
+  // Until Accepted is queued: events wait, the pump does not run.
+  bool hold_ ABSL_GUARDED_BY(mu_) = true;
+  bool pumping_ ABSL_GUARDED_BY(mu_) = false;    // a pump job is posted or a write is in flight
+  bool final_set_ ABSL_GUARDED_BY(mu_) = false;  // the call's outcome is known
+  absl::Status final_status_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish was called
+  bool done_ ABSL_GUARDED_BY(mu_) = false;      // OnDone ran
+  int images_done_ ABSL_GUARDED_BY(mu_) = 0;
+  int submitted_ ABSL_GUARDED_BY(mu_) = 0;
+  // Pump only: `pumping_` lets one pump job or write run at a time, and mu_ orders them.
   bool first_preview_sent_ = false;
-  int images_done_ = 0;
-  int submitted_ = 0;
   v1::GenerateImageResponse response_;  // the write in flight
 };
 

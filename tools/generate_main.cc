@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/file_io.h"
 #include "model/checkpoint.h"
 #include "model/image.h"
 #include "model/sampler.h"
@@ -55,7 +56,7 @@ int Fail(const std::string& message) {
 absl::Status WritePng(const std::filesystem::path& path, const torch::Tensor& image, int scale) {
   absl::StatusOr<std::string> png = dm::ImageToPng(dm::UpscaleNearest(image, scale));
   if (!png.ok()) return png.status();
-  return dm::WriteFileAtomically(path.string(), *png);
+  return dartserve::WriteFileAtomically(path.string(), *png);
 }
 
 struct Job {
@@ -128,7 +129,7 @@ int main(int argc, char** argv) {
     std::vector<dm::GenerationState*> states;
     for (size_t i = first; i < last; ++i) {
       auto state =
-          sampler.Start({.condition = jobs[i].condition,
+          sampler.Start({.class_id = jobs[i].condition,
                          .prompt = jobs[i].prompt,
                          .seed = jobs[i].seed,
                          .guidance_scale = static_cast<float>(absl::GetFlag(FLAGS_guidance)),

@@ -7,17 +7,17 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "data/dataset.h"
 #include "model/config.h"
-#include "train/dataset.h"
 
 namespace dartserve::train {
 
 struct TrainConfig {
   model::ModelConfig model;
-  // "fashion_mnist", "image_folder" (data_path) or "shapes" (train/shapes.h: the procedural
+  // "fashion_mnist", "image_folder" (data_path) or "shapes" (data/shapes.h: the procedural
   // captioned scenes, dataset_size of them from `seed`, held-out combinations excluded).
   std::string dataset = "fashion_mnist";
-  std::string data_path = kFashionMnistDir;
+  std::string data_path = data::kFashionMnistDir;
   int64_t dataset_size = 60000;  // "shapes" only
 
   int batch_size = 64;

@@ -12,6 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/file_io.h"
 #include "model/safetensors.h"
 #include "train/trainer.h"
 
@@ -39,14 +40,14 @@ int main(int argc, char** argv) {
   }
   torch::set_num_threads(std::max(1, absl::GetFlag(FLAGS_threads)));
 
-  absl::StatusOr<std::string> text = dartserve::model::ReadFile(absl::GetFlag(FLAGS_config));
+  absl::StatusOr<std::string> text = dartserve::ReadFile(absl::GetFlag(FLAGS_config));
   if (!text.ok()) return Fail(text.status().message());
   absl::StatusOr<dartserve::train::TrainConfig> config =
       dartserve::train::TrainConfigFromJson(*text);
   if (!config.ok())
     return Fail(absl::StrCat(absl::GetFlag(FLAGS_config), ": ", config.status().message()));
 
-  absl::StatusOr<dartserve::train::InMemoryDataset> data =
+  absl::StatusOr<dartserve::data::InMemoryDataset> data =
       dartserve::train::LoadTrainingData(*config);
   if (!data.ok()) return Fail(data.status().message());
 

@@ -12,14 +12,22 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/file_io.h"
+#include "data/shapes.h"
 #include "model/checkpoint.h"
 #include "model/image.h"
 #include "model/loss.h"
 #include "model/sampler.h"
 #include "nlohmann/json.hpp"
-#include "train/shapes.h"
 
 namespace dartserve::train {
+
+using ::dartserve::data::HoldOut;
+using ::dartserve::data::InMemoryDataset;
+using ::dartserve::data::LoadFashionMnist;
+using ::dartserve::data::LoadImageFolder;
+using ::dartserve::data::MakeShapesDataset;
+using ::dartserve::data::ShapesDataset;
 
 namespace fs = std::filesystem;
 namespace dm = dartserve::model;
@@ -213,8 +221,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
     trainer->captions_ = *std::move(ids);
   }
   if (absl::Status s = trainer->Load(); !s.ok()) return s;
-  if (absl::Status s = dm::WriteFileAtomically((fs::path(out_dir) / "train_config.json").string(),
-                                               TrainConfigToJson(config));
+  if (absl::Status s = WriteFileAtomically((fs::path(out_dir) / "train_config.json").string(),
+                                           TrainConfigToJson(config));
       !s.ok()) {
     return s;
   }
@@ -289,16 +297,15 @@ absl::Status Trainer::SaveCheckpoint() {
   for (const auto& [name, tensors] : files) {
     absl::StatusOr<std::string> bytes = dm::SerializeSafetensors(tensors);
     if (!bytes.ok()) return bytes.status();
-    if (absl::Status s = dm::WriteFileAtomically((tmp / name).string(), *bytes); !s.ok()) return s;
+    if (absl::Status s = WriteFileAtomically((tmp / name).string(), *bytes); !s.ok()) return s;
   }
-  if (absl::Status s = dm::WriteFileAtomically((tmp / dm::kConfigFile).string(),
-                                               dm::ModelConfigToJson(config_.model));
+  if (absl::Status s = WriteFileAtomically((tmp / dm::kConfigFile).string(),
+                                           dm::ModelConfigToJson(config_.model));
       !s.ok()) {
     return s;
   }
   const std::string meta = nlohmann::json({{"step", step_}}).dump() + "\n";
-  if (absl::Status s = dm::WriteFileAtomically((tmp / "state.json").string(), meta); !s.ok())
-    return s;
+  if (absl::Status s = WriteFileAtomically((tmp / "state.json").string(), meta); !s.ok()) return s;
   // Swap in the new state; a crash between the renames leaves state.old, which Load() accepts.
   fs::remove_all(old, ec);
   if (fs::exists(state)) fs::rename(state, old, ec);
@@ -318,7 +325,7 @@ absl::Status Trainer::Load() {
   const auto fail = [&](absl::string_view what) {
     return absl::FailedPreconditionError(absl::StrCat("resuming from ", dir.string(), ": ", what));
   };
-  absl::StatusOr<std::string> config_text = dm::ReadFile((dir / dm::kConfigFile).string());
+  absl::StatusOr<std::string> config_text = ReadFile((dir / dm::kConfigFile).string());
   if (!config_text.ok()) return fail(config_text.status().message());
   absl::StatusOr<dm::ModelConfig> saved = dm::ModelConfigFromJson(*config_text);
   if (!saved.ok() || dm::ModelConfigToJson(*saved) != dm::ModelConfigToJson(config_.model)) {
@@ -347,7 +354,7 @@ absl::Status Trainer::Load() {
       target->copy_(dm::TensorFromBytes(it->second, opt->Data(it->second)));
     }
   }
-  absl::StatusOr<std::string> meta = dm::ReadFile((dir / "state.json").string());
+  absl::StatusOr<std::string> meta = ReadFile((dir / "state.json").string());
   if (!meta.ok()) return fail(meta.status().message());
   const nlohmann::json j = nlohmann::json::parse(*meta, nullptr, false);
   if (j.is_discarded() || !j.contains("step") || !j["step"].is_number_integer()) {
@@ -364,10 +371,10 @@ absl::Status Trainer::WriteSampleGrid(int per_class) {
   const int rows = cls    ? config_.model.num_classes
                    : text ? static_cast<int>(std::min<size_t>(8, data_.captions.size()))
                           : 1;
-  std::vector<dm::SampleParams> params;
+  std::vector<dm::GenerateParams> params;
   for (int c = 0; c < rows; ++c) {
     for (int i = 0; i < per_class; ++i) {
-      params.push_back({.condition = cls ? std::optional<int>(c) : std::nullopt,
+      params.push_back({.class_id = cls ? std::optional<int>(c) : std::nullopt,
                         .prompt = text ? data_.captions[c] : std::string(),
                         .seed = static_cast<uint64_t>(i)});
     }
@@ -379,7 +386,7 @@ absl::Status Trainer::WriteSampleGrid(int per_class) {
   if (!png.ok()) return png.status();
   const fs::path dir = fs::path(out_dir_) / "samples";
   fs::create_directories(dir);
-  return dm::WriteFileAtomically((dir / absl::StrFormat("step_%07d.png", step_)).string(), *png);
+  return WriteFileAtomically((dir / absl::StrFormat("step_%07d.png", step_)).string(), *png);
 }
 
 absl::Status Trainer::Run(const std::atomic<bool>& stop, int64_t max_steps) {

@@ -30,9 +30,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "data/dataset.h"
 #include "model/dart.h"
 #include "model/schedule.h"
-#include "train/dataset.h"
 #include "train/train_config.h"
 
 namespace dartserve::train {
@@ -42,7 +42,7 @@ class BatchLoader;
 // The training data a config names: Fashion-MNIST's train split, an image folder, or the
 // procedural captioned shapes (dataset_size scenes from the config's seed, held-out combinations
 // excluded).
-absl::StatusOr<InMemoryDataset> LoadTrainingData(const TrainConfig& config);
+absl::StatusOr<data::InMemoryDataset> LoadTrainingData(const TrainConfig& config);
 
 class Trainer {
  public:
@@ -50,7 +50,7 @@ class Trainer {
   // build the same model). `data` must match the model's image size and channels, and have
   // captions for a text model.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config,
-                                                         InMemoryDataset data,
+                                                         data::InMemoryDataset data,
                                                          const std::string& out_dir);
   ~Trainer();
 
@@ -75,11 +75,11 @@ class Trainer {
   absl::Status Run(const std::atomic<bool>& stop, int64_t max_steps = -1);
 
  private:
-  Trainer(const TrainConfig& config, InMemoryDataset data, std::string out_dir);
+  Trainer(const TrainConfig& config, data::InMemoryDataset data, std::string out_dir);
   absl::Status Load();
 
   TrainConfig config_;
-  InMemoryDataset data_;
+  data::InMemoryDataset data_;
   std::string out_dir_;
   model::Dart model_;
   model::Dart ema_;

@@ -1,11 +1,15 @@
 #include "client/terminal.h"
 
+#include <chrono>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "common/file_io.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/client/fake_server.h"
 
 namespace dartserve::client {
 namespace {
@@ -13,11 +17,11 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-model::Pixels Gray(int width, int height, std::vector<uint8_t> data) {
+Pixels Gray(int width, int height, std::vector<uint8_t> data) {
   return {.width = width, .height = height, .channels = 1, .data = std::move(data)};
 }
 
-model::Pixels Rgb(int width, int height, std::vector<uint8_t> data) {
+Pixels Rgb(int width, int height, std::vector<uint8_t> data) {
   return {.width = width, .height = height, .channels = 3, .data = std::move(data)};
 }
 
@@ -54,13 +58,13 @@ TEST(RenderHalfBlocksTest, SingleRowImage) {
 
 TEST(RenderHalfBlocksTest, ShrinksWithBoxFilterToFit) {
   // 4x4 of four 2x2 blocks with means 10, 20, 30 and 41 (40, 41, 41, 42 rounds to 41).
-  const model::Pixels image = Gray(4, 4,
-                                   {
-                                       10, 10, 20, 20,  //
-                                       10, 10, 20, 20,  //
-                                       30, 30, 40, 41,  //
-                                       30, 30, 41, 42,  //
-                                   });
+  const Pixels image = Gray(4, 4,
+                            {
+                                10, 10, 20, 20,  //
+                                10, 10, 20, 20,  //
+                                30, 30, 40, 41,  //
+                                30, 30, 41, 42,  //
+                            });
   EXPECT_EQ(RenderHalfBlocks(image, 2, 2),
             "\x1b[38;2;10;10;10;48;2;30;30;30m\u2580\x1b[38;2;20;20;20;48;2;41;41;41m\u2580"
             "\x1b[0m\n");
@@ -69,12 +73,12 @@ TEST(RenderHalfBlocksTest, ShrinksWithBoxFilterToFit) {
 }
 
 TEST(RenderHalfBlocksTest, NeverEnlarges) {
-  const model::Pixels image = Gray(2, 2, {0, 255, 128, 64});
+  const Pixels image = Gray(2, 2, {0, 255, 128, 64});
   EXPECT_EQ(RenderHalfBlocks(image, 100, 100), RenderHalfBlocks(image, 2, 2));
 }
 
 TEST(RenderHalfBlocksTest, EmptyOrShortImageRendersNothing) {
-  EXPECT_EQ(RenderHalfBlocks(model::Pixels{}, 80, 48), "");
+  EXPECT_EQ(RenderHalfBlocks(Pixels{}, 80, 48), "");
   EXPECT_EQ(RenderHalfBlocks(Gray(2, 2, {1, 2, 3}), 80, 48), "");
 }
 
@@ -92,14 +96,14 @@ TEST(FitSizeTest, ShrinksKeepingAspectRatio) {
 }
 
 TEST(ResizePixelsTest, EnlargingIsNearestNeighbour) {
-  const model::Pixels out = ResizePixels(Gray(2, 1, {5, 9}), 4, 2);
+  const Pixels out = ResizePixels(Gray(2, 1, {5, 9}), 4, 2);
   EXPECT_EQ(out.width, 4);
   EXPECT_EQ(out.height, 2);
   EXPECT_THAT(out.data, ElementsAre(5, 5, 9, 9, 5, 5, 9, 9));
 }
 
 TEST(ResizePixelsTest, KeepsChannels) {
-  const model::Pixels out = ResizePixels(Rgb(2, 1, {0, 100, 200, 10, 110, 210}), 1, 1);
+  const Pixels out = ResizePixels(Rgb(2, 1, {0, 100, 200, 10, 110, 210}), 1, 1);
   EXPECT_EQ(out.channels, 3);
   EXPECT_THAT(out.data, ElementsAre(5, 105, 205));
 }
@@ -145,16 +149,124 @@ TEST(StatusTest, CodeNamesAndFormatting) {
   EXPECT_EQ(FormatStatus(grpc::Status::CANCELLED), "CANCELLED");
 }
 
-TEST(ConnectionTest, MissingCaFileIsNotFound) {
-  ConnectionOptions options;
-  options.tls_ca_path = "/nonexistent/ca.pem";
-  EXPECT_EQ(CreateChannel(options).status().code(), absl::StatusCode::kNotFound);
+// A self-signed CA certificate (its key was thrown away): a valid root to trust that no server
+// here presents.
+constexpr char kTestCaPem[] =
+    "-----BEGIN CERTIFICATE-----\n"
+    "MIIBnjCCAUOgAwIBAgIUB5rYVj3mi5v+uM0wyudWnunrO5IwCgYIKoZIzj0EAwIw\n"
+    "IzEhMB8GA1UEAwwYZGFydHNlcnZlIGNsaWVudCB0ZXN0IENBMCAXDTI2MTIwMjA0\n"
+    "MDM0NFoYDzIxMjYxMTA4MDQwMzQ0WjAjMSEwHwYDVQQDDBhkYXJ0c2VydmUgY2xp\n"
+    "ZW50IHRlc3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAARntcgrdv/gRXRV\n"
+    "Wf2VsT2v6Zt7OQTfxI0V5tHUjc9Mrkf1bjnm8lWUuDV+u1vhnrYu8G32GSF3SS3e\n"
+    "8K/rbOX3o1MwUTAdBgNVHQ4EFgQUwg7ZT78xERa1TbqQBMCbGVeNpqswHwYDVR0j\n"
+    "BBgwFoAUwg7ZT78xERa1TbqQBMCbGVeNpqswDwYDVR0TAQH/BAUwAwEB/zAKBggq\n"
+    "hkjOPQQDAgNJADBGAiEAjJ3BZoVXWhTTIqKSN8FACk/b+8NB5bHMli9o9xhkVU0C\n"
+    "IQD8slItv1DveysbigWzcDMxF/qYXR+vkeBOJUQHlb/0uA==\n"
+    "-----END CERTIFICATE-----\n";
+
+// A file under the test's temporary folder holding `contents`.
+std::string TempFile(const std::string& name, const std::string& contents) {
+  const std::string path = ::testing::TempDir() + "/" + name;
+  EXPECT_TRUE(WriteFileAtomically(path, contents).ok()) << path;
+  return path;
 }
 
-TEST(ConnectionTest, PlaintextChannelIsCreatedLazily) {
+// ListModels over `channel`, with `options`' token and a 10 s deadline.
+grpc::Status ListModels(const std::shared_ptr<grpc::Channel>& channel,
+                        const ConnectionOptions& options, v1::ListModelsResponse* response) {
+  grpc::ClientContext context;
+  PrepareContext(options, 10, &context);
+  return v1::ImageGenerator::NewStub(channel)->ListModels(&context, v1::ListModelsRequest(),
+                                                          response);
+}
+
+TEST(ConnectionTest, MissingCaFileIsNotFoundNamingThePath) {
   ConnectionOptions options;
-  options.server = "localhost:1";
-  EXPECT_TRUE(CreateChannel(options).ok());
+  options.tls_ca_path = "/nonexistent/ca.pem";
+  const absl::Status status = CreateChannel(options).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("/nonexistent/ca.pem"));
+}
+
+TEST(ConnectionTest, EmptyCaFileIsInvalidArgumentNamingThePath) {
+  ConnectionOptions options;
+  options.tls_ca_path = TempFile("empty-ca.pem", "");
+  const absl::Status status = CreateChannel(options).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr(options.tls_ca_path));
+}
+
+TEST(ConnectionTest, ChannelIsCreatedLazily) {
+  // Nothing listens on port 1: creating the channel must neither fail nor start connecting.
+  ConnectionOptions options;
+  options.server = "127.0.0.1:1";
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = CreateChannel(options);
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  ASSERT_NE(*channel, nullptr);
+  EXPECT_EQ((*channel)->GetState(/*try_to_connect=*/false), GRPC_CHANNEL_IDLE);
+}
+
+TEST(ConnectionTest, EmptyCaPathIsPlaintextAndSendsTheToken) {
+  FakeImageGenerator service;
+  service.models.add_models()->set_name("m");
+  InProcessServer server(&service, /*health=*/false);
+  ASSERT_TRUE(server.ok());
+  ConnectionOptions options;
+  options.server = server.address();
+  options.token = "secret";
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = CreateChannel(options);
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  v1::ListModelsResponse response;
+  const grpc::Status status = ListModels(*channel, options, &response);
+  ASSERT_TRUE(status.ok()) << FormatStatus(status);
+  ASSERT_EQ(response.models_size(), 1);
+  EXPECT_EQ(response.models(0).name(), "m");
+  EXPECT_EQ(service.last_authorization(), "Bearer secret");
+}
+
+TEST(ConnectionTest, CaFileMeansTlsWhichAPlaintextServerRefuses) {
+  FakeImageGenerator service;
+  InProcessServer server(&service, /*health=*/false);
+  ASSERT_TRUE(server.ok());
+  ConnectionOptions options;
+  options.server = server.address();
+  // The channel is TLS, and its handshake with the plaintext server fails, so the call never
+  // reaches the service.
+  options.tls_ca_path = TempFile("ca.pem", kTestCaPem);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = CreateChannel(options);
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  v1::ListModelsResponse response;
+  EXPECT_EQ(ListModels(*channel, options, &response).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(service.last_authorization(), "");
+}
+
+TEST(ConnectionTest, MaxMessageSizeBoundsResponses) {
+  // A ListModels response of a little over 1 MiB.
+  FakeImageGenerator service;
+  service.models.add_models()->set_name(std::string((1 << 20) + 100, 'x'));
+  InProcessServer server(&service, /*health=*/false);
+  ASSERT_TRUE(server.ok());
+  ConnectionOptions options;
+  options.server = server.address();
+  v1::ListModelsResponse response;
+  options.max_message_mb = 1;
+  EXPECT_EQ(ListModels(*CreateChannel(options), options, &response).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  options.max_message_mb = 2;
+  const grpc::Status status = ListModels(*CreateChannel(options), options, &response);
+  EXPECT_TRUE(status.ok()) << FormatStatus(status);
+}
+
+TEST(ConnectionTest, PrepareContextSetsTheDeadlineOnlyWhenAsked) {
+  ConnectionOptions options;
+  grpc::ClientContext without;
+  PrepareContext(options, 0, &without);
+  EXPECT_EQ(without.deadline(), std::chrono::system_clock::time_point::max());
+  grpc::ClientContext with;
+  const auto before = std::chrono::system_clock::now();
+  PrepareContext(options, 30, &with);
+  EXPECT_GE(with.deadline(), before + std::chrono::seconds(30));
+  EXPECT_LE(with.deadline(), std::chrono::system_clock::now() + std::chrono::seconds(30));
 }
 
 TEST(RequestTest, Priority) {

@@ -71,9 +71,11 @@ class CollectLibsTest(unittest.TestCase):
                 self.assertTrue(path.is_file())
                 self.assertGreater(path.stat().st_size, 0)
         names = {path.name for path in files}
-        # The heavy dependencies are there, BLAS under the soname LibTorch asks for.
+        # The heavy dependencies are there, BLAS under the soname LibTorch asks for, and the
+        # metrics endpoint's prometheus-cpp with the civetweb under it.
         for expected in ("libtorch_cpu.so", "libgrpc++.so", "libprotobuf.so", "libblas.so.3",
-                         "libcivetweb.so", "libsentencepiece.so"):
+                         "libprometheus-cpp-pull.so", "libprometheus-cpp-core.so",
+                         "libcivetweb.so", "libcivetweb-cpp.so", "libsentencepiece.so"):
             self.assertTrue(any(name.startswith(expected) for name in names), expected)
         self.assertFalse(any(BASE_IMAGE_LIBRARY.match(name) for name in names))
 

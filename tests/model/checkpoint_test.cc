@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/file_io.h"
 #include "tests/testing/tiny_model.h"
 
 namespace dartserve::model {

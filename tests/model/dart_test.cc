@@ -33,7 +33,7 @@ TEST_P(CachedVsFullTest, PerStepOutputsMatchTeacherForcedForward) {
   const ModelConfig config = GetParam();
   Dart model = MakeTinyModel(config);
   Sampler sampler(model);
-  auto state = sampler.Start({.condition = 3, .seed = 7});
+  auto state = sampler.Start({.class_id = 3, .seed = 7});
   ASSERT_TRUE(state.ok()) << state.status();
   GenerationState* s = state->get();
   std::vector<torch::Tensor> inputs, outputs;
@@ -136,7 +136,7 @@ TEST(DartArTest, TokenStepsMatchTeacherForcedForward) {
   const ModelConfig config = dartserve::testing::TinyArConfig();
   Dart model = MakeTinyModel(config);
   Sampler sampler(model);
-  auto state = sampler.Start({.condition = 3, .seed = 7, .guidance_scale = 2.0f});
+  auto state = sampler.Start({.class_id = 3, .seed = 7, .guidance_scale = 2.0f});
   ASSERT_TRUE(state.ok()) << state.status();
   GenerationState* s = state->get();
   const int64_t k = config.tokens_per_block();

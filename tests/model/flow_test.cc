@@ -96,7 +96,7 @@ TEST(FlowSamplerTest, GuidedSampleMatchesAHandWrittenIntegration) {
   Dart model = MakeTinyModel(config);
   Sampler sampler(model);
   const float w = 2.0f;
-  const SampleParams params{.condition = 3, .seed = 17, .guidance_scale = w, .temperature = 0.8f};
+  const GenerateParams params{.class_id = 3, .seed = 17, .guidance_scale = w, .temperature = 0.8f};
   auto state = sampler.Start(params);
   ASSERT_TRUE(state.ok());
   GenerationState* ptr = state->get();
@@ -128,7 +128,7 @@ TEST(FlowSamplerTest, GuidedSampleMatchesAHandWrittenIntegration) {
 // are checked for every head and variant in sampler_test).
 TEST(FlowSamplerTest, GuidanceZeroIsTheNullClass) {
   Sampler plain(MakeTinyModel(TinyFlowConfig()));
-  auto w0 = plain.Generate({.condition = 4, .seed = 5, .guidance_scale = 0.0f});
+  auto w0 = plain.Generate({.class_id = 4, .seed = 5, .guidance_scale = 0.0f});
   auto null_class = plain.Generate({.seed = 5});
   ASSERT_TRUE(w0.ok() && null_class.ok());
   EXPECT_LE((*w0 - *null_class).abs().max().item<double>(), 1e-5);
@@ -163,8 +163,8 @@ TEST(FlowTrainingTest, LossFallsAndCheckpointsRoundTrip) {
   EXPECT_EQ((*loaded)->config().head, OutputHead::kFlow);
   EXPECT_EQ((*loaded)->config().flow_solver, FlowSolver::kHeun);
   Sampler a(model), b(*loaded);
-  auto ia = a.Generate({.condition = 1, .seed = 2, .guidance_scale = 1.5f});
-  auto ib = b.Generate({.condition = 1, .seed = 2, .guidance_scale = 1.5f});
+  auto ia = a.Generate({.class_id = 1, .seed = 2, .guidance_scale = 1.5f});
+  auto ib = b.Generate({.class_id = 1, .seed = 2, .guidance_scale = 1.5f});
   ASSERT_TRUE(ia.ok() && ib.ok());
   EXPECT_TRUE(torch::equal(*ia, *ib));
   std::filesystem::remove_all(dir);

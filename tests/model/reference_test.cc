@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/file_io.h"
 #include "model/checkpoint.h"
 #include "model/sampler.h"
 #include "tests/testing/tiny_model.h"
@@ -38,7 +39,7 @@ TEST(ReferenceTest, PythonReferenceProducesTheSameImages) {
   json << "[";
   for (size_t i = 0; i < reqs.size(); ++i) {
     const Req& r = reqs[i];
-    auto image = sampler.Generate({.condition = r.cls,
+    auto image = sampler.Generate({.class_id = r.cls,
                                    .seed = r.seed,
                                    .guidance_scale = r.guidance,
                                    .temperature = r.temperature});

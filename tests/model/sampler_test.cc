@@ -11,7 +11,7 @@ namespace {
 using dartserve::testing::MakeTinyModel;
 using ::testing::HasSubstr;
 
-std::unique_ptr<GenerationState> MustStart(Sampler& sampler, const SampleParams& p) {
+std::unique_ptr<GenerationState> MustStart(Sampler& sampler, const GenerateParams& p) {
   auto s = sampler.Start(p);
   EXPECT_TRUE(s.ok()) << s.status();
   return *std::move(s);
@@ -22,7 +22,7 @@ double MaxDiff(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 // Runs one request alone and returns its x_0 estimate after every step.
-std::vector<torch::Tensor> RunAlone(Sampler& sampler, const SampleParams& p) {
+std::vector<torch::Tensor> RunAlone(Sampler& sampler, const GenerateParams& p) {
   auto s = MustStart(sampler, p);
   std::vector<torch::Tensor> x0s;
   GenerationState* ptr = s.get();
@@ -35,9 +35,9 @@ std::vector<torch::Tensor> RunAlone(Sampler& sampler, const SampleParams& p) {
 
 TEST(SamplerTest, SameSeedSameImageDifferentSeedDifferentImage) {
   Sampler sampler(MakeTinyModel());
-  auto a = sampler.Generate({.condition = 1, .seed = 3});
-  auto b = sampler.Generate({.condition = 1, .seed = 3});
-  auto c = sampler.Generate({.condition = 1, .seed = 4});
+  auto a = sampler.Generate({.class_id = 1, .seed = 3});
+  auto b = sampler.Generate({.class_id = 1, .seed = 3});
+  auto c = sampler.Generate({.class_id = 1, .seed = 4});
   ASSERT_TRUE(a.ok() && b.ok() && c.ok());
   EXPECT_TRUE(torch::equal(*a, *b));
   EXPECT_GT(MaxDiff(*a, *c), 1e-3);
@@ -51,7 +51,7 @@ TEST(SamplerTest, GuidanceCombinesBranchesOnSharedTrajectory) {
   Dart model = MakeTinyModel();
   Sampler sampler(model);
   const float w = 2.5f;
-  auto s = MustStart(sampler, {.condition = 6, .seed = 21, .guidance_scale = w});
+  auto s = MustStart(sampler, {.class_id = 6, .seed = 21, .guidance_scale = w});
   EXPECT_TRUE(s->guided());
   EXPECT_EQ(s->kv_bytes(), 2 * model->config().kv_bytes_per_row());
   std::vector<torch::Tensor> inputs, outputs;
@@ -78,21 +78,21 @@ TEST(SamplerTest, GuidanceCombinesBranchesOnSharedTrajectory) {
 TEST(SamplerTest, GuidanceEndpoints) {
   Dart model = MakeTinyModel();
   Sampler sampler(model);
-  auto one = MustStart(sampler, {.condition = 4, .seed = 5, .guidance_scale = 1.0f});
+  auto one = MustStart(sampler, {.class_id = 4, .seed = 5, .guidance_scale = 1.0f});
   EXPECT_FALSE(one->guided());
   EXPECT_EQ(one->kv_bytes(), model->config().kv_bytes_per_row());
 
   const std::vector<torch::Tensor> w0 =
-      RunAlone(sampler, {.condition = 4, .seed = 5, .guidance_scale = 0.0f});
+      RunAlone(sampler, {.class_id = 4, .seed = 5, .guidance_scale = 0.0f});
   const std::vector<torch::Tensor> null_class = RunAlone(sampler, {.seed = 5});
-  const std::vector<torch::Tensor> w1 = RunAlone(sampler, {.condition = 4, .seed = 5});
+  const std::vector<torch::Tensor> w1 = RunAlone(sampler, {.class_id = 4, .seed = 5});
   for (size_t i = 0; i < w0.size(); ++i) EXPECT_LE(MaxDiff(w0[i], null_class[i]), 1e-5) << i;
   EXPECT_GT(MaxDiff(w0.back(), w1.back()), 1e-3);  // the condition matters
 }
 
 TEST(SamplerTest, PreviewsAreEachStepsEstimate) {
   Sampler sampler(MakeTinyModel());
-  auto s = MustStart(sampler, {.condition = 0, .seed = 1});
+  auto s = MustStart(sampler, {.class_id = 0, .seed = 1});
   EXPECT_FALSE(s->x0().defined());
   GenerationState* ptr = s.get();
   ASSERT_TRUE(sampler.Step({&ptr, 1}).ok());
@@ -112,13 +112,13 @@ class SamplerVariantTest : public ::testing::TestWithParam<ModelConfig> {};
 // next to requests feeding single tokens), with other guidance and temperatures.
 TEST_P(SamplerVariantTest, BatchInvariance) {
   Sampler sampler(MakeTinyModel(GetParam()));
-  const SampleParams target{
-      .condition = 2, .seed = 11, .guidance_scale = 2.0f, .temperature = 0.9f};
+  const GenerateParams target{
+      .class_id = 2, .seed = 11, .guidance_scale = 2.0f, .temperature = 0.9f};
   const std::vector<torch::Tensor> alone = RunAlone(sampler, target);
   ASSERT_EQ(static_cast<int>(alone.size()), GetParam().generation_steps());
 
-  auto early = MustStart(sampler, {.condition = 5, .seed = 1});
-  auto guided = MustStart(sampler, {.condition = 7, .seed = 2, .guidance_scale = 4.0f});
+  auto early = MustStart(sampler, {.class_id = 5, .seed = 1});
+  auto guided = MustStart(sampler, {.class_id = 7, .seed = 2, .guidance_scale = 4.0f});
   GenerationState* e = early.get();
   ASSERT_TRUE(sampler.Step({&e, 1}).ok());  // `early` is one step ahead
   auto mine = MustStart(sampler, target);
@@ -131,7 +131,7 @@ TEST_P(SamplerVariantTest, BatchInvariance) {
     batch.push_back(mine.get());
     if (!early->finished()) batch.push_back(early.get());
     if (!uncond->finished()) batch.push_back(uncond.get());
-    if (batched.size() == 2) late = MustStart(sampler, {.condition = 1, .seed = 3});
+    if (batched.size() == 2) late = MustStart(sampler, {.class_id = 1, .seed = 3});
     if (late && !late->finished()) batch.push_back(late.get());
     ASSERT_TRUE(sampler.Step(batch).ok());
     batched.push_back(mine->x0().clone());
@@ -146,7 +146,7 @@ TEST_P(SamplerVariantTest, RecomputeMatchesKvCache) {
   Dart model = MakeTinyModel(GetParam());
   Sampler cached(model);
   Sampler recompute(model, {.kv_cache = false});
-  const SampleParams p{.condition = 8, .seed = 13, .guidance_scale = 3.0f};
+  const GenerateParams p{.class_id = 8, .seed = 13, .guidance_scale = 3.0f};
   const std::vector<torch::Tensor> a = RunAlone(cached, p);
   const std::vector<torch::Tensor> b = RunAlone(recompute, p);
   ASSERT_EQ(a.size(), b.size());
@@ -167,22 +167,28 @@ INSTANTIATE_TEST_SUITE_P(HeadsAndVariants, SamplerVariantTest,
 
 TEST(SamplerTest, InvalidParamsNameTheField) {
   Sampler sampler(MakeTinyModel());
-  const auto error = [&](const SampleParams& p) {
+  const auto error = [&](const GenerateParams& p) {
     auto s = sampler.Start(p);
     EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
     return std::string(s.status().message());
   };
-  EXPECT_THAT(error({.condition = 10}), HasSubstr("condition"));
-  EXPECT_THAT(error({.condition = -1}), HasSubstr("condition"));
+  EXPECT_THAT(error({.class_id = 10}), HasSubstr("class_id"));
+  EXPECT_THAT(error({.class_id = -1}), HasSubstr("class_id"));
   EXPECT_THAT(error({.guidance_scale = -1}), HasSubstr("guidance_scale"));
   EXPECT_THAT(error({.guidance_scale = std::nanf("")}), HasSubstr("guidance_scale"));
   EXPECT_THAT(error({.temperature = -0.5f}), HasSubstr("temperature"));
+  // The limits are the ones the model declares (and the server checks with the same function).
+  const ParamLimits& limits = sampler.info().limits;
+  EXPECT_TRUE(sampler.Start({.guidance_scale = limits.max_guidance}).ok());
+  EXPECT_THAT(error({.guidance_scale = limits.max_guidance + 0.5f}), HasSubstr("guidance_scale"));
+  EXPECT_TRUE(sampler.Start({.temperature = limits.max_temperature}).ok());
+  EXPECT_THAT(error({.temperature = limits.max_temperature + 0.5f}), HasSubstr("temperature"));
+  EXPECT_THAT(error({.temperature = 0.0f}), HasSubstr("temperature"));
 
   ModelConfig c = ModelConfig::Tiny();
   c.conditioning = Conditioning::kNone;
   Sampler uncond(MakeTinyModel(c));
-  EXPECT_THAT(std::string(uncond.Start({.condition = 1}).status().message()),
-              HasSubstr("condition"));
+  EXPECT_THAT(std::string(uncond.Start({.class_id = 1}).status().message()), HasSubstr("class_id"));
   EXPECT_TRUE(uncond.Start({.seed = 1}).ok());
 }
 

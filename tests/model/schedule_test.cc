@@ -7,7 +7,7 @@
 namespace dartserve::model {
 namespace {
 
-// research/dart.md §1: cosine schedule, T = 16, no shift.
+// docs/model.md, "Schedule and loss": cosine schedule, T = 16, no shift.
 struct Row {
   int t;
   double alpha, snr, cumulative;

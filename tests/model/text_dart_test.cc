@@ -103,7 +103,7 @@ TEST(TextDartTest, CachedStepsEqualTheTeacherForcedForward) {
   }
 }
 
-std::vector<torch::Tensor> RunAlone(Sampler& sampler, const SampleParams& p) {
+std::vector<torch::Tensor> RunAlone(Sampler& sampler, const GenerateParams& p) {
   auto s = sampler.Start(p);
   EXPECT_TRUE(s.ok()) << s.status();
   GenerationState* ptr = s->get();
@@ -146,7 +146,7 @@ TEST_P(TextSamplerTest, GuidanceEndpointsAndKvMemory) {
 // A text request's trajectory is the same alone and batched with other prompts at other steps.
 TEST_P(TextSamplerTest, BatchInvariance) {
   Sampler sampler(MakeTinyModel(Config(GetParam())));
-  const SampleParams target{.prompt = kBlue, .seed = 11, .guidance_scale = 2.0f};
+  const GenerateParams target{.prompt = kBlue, .seed = 11, .guidance_scale = 2.0f};
   const std::vector<torch::Tensor> alone = RunAlone(sampler, target);
 
   auto early = sampler.Start({.prompt = "red ring", .seed = 1});
@@ -178,9 +178,9 @@ TEST(TextDartTest, SamplerValidatesThePrompt) {
   const absl::Status too_long = sampler.Validate({.prompt = kRed});
   EXPECT_EQ(too_long.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(too_long.message()), HasSubstr("prompt"));
-  const absl::Status class_id = sampler.Validate({.condition = 1});
+  const absl::Status class_id = sampler.Validate({.class_id = 1});
   EXPECT_EQ(class_id.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(class_id.message()), HasSubstr("condition"));
+  EXPECT_THAT(std::string(class_id.message()), HasSubstr("class_id"));
   EXPECT_TRUE(sampler.Validate({.prompt = kBlue, .guidance_scale = 3.0f}).ok());
 
   // A class model refuses prompts (the server maps class names to ids before this).

@@ -1,4 +1,4 @@
-#include "model/text_encoder.h"
+#include "model/text/text_encoder.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

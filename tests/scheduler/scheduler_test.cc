@@ -229,6 +229,40 @@ TEST_F(SchedulerTest, BatchCapsLimitRequestsAndTokens) {
   EXPECT_EQ(engine_.batches.back().size(), 2u);  // 16 tokens each: the third would make 48 > 40
 }
 
+// More admissible requests than max_batch_requests, with KV and tokens to spare: the request cap
+// alone limits each batch, and the requests over it wait in the queue and step in later batches.
+TEST_F(SchedulerTest, RequestCapIsReachedAndTheRestStepLater) {
+  engine_.default_steps = 2;  // seeds >= 100 take two steps each
+  std::vector<IterationInfo> iterations;
+  auto s = Make({.max_batch_requests = 3,
+                 .max_batch_tokens = 1 << 16,
+                 .kv_budget_bytes = int64_t{1} << 30,
+                 .on_iteration = [&](const IterationInfo& it) { iterations.push_back(it); }});
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int i = 0; i < 7; ++i) sinks.push_back(Submit(*s, absl::StrCat("r", i), 100 + i));
+
+  ASSERT_TRUE(s->RunIteration());
+  EXPECT_EQ(s->stats().active, 3);
+  EXPECT_EQ(s->stats().queued, 4);
+  EXPECT_EQ(s->stats().kv_bytes_used, 300);  // the budget would take all seven
+  for (int i = 0; i < 7; ++i) EXPECT_EQ(sinks[i]->started, i < 3) << "r" << i;
+  RunToIdle(*s);
+
+  // FIFO within the class; each request steps twice, in consecutive batches, then leaves.
+  using Batch = std::vector<uint64_t>;
+  EXPECT_THAT(engine_.batches,
+              ElementsAre(Batch{100, 101, 102}, Batch{100, 101, 102}, Batch{103, 104, 105},
+                          Batch{103, 104, 105}, Batch{106}, Batch{106}));
+  ASSERT_EQ(iterations.size(), 6u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(iterations[i].batch_requests, 3) << "iteration " << i;
+  EXPECT_EQ(s->stats().total_batch_requests, 3 + 3 + 3 + 3 + 1 + 1);
+  for (const auto& sink : sinks) {
+    EXPECT_EQ(sink->finished, 1);
+    EXPECT_TRUE(sink->result.ok()) << sink->result.status();
+    EXPECT_THAT(sink->steps, ElementsAre(1, 2));
+  }
+}
+
 TEST_F(SchedulerTest, PreviewCadenceAndSize) {
   auto s = Make();
   auto sink = std::make_shared<RecordingSink>();

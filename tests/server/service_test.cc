@@ -12,10 +12,10 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/png.h"
 #include "dartserve/v1/image_generator.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "model/dart_engine.h"
-#include "model/png.h"
 #include "server/server.h"
 #include "tests/testing/fake_engine.h"
 #include "tests/testing/prometheus.h"
@@ -27,6 +27,17 @@ namespace {
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
 
+// Every wait in these tests is bounded by this (far beyond what a passing run takes), so a
+// regression fails instead of hanging the suite.
+constexpr std::chrono::seconds kBound(60);
+
+// A client context whose calls fail with DEADLINE_EXCEEDED after kBound (tests that want another
+// deadline set their own).
+class BoundedContext : public grpc::ClientContext {
+ public:
+  BoundedContext() { set_deadline(std::chrono::system_clock::now() + kBound); }
+};
+
 // FakeEngine whose Step waits for permits (or an open gate), so tests control progress.
 class GatedEngine : public testing::FakeEngine {
  public:
@@ -37,7 +48,9 @@ class GatedEngine : public testing::FakeEngine {
       std::unique_lock<std::mutex> lock(mu_);
       ++entered_;
       cv_.notify_all();
-      cv_.wait(lock, [this] { return open_ || permits_ > 0; });
+      if (!cv_.wait_for(lock, kBound, [this] { return open_ || permits_ > 0; })) {
+        return absl::DeadlineExceededError("GatedEngine: the test never let this step run");
+      }
       if (!open_) --permits_;
     }
     absl::Status s = FakeEngine::Step(requests);
@@ -46,9 +59,9 @@ class GatedEngine : public testing::FakeEngine {
     cv_.notify_all();
     return s;
   }
-  absl::StatusOr<model::Pixels> Render(const model::EngineRequest& r, int max_side) override {
+  absl::StatusOr<Pixels> Render(const model::EngineRequest& r, int max_side) override {
     const int side = max_side > 0 ? std::min(max_side, render_side) : render_side;
-    model::Pixels px{side, side, 3, std::vector<uint8_t>(side * side * 3)};
+    Pixels px{side, side, 3, std::vector<uint8_t>(side * side * 3)};
     // Noise-like content, so PNG previews are large (to exceed HTTP/2 flow-control windows).
     uint32_t x = static_cast<uint32_t>(static_cast<const Req&>(r).done) * 2654435761u + 1;
     for (uint8_t& b : px.data) b = static_cast<uint8_t>((x = x * 1664525u + 1013904223u) >> 24);
@@ -74,11 +87,15 @@ class GatedEngine : public testing::FakeEngine {
   // Blocks until Step has been entered `n` times in total.
   void WaitEntered(int n) {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return entered_ >= n; });
+    if (!cv_.wait_for(lock, kBound, [&] { return entered_ >= n; })) {
+      ADD_FAILURE() << "Step was entered " << entered_ << " times, expected " << n;
+    }
   }
   void WaitStepsRun(int n) {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return steps_run_ >= n; });
+    if (!cv_.wait_for(lock, kBound, [&] { return steps_run_ >= n; })) {
+      ADD_FAILURE() << steps_run_ << " steps ran, expected " << n;
+    }
   }
 
  private:
@@ -97,17 +114,33 @@ double MetricValue(const std::string& exposition, const std::string& series) {
   return at == std::string::npos ? 0 : std::stod(exposition.substr(at + key.size()));
 }
 
-ModelInfo FakeInfo() {
-  ModelInfo info;
-  info.name = "fake";
+model::ModelInfo FakeInfo() {
+  model::ModelInfo info;
   info.num_classes = 10;
   info.class_names = {"zero", "one", "two",   "three", "four",
                       "five", "six", "seven", "eight", "nine"};
   info.image_size = 8;
   info.channels = 3;
-  info.steps = 4;  // FakeEngine::default_steps
+  info.denoising_steps = 4;  // FakeEngine::default_steps
+  info.progress_steps = 4;
   info.default_guidance = 1.0f;
   return info;
+}
+
+// A GatedEngine describing itself as FakeInfo(), gate open.
+std::unique_ptr<GatedEngine> OpenGatedEngine() {
+  auto engine = std::make_unique<GatedEngine>();
+  engine->model_info = FakeInfo();
+  engine->Open();
+  return engine;
+}
+
+// A one-replica model spec over `engine`.
+ModelSpec FakeSpec(std::string name, std::unique_ptr<model::Engine> engine,
+                   scheduler::SchedulerOptions options = {}) {
+  ModelSpec spec{.name = std::move(name), .scheduler = options};
+  spec.engines.push_back(std::move(engine));
+  return spec;
 }
 
 struct Harness {
@@ -117,7 +150,7 @@ struct Harness {
   std::unique_ptr<v1::ImageGenerator::Stub> stub;
 
   HealthCheckResponse::ServingStatus Health() {
-    grpc::ClientContext ctx;
+    BoundedContext ctx;
     HealthCheckResponse response;
     grpc::Status s =
         grpc::health::v1::Health::NewStub(channel)->Check(&ctx, HealthCheckRequest(), &response);
@@ -136,11 +169,10 @@ struct HarnessOptions {
 
 Harness Start(HarnessOptions opts = {}) {
   Harness h;
-  auto engine = std::make_unique<GatedEngine>();
+  std::unique_ptr<GatedEngine> engine = OpenGatedEngine();
   h.engine = engine.get();
-  h.engine->Open();
   std::vector<ModelSpec> models;
-  models.push_back({.info = FakeInfo(), .engine = std::move(engine), .scheduler = opts.scheduler});
+  models.push_back(FakeSpec("fake", std::move(engine), opts.scheduler));
   ServerOptions options;
   options.address = "127.0.0.1:0";
   options.metrics_address = opts.metrics ? "127.0.0.1:0" : "";
@@ -166,7 +198,7 @@ struct CallResult {
 
 CallResult Generate(v1::ImageGenerator::Stub& stub, const v1::GenerateImageRequest& request,
                     grpc::ClientContext* context = nullptr) {
-  grpc::ClientContext local;
+  BoundedContext local;
   if (context == nullptr) context = &local;
   CallResult out;
   auto reader = stub.GenerateImage(context, request);
@@ -187,18 +219,88 @@ v1::GenerateImageRequest ClassRequest(int class_id, uint64_t seed, int n = 1) {
 // A server (no metrics endpoint) over one real tiny model with random weights, guidance 2.
 absl::StatusOr<std::unique_ptr<Server>> StartRealModel(const std::string& name,
                                                        const model::ModelConfig& config) {
-  ModelInfo info;
-  info.name = name;
-  info.conditioning = config.conditioning == model::Conditioning::kText ? "text" : "class";
-  info.num_classes = config.conditioning == model::Conditioning::kText ? 0 : config.num_classes;
-  info.image_size = config.image_size;
-  info.channels = config.channels;
-  info.steps = config.num_steps;
+  model::Dart dart = testing::MakeTinyModel(config);
+  model::ModelInfo info = model::DescribeModel(dart);
   info.default_guidance = 2.0f;
   std::vector<ModelSpec> models;
-  models.push_back({.info = info,
-                    .engine = std::make_unique<model::DartEngine>(testing::MakeTinyModel(config))});
+  models.push_back(FakeSpec(name, std::make_unique<model::DartEngine>(dart, info)));
   return Server::Start({.address = "127.0.0.1:0", .metrics_address = ""}, std::move(models));
+}
+
+// One meaning of "steps": for token-level DART-AR, Accepted, Progress and ListModels agree on
+// the number of Progress messages (T x K), while `steps` still names the denoising steps T.
+TEST(ServiceTest, DartArCountsProgressStepsEverywhere) {
+  const model::ModelConfig config = testing::TinyArConfig();
+  const int progress_steps = config.generation_steps();
+  ASSERT_NE(progress_steps, config.num_steps);
+  auto server = StartRealModel("ar", config);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::ImageGenerator::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+
+  BoundedContext list_ctx;
+  v1::ListModelsResponse models;
+  ASSERT_TRUE(stub->ListModels(&list_ctx, v1::ListModelsRequest(), &models).ok());
+  ASSERT_EQ(models.models_size(), 1);
+  EXPECT_EQ(models.models(0).steps(), static_cast<uint32_t>(config.num_steps));
+  EXPECT_EQ(models.models(0).progress_steps(), static_cast<uint32_t>(progress_steps));
+
+  v1::GenerateImageRequest request = ClassRequest(2, 5);
+  request.set_steps(static_cast<uint32_t>(config.num_steps));
+  // A cadence beyond the last step means the final preview only.
+  request.mutable_preview()->set_every_n_steps(static_cast<uint32_t>(progress_steps + 100));
+  const CallResult call = Generate(*stub, request);
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  EXPECT_EQ(call.messages.front().accepted().total_steps(), static_cast<uint32_t>(progress_steps));
+  // A reader slower than the steps may see some Progress messages coalesced; the steps it does
+  // see count model calls, beyond T.
+  uint32_t last_step = 0;
+  for (const v1::GenerateImageResponse& m : call.messages) {
+    if (!m.has_progress()) continue;
+    EXPECT_GT(m.progress().step(), last_step);
+    last_step = m.progress().step();
+    EXPECT_LE(last_step, static_cast<uint32_t>(progress_steps));
+    EXPECT_EQ(m.progress().total_steps(), static_cast<uint32_t>(progress_steps));
+  }
+  EXPECT_GT(last_step, static_cast<uint32_t>(config.num_steps));
+
+  request.set_steps(static_cast<uint32_t>(progress_steps));  // tokens are not denoising steps
+  EXPECT_EQ(Generate(*stub, request).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// Replicas: requests go to the least-loaded engine, so a request is not stuck behind another
+// replica's work.
+TEST(ServiceTest, ReplicasServeRequestsSideBySide) {
+  std::unique_ptr<GatedEngine> first = OpenGatedEngine(), second = OpenGatedEngine();
+  GatedEngine* a = first.get();
+  GatedEngine* b = second.get();
+  std::vector<ModelSpec> models(1);
+  models[0].name = "fake";
+  models[0].engines.push_back(std::move(first));
+  models[0].engines.push_back(std::move(second));
+  auto server = Server::Start({.address = "127.0.0.1:0", .metrics_address = ""}, std::move(models));
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE((*server)->WarmUp().ok());  // warms up both replicas
+  ASSERT_EQ((*server)->model(0).schedulers.size(), 2u);
+  a->Close();
+  b->Close();
+  auto stub = v1::ImageGenerator::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+
+  BoundedContext held_ctx;
+  auto held = stub->GenerateImage(&held_ctx, ClassRequest(1, 3));
+  v1::GenerateImageResponse m;
+  ASSERT_TRUE(held->Read(&m));
+  a->WaitEntered(1);  // the first request holds replica A's (closed) step
+  b->Open();
+  const CallResult other = Generate(*stub, ClassRequest(2, 3));
+  ASSERT_TRUE(other.status.ok()) << other.status.error_message();
+  EXPECT_TRUE(other.messages.back().has_result());  // finished on B while A is still held
+  a->Open();
+  bool result = false;
+  while (held->Read(&m)) result |= m.has_result();
+  EXPECT_TRUE(held->Finish().ok());
+  EXPECT_TRUE(result);
 }
 
 // The real tiny DART model behind the service: stream order, preview count, PNG size, seeds.
@@ -237,7 +339,7 @@ TEST(ServiceTest, StreamsAcceptedProgressAndDecodableResults) {
       last_step[index] = static_cast<int>(m.progress().step());
       if (!m.progress().preview_png().empty()) {
         ++previews;
-        absl::StatusOr<model::Pixels> px = model::DecodePng(m.progress().preview_png());
+        absl::StatusOr<Pixels> px = DecodePng(m.progress().preview_png());
         ASSERT_TRUE(px.ok());
         EXPECT_EQ(px->width, config.image_size);
       }
@@ -248,7 +350,7 @@ TEST(ServiceTest, StreamsAcceptedProgressAndDecodableResults) {
       EXPECT_FALSE(done[r.image_index()]);
       done[r.image_index()] = true;
       EXPECT_EQ(r.seed(), 42u + r.image_index());
-      absl::StatusOr<model::Pixels> px = model::DecodePng(r.png());
+      absl::StatusOr<Pixels> px = DecodePng(r.png());
       ASSERT_TRUE(px.ok()) << px.status();
       EXPECT_EQ(px->width, config.image_size);
       EXPECT_EQ(px->height, config.image_size);
@@ -261,7 +363,7 @@ TEST(ServiceTest, StreamsAcceptedProgressAndDecodableResults) {
   // Every intermediate step of both images made a preview; each one either reached the client
   // or was replaced by a newer one (counted).
   const double dropped =
-      MetricValue((*server)->registry().Serialize(),
+      MetricValue((*server)->metrics().Serialize(),
                   "dartserve_previews_dropped_total{model=\"tiny\",reason=\"backpressure\"}");
   EXPECT_EQ(previews + dropped, 2 * (config.num_steps - 1));
 
@@ -357,7 +459,7 @@ TEST(ServiceTest, CancelGenerationMidStreamFreesTheSlot) {
   Harness h = Start({.scheduler = {.kv_budget_bytes = 100}, .open_gate = false});
   v1::GenerateImageRequest request = ClassRequest(1, 50);  // 50 steps
   request.set_request_id("held");
-  grpc::ClientContext ctx;
+  BoundedContext ctx;
   auto reader = h.stub->GenerateImage(&ctx, request);
   v1::GenerateImageResponse m;
   ASSERT_TRUE(reader->Read(&m));
@@ -367,7 +469,7 @@ TEST(ServiceTest, CancelGenerationMidStreamFreesTheSlot) {
   ASSERT_TRUE(m.has_progress());
 
   {
-    grpc::ClientContext cancel_ctx;
+    BoundedContext cancel_ctx;
     v1::CancelGenerationRequest cancel;
     cancel.set_request_id("held");
     v1::CancelGenerationResponse response;
@@ -378,7 +480,7 @@ TEST(ServiceTest, CancelGenerationMidStreamFreesTheSlot) {
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
 
   // Unknown ids are NOT_FOUND.
-  grpc::ClientContext cancel_ctx;
+  BoundedContext cancel_ctx;
   v1::CancelGenerationRequest cancel;
   cancel.set_request_id("held");
   v1::CancelGenerationResponse response;
@@ -386,12 +488,12 @@ TEST(ServiceTest, CancelGenerationMidStreamFreesTheSlot) {
             grpc::StatusCode::NOT_FOUND);
   // The budget is free again: the next request runs to completion.
   EXPECT_TRUE(Generate(*h.stub, ClassRequest(2, 3)).status.ok());
-  EXPECT_EQ(h.server->model(0).scheduler->stats().kv_bytes_used, 0);
+  EXPECT_EQ(h.server->model(0).dispatcher.stats().kv_bytes_used, 0);
 }
 
 TEST(ServiceTest, ClientCancellationReachesTheScheduler) {
   Harness h = Start({.scheduler = {.kv_budget_bytes = 100}, .open_gate = false});
-  grpc::ClientContext ctx;
+  BoundedContext ctx;
   auto reader = h.stub->GenerateImage(&ctx, ClassRequest(1, 50));
   v1::GenerateImageResponse m;
   ASSERT_TRUE(reader->Read(&m));
@@ -406,7 +508,7 @@ TEST(ServiceTest, ClientCancellationReachesTheScheduler) {
 
 TEST(ServiceTest, DeadlineEndsTheCallAndFreesTheSlot) {
   Harness h = Start({.scheduler = {.kv_budget_bytes = 100}, .open_gate = false});
-  grpc::ClientContext ctx;
+  BoundedContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
   const CallResult call = Generate(*h.stub, ClassRequest(1, 50), &ctx);
   EXPECT_EQ(call.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
@@ -416,7 +518,7 @@ TEST(ServiceTest, DeadlineEndsTheCallAndFreesTheSlot) {
 
 TEST(ServiceTest, FullQueueIsResourceExhausted) {
   Harness h = Start({.scheduler = {.max_queued = 1, .kv_budget_bytes = 100}, .open_gate = false});
-  grpc::ClientContext ctx_a, ctx_b;
+  BoundedContext ctx_a, ctx_b;
   auto a = h.stub->GenerateImage(&ctx_a, ClassRequest(1, 10));
   v1::GenerateImageResponse m;
   ASSERT_TRUE(a->Read(&m));
@@ -441,7 +543,7 @@ TEST(ServiceTest, DuplicateRequestIdIsRejectedWhileInFlight) {
   Harness h = Start({.open_gate = false});
   v1::GenerateImageRequest request = ClassRequest(1, 10);
   request.set_request_id("same");
-  grpc::ClientContext ctx;
+  BoundedContext ctx;
   auto first = h.stub->GenerateImage(&ctx, request);
   v1::GenerateImageResponse m;
   ASSERT_TRUE(first->Read(&m));
@@ -457,7 +559,7 @@ TEST(ServiceTest, DuplicateRequestIdIsRejectedWhileInFlight) {
 TEST(ServiceTest, BearerTokenIsRequiredWhenConfigured) {
   Harness h = Start({.auth_token = "s3cret"});
   auto list = [&](const std::string& header) {
-    grpc::ClientContext ctx;
+    BoundedContext ctx;
     if (!header.empty()) ctx.AddMetadata("authorization", header);
     v1::ListModelsResponse response;
     return h.stub->ListModels(&ctx, v1::ListModelsRequest(), &response);
@@ -468,21 +570,21 @@ TEST(ServiceTest, BearerTokenIsRequiredWhenConfigured) {
   EXPECT_TRUE(list("Bearer s3cret").ok());
   EXPECT_EQ(Generate(*h.stub, ClassRequest(1, 2)).status.error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
-  grpc::ClientContext ctx;
+  BoundedContext ctx;
   ctx.AddMetadata("authorization", "Bearer s3cret");
   EXPECT_TRUE(Generate(*h.stub, ClassRequest(1, 2), &ctx).status.ok());
 }
 
 TEST(ServiceTest, ListModelsAndServerInfo) {
   Harness h = Start();
-  grpc::ClientContext ctx;
+  BoundedContext ctx;
   v1::ListModelsResponse models;
   ASSERT_TRUE(h.stub->ListModels(&ctx, v1::ListModelsRequest(), &models).ok());
   ASSERT_EQ(models.models_size(), 1);
   EXPECT_EQ(models.models(0).name(), "fake");
   EXPECT_TRUE(models.models(0).is_default());
   EXPECT_EQ(models.models(0).class_names(7), "seven");
-  grpc::ClientContext info_ctx;
+  BoundedContext info_ctx;
   v1::GetServerInfoResponse info;
   ASSERT_TRUE(h.stub->GetServerInfo(&info_ctx, v1::GetServerInfoRequest(), &info).ok());
   EXPECT_FALSE(info.draining());
@@ -490,13 +592,8 @@ TEST(ServiceTest, ListModelsAndServerInfo) {
 
 TEST(ServiceTest, ServesSeveralModelsByName) {
   std::vector<ModelSpec> models;
-  for (const char* name : {"first", "second"}) {
-    ModelInfo info = FakeInfo();
-    info.name = name;
-    models.push_back({.info = info, .engine = std::make_unique<GatedEngine>()});
-    static_cast<GatedEngine*>(models.back().engine.get())->Open();
-  }
-  GatedEngine* second = static_cast<GatedEngine*>(models[1].engine.get());
+  for (const char* name : {"first", "second"}) models.push_back(FakeSpec(name, OpenGatedEngine()));
+  GatedEngine* second = static_cast<GatedEngine*>(models[1].engines.front().get());
   auto server = Server::Start({.address = "127.0.0.1:0", .metrics_address = ""}, std::move(models));
   ASSERT_TRUE(server.ok()) << server.status();
   auto stub = v1::ImageGenerator::NewStub(grpc::CreateChannel(
@@ -529,8 +626,7 @@ TEST(ServiceTest, ServesOverTls) {
   std::filesystem::remove_all(dir);
 
   std::vector<ModelSpec> models;
-  models.push_back({.info = FakeInfo(), .engine = std::make_unique<GatedEngine>()});
-  static_cast<GatedEngine*>(models.back().engine.get())->Open();
+  models.push_back(FakeSpec("fake", OpenGatedEngine()));
   auto server = Server::Start({.address = "127.0.0.1:0",
                                .metrics_address = "",
                                .tls_cert_pem = cert_pem,
@@ -544,7 +640,7 @@ TEST(ServiceTest, ServesOverTls) {
   // A plaintext client cannot talk to it.
   auto plain =
       v1::ImageGenerator::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
+  BoundedContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   v1::ListModelsResponse response;
   EXPECT_FALSE(plain->ListModels(&ctx, v1::ListModelsRequest(), &response).ok());
@@ -564,15 +660,17 @@ TEST(ServiceTest, HealthIsNotServingUntilWarmedUpAndWhileDraining) {
 // SIGTERM path: no new calls, in-flight calls finish within the grace period.
 TEST(ServiceTest, DrainLetsInFlightRequestsFinish) {
   Harness h = Start({.open_gate = false});
-  grpc::ClientContext ctx;
+  BoundedContext ctx;
   auto reader = h.stub->GenerateImage(&ctx, ClassRequest(1, 6));
   v1::GenerateImageResponse m;
   ASSERT_TRUE(reader->Read(&m));
   h.engine->WaitEntered(1);
   std::thread shutdown([&] { h.server->Shutdown(absl::Hours(1)); });
   // Wait (by polling the server, no timing assumption) until the drain has begun.
+  const absl::Time bound = absl::Now() + absl::FromChrono(kBound);
   for (bool draining = false; !draining;) {
-    grpc::ClientContext info_ctx;
+    ASSERT_LT(absl::Now(), bound) << "the server never reported draining";
+    BoundedContext info_ctx;
     v1::GetServerInfoResponse info;
     ASSERT_TRUE(h.stub->GetServerInfo(&info_ctx, v1::GetServerInfoRequest(), &info).ok());
     draining = info.draining();
@@ -591,7 +689,7 @@ TEST(ServiceTest, DrainLetsInFlightRequestsFinish) {
 
 TEST(ServiceTest, DrainFailsWhatOutlivesTheGracePeriod) {
   Harness h = Start({.open_gate = false});
-  grpc::ClientContext ctx;
+  BoundedContext ctx;
   auto reader = h.stub->GenerateImage(&ctx, ClassRequest(1, 50));
   v1::GenerateImageResponse m;
   ASSERT_TRUE(reader->Read(&m));
@@ -599,7 +697,11 @@ TEST(ServiceTest, DrainFailsWhatOutlivesTheGracePeriod) {
   std::thread shutdown([&] { h.server->Shutdown(absl::ZeroDuration()); });
   // Once the scheduler drains (polled: no timing assumption), let the held step finish; the next
   // iteration boundary is past the (zero) grace period.
-  while (!h.server->model(0).scheduler->stats().draining) std::this_thread::yield();
+  const absl::Time bound = absl::Now() + absl::FromChrono(kBound);
+  while (!h.server->model(0).dispatcher.stats().draining) {
+    ASSERT_LT(absl::Now(), bound) << "the scheduler never started draining";
+    std::this_thread::yield();
+  }
   h.engine->Open();
   while (reader->Read(&m)) EXPECT_FALSE(m.has_result());
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
@@ -612,7 +714,7 @@ TEST(ServiceTest, SlowReaderLosesPreviewsNotResults) {
   h.engine->render_side = 256;  // ~200 KB previews: the HTTP/2 window fills after a few
   v1::GenerateImageRequest request = ClassRequest(1, 40);  // 40 steps, 39 previews
   request.mutable_preview()->set_every_n_steps(1);
-  grpc::ClientContext ctx;
+  BoundedContext ctx;
   auto reader = h.stub->GenerateImage(&ctx, request);
   h.engine->Open();
   h.engine->WaitStepsRun(40);  // all steps done before the client reads anything
@@ -626,7 +728,7 @@ TEST(ServiceTest, SlowReaderLosesPreviewsNotResults) {
   EXPECT_TRUE(reader->Finish().ok());
   EXPECT_TRUE(result);
   EXPECT_LT(previews, 39);
-  const std::string exposition = h.server->registry().Serialize();
+  const std::string exposition = h.server->metrics().Serialize();
   const double dropped = MetricValue(
       exposition, "dartserve_previews_dropped_total{model=\"fake\",reason=\"backpressure\"}");
   EXPECT_GT(dropped, 0);

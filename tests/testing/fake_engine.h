@@ -39,7 +39,9 @@ class FakeEngine : public model::Engine {
   int64_t kv_per_row = 100;
   int64_t tokens_per_row = 16;
   int fail_on_call = -1;  // 0-based Step() call that returns INTERNAL
+  model::ModelInfo model_info{.num_classes = 10, .denoising_steps = 4, .progress_steps = 4};
 
+  const model::ModelInfo& info() const override { return model_info; }
   absl::Status Validate(const model::GenerateParams& p) const override {
     if (p.class_id && *p.class_id < 0) return absl::InvalidArgumentError("class_id: negative");
     return absl::OkStatus();
@@ -89,11 +91,10 @@ class FakeEngine : public model::Engine {
     for (auto* r : requests) ++static_cast<Req*>(r)->done;
     return absl::OkStatus();
   }
-  absl::StatusOr<model::Pixels> Render(const model::EngineRequest& r, int max_side) override {
+  absl::StatusOr<Pixels> Render(const model::EngineRequest& r, int max_side) override {
     const auto& req = static_cast<const Req&>(r);
     const int side = max_side > 0 ? std::min(max_side, 8) : 8;
-    model::Pixels px{side, side, 1,
-                     std::vector<uint8_t>(side * side, static_cast<uint8_t>(req.done))};
+    Pixels px{side, side, 1, std::vector<uint8_t>(side * side, static_cast<uint8_t>(req.done))};
     return px;
   }
 
@@ -111,7 +112,7 @@ class RecordingSink : public scheduler::RequestSink {
     started = true;
     this->queue_time = queue_time;
   }
-  void OnProgress(int step, int total, const model::Pixels* preview) override {
+  void OnProgress(int step, int total, const Pixels* preview) override {
     std::lock_guard<std::mutex> lock(mu_);
     steps.push_back(step);
     if (preview != nullptr) preview_steps.push_back(step), preview_side = preview->width;

@@ -32,8 +32,9 @@ constexpr absl::Duration kReadyTimeout = absl::Seconds(30);
 constexpr int kHttpTimeoutMs = 10000;
 
 void InitCivetwebOnce() {
-  // Reference-counted process-wide state, shared with the metrics server; never torn down. The
-  // return value (initialised features) is 0 for MG_FEATURES_DEFAULT, so it is not checked.
+  // Reference-counted process-wide state, shared with the civetweb under the metrics endpoint
+  // (prometheus-cpp's Exposer); never torn down. The return value (initialised features) is 0
+  // for MG_FEATURES_DEFAULT, so it is not checked.
   static const bool initialized = [] {
     mg_init_library(MG_FEATURES_DEFAULT);
     return true;

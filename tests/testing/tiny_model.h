@@ -11,7 +11,7 @@
 
 #include "model/config.h"
 #include "model/dart.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 
 namespace dartserve::testing {
 
@@ -36,7 +36,7 @@ model::ModelConfig TinyTextConfig();
 // `config` with text conditioning and TinyTextConfig()'s text encoder (any geometry and head).
 model::ModelConfig WithTinyText(model::ModelConfig config);
 
-// Captions in the style of the procedural shapes dataset (train/shapes.h), built here so the model
+// Captions in the style of the procedural shapes dataset (data/shapes.h), built here so the model
 // layer's tests do not depend on train/. Every (size, colour, shape) appears, but only some
 // positions with each.
 std::vector<std::string> ShapeCaptions();

@@ -6,10 +6,13 @@
 #include <filesystem>
 
 #include "model/checkpoint.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 #include "tests/testing/tiny_model.h"
 
 namespace dartserve::train {
+
+using ::dartserve::data::InMemoryDataset;
+
 namespace {
 
 namespace fs = std::filesystem;

@@ -1,0 +1,494 @@
+#include "client/loadgen.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <set>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_io.h"
+#include "dartserve/v1/image_generator.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace dartserve::client {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+Clock::duration ToDuration(double seconds) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+std::string Fixed(double value, int decimals) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), "%.*f", decimals, value);
+  return buffer;
+}
+
+class Runner;
+
+// One GenerateImage call. Owns itself: deletes itself in OnDone after reporting to the runner.
+class Call final : public grpc::ClientReadReactor<v1::GenerateImageResponse> {
+ public:
+  Call(Runner* runner, v1::GenerateImageRequest request, bool measured)
+      : runner_(runner), request_(std::move(request)), measured_(measured) {}
+
+  // Starts the call; times count from `arrival`. `this` may be deleted any time after (from a
+  // gRPC thread).
+  void Start(v1::ImageGenerator::Stub* stub, const ConnectionOptions& connection,
+             double timeout_seconds, Clock::time_point arrival) {
+    PrepareContext(connection, timeout_seconds, &context_);
+    start_ = arrival;
+    stub->async()->GenerateImage(&context_, &request_, this);
+    StartRead(&response_);
+    StartCall();
+  }
+
+  // Thread-safe; valid until OnDone has reported to the runner.
+  void Cancel() { context_.TryCancel(); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // the stream ended; OnDone follows
+    const double t = Seconds(Clock::now() - start_);
+    switch (response_.event_case()) {
+      case v1::GenerateImageResponse::kAccepted:
+        if (record_.to_accepted < 0) record_.to_accepted = t;
+        break;
+      case v1::GenerateImageResponse::kProgress:
+        if (!response_.progress().preview_png().empty()) {
+          if (record_.first_preview < 0) record_.first_preview = t;
+          ++record_.previews;
+        }
+        break;
+      case v1::GenerateImageResponse::kResult:
+        ++record_.images;
+        break;
+      default:
+        break;
+    }
+    StartRead(&response_);
+  }
+
+  void OnDone(const grpc::Status& status) override;
+
+ private:
+  Runner* runner_;
+  v1::GenerateImageRequest request_;
+  const bool measured_;
+  grpc::ClientContext context_;
+  v1::GenerateImageResponse response_;
+  Clock::time_point start_;
+  CallRecord record_;
+};
+
+// Starts calls and collects their records. Launch and the waits are called from one thread (the
+// one in RunLoad); Done runs on gRPC threads.
+class Runner {
+ public:
+  Runner(v1::ImageGenerator::Stub* stub, const LoadgenOptions& options,
+         const std::atomic<bool>& stop)
+      : stub_(stub), options_(options), stop_(stop), rng_(options.seed) {}
+
+  bool stopped() const { return stop_.load(); }
+
+  void Launch(bool measured, Clock::time_point arrival) {
+    auto* call = new Call(this, SampleRequest(options_.mix, rng_), measured);
+    {
+      std::lock_guard lock(mu_);
+      in_flight_.insert(call);
+      if (measured) ++sent_;
+    }
+    call->Start(stub_, options_.connection, options_.timeout, arrival);
+  }
+
+  void Done(Call* call, bool measured, const CallRecord& record) {
+    std::lock_guard lock(mu_);
+    in_flight_.erase(call);
+    if (measured) records_.push_back(record);
+    cv_.notify_all();
+  }
+
+  size_t InFlight() {
+    std::lock_guard lock(mu_);
+    return in_flight_.size();
+  }
+
+  // Waits until fewer than `limit` calls are in flight or `until` passes; true in the first case.
+  bool WaitBelow(size_t limit, Clock::time_point until) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_until(lock, until, [&] { return in_flight_.size() < limit; });
+  }
+
+  // Waits for every call to end; once stopped, cancels them (once) and keeps waiting.
+  void Drain() {
+    bool cancelled = false;
+    while (!WaitBelow(1, Clock::now() + std::chrono::milliseconds(100))) {
+      if (stopped() && !cancelled) {
+        CancelAll();
+        cancelled = true;
+      }
+    }
+  }
+
+  int64_t sent() {
+    std::lock_guard lock(mu_);
+    return sent_;
+  }
+  std::vector<CallRecord> TakeRecords() {
+    std::lock_guard lock(mu_);
+    return std::move(records_);
+  }
+  int64_t completed() {
+    std::lock_guard lock(mu_);
+    return static_cast<int64_t>(records_.size());
+  }
+
+ private:
+  void CancelAll() {
+    std::lock_guard lock(mu_);
+    for (Call* call : in_flight_) call->Cancel();
+  }
+
+  v1::ImageGenerator::Stub* const stub_;
+  const LoadgenOptions& options_;
+  const std::atomic<bool>& stop_;
+  std::mt19937_64 rng_;  // the launching thread only
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::set<Call*> in_flight_;
+  std::vector<CallRecord> records_;
+  int64_t sent_ = 0;
+};
+
+void Call::OnDone(const grpc::Status& status) {
+  record_.code = status.error_code();
+  record_.end = Clock::now();
+  record_.latency = Seconds(record_.end - start_);
+  runner_->Done(this, measured_, record_);
+  delete this;
+}
+
+// Writes a one-line status to `log` every few seconds while a phase runs.
+class Ticker {
+ public:
+  Ticker(Runner* runner, std::ostream& log)
+      : runner_(runner), log_(log), start_(Clock::now()), next_(start_ + kEvery) {}
+  void Tick() {
+    const Clock::time_point now = Clock::now();
+    if (now < next_) return;
+    next_ = now + kEvery;
+    log_ << "dartserve-loadgen: t=" << static_cast<int>(Seconds(now - start_)) << "s sent "
+         << runner_->sent() << ", done " << runner_->completed() << ", in flight "
+         << runner_->InFlight() << "\n";
+  }
+
+ private:
+  static constexpr std::chrono::seconds kEvery{5};
+  Runner* runner_;
+  std::ostream& log_;
+  Clock::time_point start_, next_;
+};
+
+// Closed loop until `end` or `max_calls` calls have started (< 0: no limit).
+void RunClosedLoop(Runner& runner, size_t concurrency, Clock::time_point end, int64_t max_calls,
+                   bool measured, std::ostream& log) {
+  Ticker ticker(&runner, log);
+  for (int64_t started = 0; max_calls < 0 || started < max_calls;) {
+    if (runner.stopped() || Clock::now() >= end) return;
+    const Clock::time_point wake = std::min(end, Clock::now() + std::chrono::milliseconds(100));
+    if (runner.WaitBelow(concurrency, wake)) {
+      runner.Launch(measured, Clock::now());
+      ++started;
+    }
+    if (measured) ticker.Tick();
+  }
+}
+
+// The arrival times of an open loop: Poisson at `rate` per second from the first call, which
+// arrives at once, until `end`.
+class Arrivals {
+ public:
+  Arrivals(double rate, uint64_t seed, Clock::time_point end)
+      : rng_(seed ^ 0x9e3779b97f4a7c15ULL),  // independent of the request sequence
+        gap_(rate),
+        next_(Clock::now()),
+        end_(end) {}
+
+  // Appends every arrival due by `now` to `waiting`.
+  void Collect(Clock::time_point now, std::deque<Clock::time_point>& waiting) {
+    for (; !done_ && next_ <= now; next_ += ToDuration(gap_(rng_))) {
+      if (next_ >= end_) {
+        done_ = true;
+      } else {
+        waiting.push_back(next_);
+      }
+    }
+  }
+  // Whether every arrival has been collected.
+  bool done() const { return done_; }
+  Clock::time_point next() const { return next_; }
+
+ private:
+  std::mt19937_64 rng_;
+  std::exponential_distribution<double> gap_;
+  Clock::time_point next_;
+  const Clock::time_point end_;
+  bool done_ = false;
+};
+
+// Open loop: Poisson arrivals at `rate` per second until `end`, at most `cap` in flight, the
+// rest waiting in arrival order. Returns when every arrival has started (or once stopped), with
+// the largest number that waited at once.
+int64_t RunOpenLoop(Runner& runner, double rate, size_t cap, Clock::time_point end, uint64_t seed,
+                    std::ostream& log) {
+  Ticker ticker(&runner, log);
+  Arrivals arrivals(rate, seed, end);
+  std::deque<Clock::time_point> waiting;
+  int64_t max_waiting = 0;
+  while (!runner.stopped()) {
+    const Clock::time_point now = Clock::now();
+    arrivals.Collect(now, waiting);
+    max_waiting = std::max(max_waiting, static_cast<int64_t>(waiting.size()));
+    while (!waiting.empty() && runner.InFlight() < cap) {
+      runner.Launch(/*measured=*/true, waiting.front());
+      waiting.pop_front();
+    }
+    if (arrivals.done() && waiting.empty()) break;
+    ticker.Tick();
+    // Sleep until the next arrival or, when calls wait, a free slot; at most 100 ms, so that a
+    // stop is noticed promptly.
+    Clock::time_point wake = now + std::chrono::milliseconds(100);
+    if (!arrivals.done()) wake = std::min(wake, arrivals.next());
+    if (waiting.empty()) {
+      std::this_thread::sleep_until(wake);
+    } else {
+      runner.WaitBelow(cap, wake);
+    }
+  }
+  return max_waiting;
+}
+
+// Waits for the connection, then requires health SERVING (a server without the health service,
+// UNIMPLEMENTED, is accepted).
+absl::Status CheckServer(const std::shared_ptr<grpc::Channel>& channel,
+                         const ConnectionOptions& connection, double timeout) {
+  const auto deadline = std::chrono::system_clock::now() +
+                        std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                            std::chrono::duration<double>(timeout));
+  if (!channel->WaitForConnected(deadline)) {
+    return absl::UnavailableError(
+        absl::StrCat("server ", connection.server, " unreachable within ", timeout, " s"));
+  }
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext context;
+  PrepareContext(connection, timeout, &context);
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status =
+      health->Check(&context, grpc::health::v1::HealthCheckRequest(), &response);
+  if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) return absl::OkStatus();
+  if (!status.ok()) {
+    return absl::UnavailableError(absl::StrCat("health check: ", FormatStatus(status)));
+  }
+  if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+    return absl::UnavailableError(
+        absl::StrCat("server is ",
+                     grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status())));
+  }
+  return absl::OkStatus();
+}
+
+// "closed loop, 16 in flight" or "open loop, 20 calls/s, at most 64 in flight".
+std::string ModeText(const LoadgenOptions& options) {
+  if (options.rate > 0) {
+    return absl::StrCat("open loop, ", options.rate, " calls/s, at most ", options.concurrency,
+                        " in flight");
+  }
+  return absl::StrCat("closed loop, ", options.concurrency, " in flight");
+}
+
+}  // namespace
+
+absl::Status ValidateLoadgenOptions(const LoadgenOptions& options) {
+  // Written as !(x >= 0) rather than x < 0 so that NaN is rejected too.
+  if (options.concurrency < 1) return absl::InvalidArgumentError("--concurrency must be >= 1");
+  if (!(options.rate >= 0)) return absl::InvalidArgumentError("--rate must be >= 0");
+  if (!(options.duration > 0)) return absl::InvalidArgumentError("--duration must be > 0");
+  if (options.warmup < 0) return absl::InvalidArgumentError("--warmup must be >= 0");
+  if (!(options.timeout >= 0)) return absl::InvalidArgumentError("--timeout must be >= 0");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> ConnectForLoad(const LoadgenOptions& options) {
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = CreateChannel(options.connection);
+  if (!channel.ok()) return channel.status();
+  if (absl::Status s = CheckServer(*channel, options.connection, options.connect_timeout);
+      !s.ok()) {
+    return s;
+  }
+  return channel;
+}
+
+LoadRun RunLoad(const std::shared_ptr<grpc::Channel>& channel, const LoadgenOptions& options,
+                const std::atomic<bool>& stop, std::ostream& log) {
+  auto stub = v1::ImageGenerator::NewStub(channel);
+  Runner runner(stub.get(), options, stop);
+  const size_t concurrency = static_cast<size_t>(options.concurrency);
+  if (options.warmup > 0) {
+    RunClosedLoop(runner, concurrency, Clock::time_point::max(), options.warmup,
+                  /*measured=*/false, log);
+    runner.Drain();
+  }
+  LoadRun run;
+  run.start = Clock::now();
+  const Clock::time_point end = run.start + ToDuration(options.duration);
+  if (options.rate > 0) {
+    run.max_waiting = RunOpenLoop(runner, options.rate, concurrency, end, options.seed, log);
+  } else {
+    RunClosedLoop(runner, concurrency, end, -1, /*measured=*/true, log);
+  }
+  runner.Drain();
+  run.interrupted = stop.load();
+  run.sent = runner.sent();
+  run.records = runner.TakeRecords();
+  return run;
+}
+
+Distribution Describe(std::vector<double> samples) {
+  Distribution d;
+  if (samples.empty()) return d;
+  std::sort(samples.begin(), samples.end());
+  d.count = static_cast<int64_t>(samples.size());
+  d.p50 = Percentile(samples, 0.50);
+  d.p90 = Percentile(samples, 0.90);
+  d.p95 = Percentile(samples, 0.95);
+  d.p99 = Percentile(samples, 0.99);
+  d.max = samples.back();
+  d.mean = std::accumulate(samples.begin(), samples.end(), 0.0) / samples.size();
+  return d;
+}
+
+LoadSummary Summarize(const LoadRun& run) {
+  LoadSummary s;
+  s.interrupted = run.interrupted;
+  s.sent = run.sent;
+  s.requests = static_cast<int64_t>(run.records.size());
+  s.max_waiting_in_client = run.max_waiting;
+  Clock::time_point last = run.start;
+  std::vector<double> latency, accepted, first_preview;
+  for (const CallRecord& r : run.records) {
+    last = std::max(last, r.end);
+    s.images += r.images;
+    s.previews += r.previews;
+    if (r.code != grpc::StatusCode::OK) {
+      ++s.errors[StatusCodeName(r.code)];
+      continue;
+    }
+    ++s.ok;
+    latency.push_back(r.latency);
+    if (r.to_accepted >= 0) accepted.push_back(r.to_accepted);
+    if (r.first_preview >= 0) first_preview.push_back(r.first_preview);
+  }
+  s.failed = s.requests - s.ok;
+  s.seconds = std::max(Seconds(last - run.start), 1e-9);
+  s.requests_per_second = s.requests / s.seconds;
+  s.ok_per_second = s.ok / s.seconds;
+  s.images_per_second = s.images / s.seconds;
+  s.latency = Describe(std::move(latency));
+  s.time_to_accepted = Describe(std::move(accepted));
+  s.time_to_first_preview = Describe(std::move(first_preview));
+  s.previews_per_call =
+      s.requests > 0 ? static_cast<double>(s.previews) / static_cast<double>(s.requests) : 0.0;
+  return s;
+}
+
+std::string ReportText(const LoadgenOptions& options, const LoadSummary& s) {
+  std::string errors;
+  for (const auto& [name, count] : s.errors) {
+    absl::StrAppend(&errors, errors.empty() ? "" : ", ", name, " ", count);
+  }
+  auto f = [](double seconds) { return Fixed(seconds, 3); };
+  std::string text =
+      absl::StrCat("calls: ", s.sent, " sent, ", s.requests, " completed, ", s.ok, " ok, ",
+                   s.failed, " failed", errors.empty() ? "" : absl::StrCat(" (", errors, ")"),
+                   s.interrupted ? " [interrupted]" : "", "\n");
+  absl::StrAppend(&text, "throughput: ", Fixed(s.images_per_second, 2), " images/s, ",
+                  Fixed(s.requests_per_second, 2), " requests/s over ", Fixed(s.seconds, 2), " s",
+                  options.rate > 0 ? absl::StrCat(" (offered ", options.rate, "/s; at most ",
+                                                  s.max_waiting_in_client, " waited in the client)")
+                                   : "",
+                  "\n");
+  absl::StrAppend(&text, "latency (s): p50 ", f(s.latency.p50), "  p90 ", f(s.latency.p90),
+                  "  p95 ", f(s.latency.p95), "  p99 ", f(s.latency.p99), "  max ",
+                  f(s.latency.max), "  mean ", f(s.latency.mean), "\n");
+  absl::StrAppend(&text, "time to accepted (s): p50 ", f(s.time_to_accepted.p50), "  p99 ",
+                  f(s.time_to_accepted.p99), "\n");
+  absl::StrAppend(&text, "time to first preview (s): p50 ", f(s.time_to_first_preview.p50),
+                  "  p99 ", f(s.time_to_first_preview.p99), "  (", s.time_to_first_preview.count,
+                  " calls with previews, ", Fixed(s.previews_per_call, 1), " previews per call)\n");
+  return text;
+}
+
+nlohmann::json ReportJson(const LoadgenOptions& options, const LoadSummary& s) {
+  return {{"config",
+           {{"server", options.connection.server},
+            {"tls", !options.connection.tls_ca_path.empty()},
+            {"concurrency", options.concurrency},
+            {"rate", options.rate},
+            {"duration", options.duration},
+            {"mix", options.mix_text},
+            {"seed", options.seed},
+            {"warmup", options.warmup},
+            {"timeout", options.timeout}}},
+          {"interrupted", s.interrupted},
+          {"sent", s.sent},
+          {"requests", s.requests},
+          {"ok", s.ok},
+          {"failed", s.failed},
+          {"errors", s.errors},
+          {"images", s.images},
+          {"seconds", s.seconds},
+          {"requests_per_second", s.requests_per_second},
+          {"ok_per_second", s.ok_per_second},
+          {"images_per_second", s.images_per_second},
+          {"latency_p50_s", s.latency.p50},
+          {"latency_p90_s", s.latency.p90},
+          {"latency_p95_s", s.latency.p95},
+          {"latency_p99_s", s.latency.p99},
+          {"latency_max_s", s.latency.max},
+          {"latency_mean_s", s.latency.mean},
+          {"time_to_accepted_p50_s", s.time_to_accepted.p50},
+          {"time_to_accepted_p99_s", s.time_to_accepted.p99},
+          {"time_to_first_preview_p50_s", s.time_to_first_preview.p50},
+          {"time_to_first_preview_p99_s", s.time_to_first_preview.p99},
+          {"calls_with_previews", s.time_to_first_preview.count},
+          {"previews_per_call", s.previews_per_call},
+          {"max_waiting_in_client", s.max_waiting_in_client}};
+}
+
+absl::Status RunLoadgen(const std::shared_ptr<grpc::Channel>& channel,
+                        const LoadgenOptions& options, const std::atomic<bool>& stop,
+                        std::ostream& out, std::ostream& log) {
+  log << "dartserve-loadgen: " << options.connection.server << ", " << ModeText(options) << ", "
+      << options.duration << " s, mix \"" << options.mix_text << "\""
+      << (options.warmup ? absl::StrCat(", warm-up ", options.warmup) : "") << "\n";
+  const LoadSummary summary = Summarize(RunLoad(channel, options, stop, log));
+  out << ReportText(options, summary) << std::flush;
+  if (options.json.empty()) return absl::OkStatus();
+  if (absl::Status s =
+          WriteFileAtomically(options.json, ReportJson(options, summary).dump(2) + "\n");
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("cannot write ", options.json, ": ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace dartserve::client

@@ -1,0 +1,110 @@
+// Quality gates on the shipped weights (docs/quality.md has the full measurement).
+#include <gtest/gtest.h>
+
+#include "data/dataset.h"
+#include "data/shapes.h"
+#include "eval/attribute_classifier.h"
+#include "eval/classifier.h"
+#include "eval/eval.h"
+#include "eval/prompt_eval.h"
+#include "model/checkpoint.h"
+
+namespace dartserve::eval {
+
+using ::dartserve::data::FixedPromptSet;
+using ::dartserve::data::LoadFashionMnist;
+
+namespace {
+
+const std::string kWeights = DARTSERVE_SOURCE_DIR "/weights";
+
+TEST(QualityGateTest, ShippedClassifierIsAccurateOnRealTestImages) {
+  torch::set_num_threads(1);  // ctest runs tests in parallel
+  double recorded = 0;
+  auto clf = LoadClassifier(kWeights + "/fmnist-classifier", &recorded);
+  ASSERT_TRUE(clf.ok()) << clf.status();
+  auto test = LoadFashionMnist("test");
+  ASSERT_TRUE(test.ok()) << test.status();
+  auto [x, y] = test->Batch(torch::arange(test->size(), torch::kLong));
+  const double acc = Accuracy(*clf, x, y);
+  EXPECT_GE(acc, 0.88);
+  // The shipped file is the one docs/quality.md measured (a few borderline images may flip on a
+  // CPU with other SIMD kernels).
+  EXPECT_NEAR(acc, recorded, 2e-3);
+}
+
+struct ShippedModel {
+  const char* dir;
+  double min_accuracy;
+};
+
+class ShippedModelTest : public ::testing::TestWithParam<ShippedModel> {};
+
+// 200 samples (20 per class, fixed seeds) at the served default guidance 2: the classifier must
+// recognise at least `min_accuracy` as the class they were generated for.
+TEST_P(ShippedModelTest, ConditionalAccuracy) {
+  torch::set_num_threads(1);  // ctest runs tests in parallel
+  auto clf = LoadClassifier(kWeights + "/fmnist-classifier");
+  ASSERT_TRUE(clf.ok()) << clf.status();
+  auto model = model::LoadCheckpoint(kWeights + "/" + GetParam().dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto report = EvaluateClassModel(*model, *clf, torch::Tensor(),
+                                   {.per_class = 20, .guidance_scale = 2.0f, .seed = 12345});
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->num_images, 200);
+  EXPECT_GE(report->conditional_accuracy, GetParam().min_accuracy);
+  std::cout << GetParam().dir << ": conditional accuracy on 200 samples "
+            << report->conditional_accuracy << "\n";
+}
+
+// The bounds sit a few points under what docs/quality.md records for these samples.
+INSTANTIATE_TEST_SUITE_P(Shipped, ShippedModelTest,
+                         ::testing::Values(ShippedModel{"fmnist-dart-fm", 0.75},
+                                           ShippedModel{"fmnist-dart", 0.80}),
+                         [](const auto& info) {
+                           return std::string(info.param.dir) == "fmnist-dart" ? "Dart" : "DartFm";
+                         });
+
+// The default model's FID on 500 fixed-seed samples (FID on the classifier's features against the
+// test set; 500 samples read higher than the 10k figures in docs/quality.md, which records this
+// measurement too). One ODE step per DART step, a mean head or broken weights all land well above
+// the bound. (The FM-vs-mean comparison itself needs thousands of samples.)
+TEST(QualityGateTest, DefaultModelFid) {
+  torch::set_num_threads(1);
+  auto clf = LoadClassifier(kWeights + "/fmnist-classifier");
+  ASSERT_TRUE(clf.ok()) << clf.status();
+  auto test = LoadFashionMnist("test");
+  ASSERT_TRUE(test.ok()) << test.status();
+  const torch::Tensor reference =
+      ExtractFeatures(*clf, test->Batch(torch::arange(test->size(), torch::kLong)).first);
+  auto model = model::LoadCheckpoint(kWeights + "/fmnist-dart-fm");
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto report = EvaluateClassModel(*model, *clf, reference,
+                                   {.per_class = 50, .guidance_scale = 2.0f, .seed = 777});
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_LE(report->fid, 75.0);
+  std::cout << "fmnist-dart-fm: FID on 500 samples " << report->fid << "\n";
+}
+
+// The shipped text model on the 100 fixed seen prompts (FixedPromptSet(100, 1234), one sample
+// each at the served default guidance 2), scored by the shipped shape classifier: the fraction of
+// images with every attribute right (colour, shape, position, size, count, background); what it
+// measures is in docs/quality.md. The bound is the project's target for this model, 70 %.
+TEST(QualityGateTest, TextModelPromptAdherence) {
+  torch::set_num_threads(1);
+  auto classifier = LoadShapeClassifier(kWeights + "/shapes-classifier");
+  ASSERT_TRUE(classifier.ok()) << classifier.status();
+  auto model = model::LoadCheckpoint(kWeights + "/shapes-dart");
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto report = EvaluateTextModel(*model, FixedPromptSet(100, 1234, /*held_out=*/false),
+                                  LearnedShapeClassifier(*classifier),
+                                  {.per_prompt = 1, .guidance_scale = 2.0f, .seed = 0});
+  ASSERT_TRUE(report.ok()) << report.status();
+  const CheckTally& tally = report->adherence.tally;
+  EXPECT_EQ(tally.n, 100);
+  EXPECT_GE(tally.Rate(tally.all), 0.70);
+  std::cout << "shapes-dart: " << SummaryLine(report->adherence) << "\n";
+}
+
+}  // namespace
+}  // namespace dartserve::eval
