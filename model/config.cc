@@ -303,6 +303,11 @@ absl::StatusOr<ModelConfig> ModelConfigFromJson(const std::string& text) {
   Json j = Json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("config.json: must be a JSON object");
+  // Other model kinds (the autoencoder, model/autoencoder.h) say what they are; DART's does not.
+  if (j.contains("kind")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kind: ", j["kind"].dump().substr(0, 40), " is not a DART model's config"));
+  }
   ModelConfig c;
   for (const auto& [key, value] : j.items()) {
     const auto field = std::find_if(Fields().begin(), Fields().end(),

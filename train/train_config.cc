@@ -21,18 +21,24 @@ absl::Status Get(const Json& value, const std::string& key, T* out) {
 }  // namespace
 
 absl::Status TrainConfig::Validate() const {
-  if (absl::Status s = model.Validate(); !s.ok()) return s;
+  if (absl::Status s = autoencoder ? autoencoder->Validate() : model.Validate(); !s.ok()) return s;
+  // An autoencoder learns images alone, from any dataset; DART's conditioning must match its data.
+  const bool text_matches_data =
+      autoencoder.has_value() || (dataset == "shapes" || dataset == "scenes64") ==
+                                     (model.conditioning == model::Conditioning::kText);
   const auto check = [](bool ok, const char* what) {
     return ok ? absl::OkStatus() : absl::InvalidArgumentError(what);
   };
   for (const absl::Status& s : {
-           check(dataset == "fashion_mnist" || dataset == "image_folder" || dataset == "shapes",
-                 "dataset: must be \"fashion_mnist\", \"image_folder\" or \"shapes\""),
+           check(dataset == "fashion_mnist" || dataset == "image_folder" || dataset == "shapes" ||
+                     dataset == "scenes64",
+                 "dataset: must be \"fashion_mnist\", \"image_folder\", \"shapes\" or "
+                 "\"scenes64\""),
            check(dataset_size >= 1 && dataset_size <= 10'000'000,
                  "dataset_size: must be in [1, 10^7]"),
-           check((dataset == "shapes") == (model.conditioning == model::Conditioning::kText),
-                 "dataset: text conditioning needs captions (\"shapes\"), and \"shapes\" a "
-                 "text model"),
+           check(text_matches_data,
+                 "dataset: text conditioning needs captions (\"shapes\", \"scenes64\"), and "
+                 "captioned data a text model"),
            check(batch_size >= 1 && batch_size <= 65536, "batch_size: must be in [1, 65536]"),
            check(total_steps >= 1, "total_steps: must be >= 1"),
            check(lr > 0 && lr < 1, "lr: must be in (0, 1)"),
@@ -61,7 +67,11 @@ absl::StatusOr<TrainConfig> TrainConfigFromJson(const std::string& text) {
   TrainConfig c;
   for (const auto& [key, value] : j.items()) {
     absl::Status s;
-    if (key == "model") {
+    if (key == "model" && value.is_object() && value.contains("kind")) {
+      absl::StatusOr<model::AutoencoderConfig> a = model::AutoencoderConfigFromJson(value.dump());
+      if (!a.ok()) return absl::InvalidArgumentError(absl::StrCat("model.", a.status().message()));
+      c.autoencoder = *a;
+    } else if (key == "model") {
       absl::StatusOr<model::ModelConfig> m = model::ModelConfigFromJson(value.dump());
       if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat("model.", m.status().message()));
       c.model = *m;
@@ -110,7 +120,8 @@ absl::StatusOr<TrainConfig> TrainConfigFromJson(const std::string& text) {
 }
 
 std::string TrainConfigToJson(const TrainConfig& c) {
-  Json j = {{"model", Json::parse(model::ModelConfigToJson(c.model))},
+  Json j = {{"model", Json::parse(c.autoencoder ? model::AutoencoderConfigToJson(*c.autoencoder)
+                                                : model::ModelConfigToJson(c.model))},
             {"dataset", c.dataset},
             {"data_path", c.data_path},
             {"dataset_size", c.dataset_size},

@@ -4,21 +4,29 @@
 #define DARTSERVE_TRAIN_TRAIN_CONFIG_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "data/dataset.h"
+#include "model/autoencoder.h"
 #include "model/config.h"
 
 namespace dartserve::train {
 
 struct TrainConfig {
+  // The model to train: DART (`model`), or, when the config's "model" object says
+  // "kind": "autoencoder", the autoencoder latent DART models denoise the latents of
+  // (`autoencoder`; `model` is then unused).
   model::ModelConfig model;
-  // "fashion_mnist", "image_folder" (data_path) or "shapes" (data/shapes.h: the procedural
-  // captioned scenes, dataset_size of them from `seed`, held-out combinations excluded).
+  std::optional<model::AutoencoderConfig> autoencoder;
+  // "fashion_mnist", "image_folder" (data_path), "shapes" (data/shapes.h: the procedural
+  // captioned 32x32 scenes) or "scenes64" (data/scenes64.h: the 64x64 world with relations and up
+  // to three shapes); the procedural ones make dataset_size scenes from `seed`, held-out
+  // combinations excluded.
   std::string dataset = "fashion_mnist";
   std::string data_path = data::kFashionMnistDir;
-  int64_t dataset_size = 60000;  // "shapes" only
+  int64_t dataset_size = 60000;  // "shapes" and "scenes64" only
 
   int batch_size = 64;
   int64_t total_steps = 20000;

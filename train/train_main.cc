@@ -1,4 +1,5 @@
-// dartserve-train: train a DART model from a config JSON into an output folder.
+// dartserve-train: train a DART model, or the autoencoder of a latent DART model (a config whose
+// "model" says "kind": "autoencoder"), from a config JSON into an output folder.
 //
 //   dartserve-train --config train/configs/fmnist-dart.json --out runs/fmnist-dart
 //
@@ -14,6 +15,7 @@
 #include "absl/flags/usage.h"
 #include "common/file_io.h"
 #include "model/safetensors.h"
+#include "train/autoencoder_trainer.h"
 #include "train/trainer.h"
 
 ABSL_FLAG(std::string, config, "", "Training config JSON (required).");
@@ -33,7 +35,8 @@ int Fail(absl::string_view message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Train a DART model: dartserve-train --config FILE --out DIR");
+  absl::SetProgramUsageMessage(
+      "Train a DART model or an autoencoder: dartserve-train --config FILE --out DIR");
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_config).empty() || absl::GetFlag(FLAGS_out).empty()) {
     return Fail("--config and --out are required");
@@ -51,19 +54,27 @@ int main(int argc, char** argv) {
       dartserve::train::LoadTrainingData(*config);
   if (!data.ok()) return Fail(data.status().message());
 
-  auto trainer =
-      dartserve::train::Trainer::Create(*config, *std::move(data), absl::GetFlag(FLAGS_out));
-  if (!trainer.ok()) return Fail(trainer.status().message());
+  // The config's "model" says what to train: DART, or the autoencoder latent DART builds on.
+  absl::StatusOr<std::unique_ptr<dartserve::train::TrainingRun>> run;
+  if (config->autoencoder.has_value()) {
+    run = dartserve::train::AutoencoderTrainer::Create(*config, *std::move(data),
+                                                       absl::GetFlag(FLAGS_out));
+  } else {
+    run = dartserve::train::Trainer::Create(*config, *std::move(data), absl::GetFlag(FLAGS_out));
+  }
+  if (!run.ok()) return Fail(run.status().message());
   std::cout << "dartserve-train: "
-            << ((*trainer)->step() > 0 ? "resuming at step " : "starting at step ")
-            << (*trainer)->step() << ", output " << absl::GetFlag(FLAGS_out) << std::endl;
+            << ((*run)->step() > 0 ? "resuming at step " : "starting at step ") << (*run)->step()
+            << ", output " << absl::GetFlag(FLAGS_out) << std::endl;
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  if (absl::Status s = (*trainer)->Run(g_stop, absl::GetFlag(FLAGS_max_steps)); !s.ok()) {
+  if (absl::Status s =
+          dartserve::train::RunTraining(**run, *config, g_stop, absl::GetFlag(FLAGS_max_steps));
+      !s.ok()) {
     return Fail(s.message());
   }
-  std::cout << "dartserve-train: checkpoint at step " << (*trainer)->step() << " in "
+  std::cout << "dartserve-train: checkpoint at step " << (*run)->step() << " in "
             << absl::GetFlag(FLAGS_out) << std::endl;
   return 0;
 }

@@ -1,5 +1,5 @@
-// The DART trainer: AdamW with warm-up and cosine decay, gradient clipping, EMA weights,
-// background batch loading, periodic checkpoints with exact resume, sample grids.
+// The DART trainer: the shared optimiser, EMA and state (train/optimizer.h), background batch
+// loading (train/batch_loader.h), periodic checkpoints with exact resume, sample grids.
 //
 // Exact resume without serialising RNG streams: every random choice is a pure function of
 // (seed, step) — the data order of each epoch and each step's noise and dropout come from
@@ -8,9 +8,7 @@
 //
 // Output folder layout:
 //   train_config.json   the config this run was started with
-//   state/              config.json, model.safetensors (raw), ema.safetensors,
-//   optimizer.safetensors,
-//                       state.json ({"step": s}); replaced atomically at each checkpoint
+//   state/              the training state (train/optimizer.h), replaced atomically
 //   ema/                config.json + model.safetensors: the EMA weights, servable as they are
 //   samples/            step_<s>.png grids from the EMA weights
 //   tokenizer.model     text models: the SentencePiece model, trained from the dataset's captions
@@ -33,18 +31,18 @@
 #include "data/dataset.h"
 #include "model/dart.h"
 #include "model/schedule.h"
+#include "train/batch_loader.h"
+#include "train/optimizer.h"
 #include "train/train_config.h"
 
 namespace dartserve::train {
-
-class BatchLoader;
 
 // The training data a config names: Fashion-MNIST's train split, an image folder, or the
 // procedural captioned shapes (dataset_size scenes from the config's seed, held-out combinations
 // excluded).
 absl::StatusOr<data::InMemoryDataset> LoadTrainingData(const TrainConfig& config);
 
-class Trainer {
+class Trainer : public TrainingRun {
  public:
   // Builds the model and, when `out_dir`/state holds a checkpoint, resumes from it (its config must
   // build the same model). `data` must match the model's image size and channels, and have
@@ -52,31 +50,32 @@ class Trainer {
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config,
                                                          data::InMemoryDataset data,
                                                          const std::string& out_dir);
-  ~Trainer();
+  ~Trainer() override;
 
-  int64_t step() const { return step_; }
+  int64_t step() const override { return step_; }
   const TrainConfig& config() const { return config_; }
   model::Dart& model() { return model_; }
   model::Dart& ema() { return ema_; }
 
   // One optimiser step on the next batch; returns the loss before the update.
-  double TrainStep();
+  double TrainStep() override;
   // Learning rate at `step` (warm-up then cosine).
-  double LearningRate(int64_t step) const;
+  double LearningRate(int64_t step) const override { return optimizer_->LearningRate(step); }
 
   // Writes state/ and ema/ atomically.
-  absl::Status SaveCheckpoint();
-  // Writes samples/step_<s>.png: `per_class` images per class from the EMA weights (text models:
-  // one row per each of the first 8 captions).
-  absl::Status WriteSampleGrid(int per_class = 8);
+  absl::Status SaveCheckpoint() override;
+  // Writes samples/step_<s>.png: 8 images per class from the EMA weights (text models: one row
+  // per each of the first 8 captions).
+  absl::Status WriteSampleGrid() override { return WriteSampleGrid(8); }
+  absl::Status WriteSampleGrid(int per_class);
 
-  // Trains until total_steps, `max_steps` more steps (-1: no limit) or `stop` becomes true,
-  // logging, checkpointing and sampling on the configured cadences; always checkpoints at the end.
-  absl::Status Run(const std::atomic<bool>& stop, int64_t max_steps = -1);
+  // RunTraining on this trainer.
+  absl::Status Run(const std::atomic<bool>& stop, int64_t max_steps = -1) {
+    return RunTraining(*this, config_, stop, max_steps);
+  }
 
  private:
   Trainer(const TrainConfig& config, data::InMemoryDataset data, std::string out_dir);
-  absl::Status Load();
 
   TrainConfig config_;
   data::InMemoryDataset data_;
@@ -84,16 +83,11 @@ class Trainer {
   model::Dart model_;
   model::Dart ema_;
   model::NoiseSchedule schedule_;
-  std::vector<torch::Tensor> params_;
-  std::vector<torch::Tensor> ema_params_;
-  std::vector<torch::Tensor> adam_m_, adam_v_;
+  std::unique_ptr<AdamWEma> optimizer_;
   model::TextBatch captions_;  // text models: every caption's ids, padded to text_max_tokens
   int64_t step_ = 0;
   std::unique_ptr<BatchLoader> loader_;
 };
-
-// A 64-bit mix (splitmix64), used to derive per-step and per-epoch generator seeds.
-uint64_t MixSeed(uint64_t a, uint64_t b);
 
 }  // namespace dartserve::train
 

@@ -55,6 +55,17 @@ TEST(ModelConfigTest, PartialJsonKeepsDefaults) {
   EXPECT_EQ(c->depth, ModelConfig().depth);
 }
 
+// An autoencoder's config.json (model/autoencoder.h) is refused by its kind, not by whichever of
+// its fields DART does not know.
+TEST(ModelConfigTest, OtherKindsAreRefusedByKind) {
+  absl::StatusOr<ModelConfig> c =
+      ModelConfigFromJson(R"({"kind": "autoencoder", "base_width": 32, "image_size": 64})");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(std::string(c.status().message()),
+            "kind: \"autoencoder\" is not a DART model's config");
+}
+
 struct BadCase {
   const char* json;
   const char* field;
