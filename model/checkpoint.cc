@@ -32,7 +32,62 @@ std::string ShapeString(at::IntArrayRef shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
+// A latent checkpoint's autoencoder: `dir`/autoencoder, loaded frozen and checked against the
+// DART config read from `config_path`.
+absl::StatusOr<Autoencoder> LoadCheckpointAutoencoder(const std::string& dir,
+                                                      const ModelConfig& config,
+                                                      const std::string& config_path) {
+  if (config.autoencoder != kCheckpointAutoencoder) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        config_path, ": autoencoder: a checkpoint carries its autoencoder in its subfolder \"",
+        kCheckpointAutoencoder, "\", not \"", config.autoencoder, "\""));
+  }
+  const std::string ae_dir = (std::filesystem::path(dir) / kCheckpointAutoencoder).string();
+  if (!std::filesystem::is_directory(ae_dir)) {
+    return absl::NotFoundError(absl::StrCat(ae_dir, ": missing: ", config_path,
+                                            " is a latent model and names this autoencoder"));
+  }
+  absl::StatusOr<Autoencoder> autoencoder = LoadAutoencoder(ae_dir);
+  if (!autoencoder.ok()) {
+    return absl::Status(autoencoder.status().code(),
+                        absl::StrCat(ae_dir, ": the model's autoencoder does not load: ",
+                                     autoencoder.status().message()));
+  }
+  if (absl::Status s = CheckLatentGeometry(config, (*autoencoder)->config()); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ae_dir, ": does not fit ", config_path, ": ", s.message()));
+  }
+  for (torch::Tensor& p : (*autoencoder)->parameters()) p.requires_grad_(false);
+  return autoencoder;
+}
+
 }  // namespace
+
+absl::Status CheckLatentGeometry(const ModelConfig& config, const AutoencoderConfig& autoencoder) {
+  const auto mismatch = [](const char* what, int ae_value, const char* field, int value) {
+    return absl::InvalidArgumentError(absl::StrCat("the autoencoder's ", what, " is ", ae_value,
+                                                   " but the model's ", field, " is ", value));
+  };
+  if (!config.latent()) {
+    return absl::InvalidArgumentError("autoencoder: the model is not a latent model");
+  }
+  if (autoencoder.latent_channels != config.channels) {
+    return mismatch("latent_channels", autoencoder.latent_channels, "channels", config.channels);
+  }
+  if (autoencoder.latent_size() != config.image_size) {
+    return mismatch("latent size (image_size / f)", autoencoder.latent_size(), "image_size",
+                    config.image_size);
+  }
+  if (autoencoder.downsample_factor() != config.autoencoder_downsample) {
+    return mismatch("downsample factor f", autoencoder.downsample_factor(),
+                    "autoencoder_downsample", config.autoencoder_downsample);
+  }
+  if (autoencoder.channels != config.pixel_channels()) {
+    return mismatch("image channels", autoencoder.channels, "pixel channels",
+                    config.pixel_channels());
+  }
+  return absl::OkStatus();
+}
 
 torch::Tensor TensorFromBytes(const TensorInfo& info, std::string_view bytes) {
   torch::Tensor t = torch::empty(info.shape, torch::TensorOptions().dtype(ToTorch(info.dtype)));
@@ -99,6 +154,12 @@ absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir) {
     if (absl::Status s = LoadWeights(*model, *file); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat(weights_path, ": ", s.message()));
     }
+    if (config->latent()) {
+      absl::StatusOr<Autoencoder> autoencoder =
+          LoadCheckpointAutoencoder(dir, *config, config_path);
+      if (!autoencoder.ok()) return autoencoder.status();
+      model->set_autoencoder(*std::move(autoencoder));
+    }
     if (config->conditioning == Conditioning::kText) {
       const std::string path = (std::filesystem::path(dir) / kTokenizerFile).string();
       absl::StatusOr<Tokenizer> tokenizer = Tokenizer::Load(path);
@@ -138,6 +199,18 @@ absl::Status SaveCheckpoint(const std::string& dir, Dart& model, DType dtype) {
   if (text && !model->tokenizer()) {
     return absl::FailedPreconditionError("saving a text model needs its tokenizer (set_tokenizer)");
   }
+  ModelConfig config = model->config();
+  Autoencoder autoencoder = model->autoencoder();
+  if (config.latent()) {
+    if (!autoencoder) {
+      return absl::FailedPreconditionError(
+          "saving a latent model needs its autoencoder (set_autoencoder)");
+    }
+    if (absl::Status s = CheckLatentGeometry(config, autoencoder->config()); !s.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("saving a latent model: ", s.message()));
+    }
+    config.autoencoder = kCheckpointAutoencoder;  // the copy written below
+  }
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec)
@@ -156,8 +229,12 @@ absl::Status SaveCheckpoint(const std::string& dir, Dart& model, DType dtype) {
       return s;
     }
   }
+  if (config.latent()) {
+    const std::string ae_dir = (std::filesystem::path(dir) / kCheckpointAutoencoder).string();
+    if (absl::Status s = SaveAutoencoder(ae_dir, autoencoder, dtype); !s.ok()) return s;
+  }
   return WriteFileAtomically((std::filesystem::path(dir) / kConfigFile).string(),
-                             ModelConfigToJson(model->config()));
+                             ModelConfigToJson(config));
 }
 
 }  // namespace dartserve::model

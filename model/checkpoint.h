@@ -1,6 +1,8 @@
 // Checkpoint folders: `config.json` (ModelConfig) + `model.safetensors` (the weights), and for
 // text models `tokenizer.model` (model/text/tokenizer.h), which is loaded with them and attached to
 // the model, so a text checkpoint cannot be served with a tokenizer it was not trained with.
+// Latent models (docs/model.md, "Latent DART") carry their autoencoder the same way, as the
+// subfolder `autoencoder/` (an autoencoder checkpoint, model/autoencoder.h) that config.json names.
 //
 // Loading checks every tensor against the model the config builds: a missing, unexpected or
 // wrongly shaped tensor is an error naming it, so a checkpoint either loads completely or not at
@@ -30,8 +32,17 @@ absl::Status LoadWeights(torch::nn::Module& module, const SafetensorsFile& file)
 std::vector<TensorToWrite> WeightsToWrite(const torch::nn::Module& module, DType dtype);
 
 // Reads `dir`/config.json and `dir`/model.safetensors into a new model in eval mode on the CPU.
-// Errors are prefixed with the offending file.
+// Errors are prefixed with the offending file. A latent model's config.json must name its
+// autoencoder as kCheckpointAutoencoder; `dir`/autoencoder is loaded (eval mode, CPU, no
+// gradients), checked with CheckLatentGeometry and attached (Dart::autoencoder()). A missing or
+// unloadable autoencoder folder, or one that does not fit, is an error naming the folder.
 absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir);
+
+// OK when `autoencoder` makes the latents `config` (a latent model) denoises: latent_channels ==
+// channels, latent_size() == image_size (the latent grid), downsample_factor() ==
+// autoencoder_downsample and channels == pixel_channels(). Else INVALID_ARGUMENT naming the first
+// mismatch with both values.
+absl::Status CheckLatentGeometry(const ModelConfig& config, const AutoencoderConfig& autoencoder);
 
 // DescribeModel(model) plus the class names in `dir`/classes.txt (one per line, index = class
 // id), when that file exists. INVALID_ARGUMENT naming the file when it does not hold exactly
@@ -39,7 +50,11 @@ absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir);
 absl::StatusOr<ModelInfo> DescribeCheckpoint(const std::string& dir, const Dart& model);
 
 // Writes `dir`/config.json and `dir`/model.safetensors (creating `dir`), each atomically, and the
-// model's tokenizer for text models (FAILED_PRECONDITION when a text model has none).
+// model's tokenizer for text models (FAILED_PRECONDITION when a text model has none). A latent
+// model's autoencoder is written to `dir`/autoencoder (SaveAutoencoder, in `dtype` too) and
+// config.json names it there (kCheckpointAutoencoder), whatever the model's config says;
+// FAILED_PRECONDITION when a latent model has no autoencoder or one that does not fit. config.json
+// is written last.
 absl::Status SaveCheckpoint(const std::string& dir, Dart& model, DType dtype = DType::kF32);
 
 // Tensor <-> safetensors bytes.

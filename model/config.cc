@@ -82,6 +82,14 @@ absl::Status ParseBool(const Json& j, const char* field, bool* out) {
   return absl::OkStatus();
 }
 
+absl::Status ParseString(const Json& j, const char* field, std::string* out) {
+  if (!j.is_string() || j.get<std::string>().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": must be a non-empty string"));
+  }
+  *out = j.get<std::string>();
+  return absl::OkStatus();
+}
+
 absl::Status Check(bool ok, const char* field, const char* requirement) {
   if (ok) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", requirement));
@@ -145,7 +153,16 @@ absl::Status ModelConfig::Validate() const {
   // Each check names its field; the first failure wins so the message stays one line.
   for (const absl::Status& s : {
            Check(image_size >= 1 && image_size <= 4096, "image_size", "must be in [1, 4096]"),
-           Check(channels == 1 || channels == 3, "channels", "must be 1 (gray) or 3 (RGB)"),
+           Check(latent() || channels == 1 || channels == 3, "channels",
+                 "must be 1 (gray) or 3 (RGB)"),
+           Check(!latent() || (channels >= 1 && channels <= 64), "channels",
+                 "must be in [1, 64] for a latent model (the autoencoder's latent channels)"),
+           Check(latent() ? autoencoder_downsample >= 1 && autoencoder_downsample <= 64 &&
+                                (autoencoder_downsample & (autoencoder_downsample - 1)) == 0
+                          : autoencoder_downsample == 0,
+                 "autoencoder_downsample",
+                 latent() ? "must be a power of two in [1, 64] (the autoencoder's f)"
+                          : "must be 0 without an autoencoder"),
            Check(patch_size >= 1 && patch_size <= image_size, "patch_size",
                  "must be in [1, image_size]"),
            Check(patch_size >= 1 && image_size % patch_size == 0, "patch_size",
@@ -240,6 +257,10 @@ Field Bool(const char* name, bool ModelConfig::*member,
            bool (*written)(const ModelConfig&) = nullptr) {
   return Scalar(name, member, ParseBool, written);
 }
+Field String(const char* name, std::string ModelConfig::*member,
+             bool (*written)(const ModelConfig&) = nullptr) {
+  return Scalar(name, member, ParseString, written);
+}
 
 template <typename E, size_t N>
 Field Enum(const char* name, const EnumNames<E, N>& names, E ModelConfig::*member,
@@ -258,6 +279,7 @@ bool IsFlow(const ModelConfig& c) { return c.flow(); }
 bool IsText(const ModelConfig& c) { return c.conditioning == Conditioning::kText; }
 // Optional features only when on.
 bool HasAbsolutePositions(const ModelConfig& c) { return c.absolute_positions; }
+bool IsLatent(const ModelConfig& c) { return c.latent(); }
 
 const std::vector<Field>& Fields() {
   using C = ModelConfig;
@@ -265,6 +287,8 @@ const std::vector<Field>& Fields() {
       Int("image_size", &C::image_size),
       Int("channels", &C::channels),
       Int("patch_size", &C::patch_size),
+      String("autoencoder", &C::autoencoder, IsLatent),
+      Int("autoencoder_downsample", &C::autoencoder_downsample, IsLatent),
       Int("num_steps", &C::num_steps),
       Enum("schedule", kScheduleNames, &C::schedule),
       Double("snr_shift", &C::snr_shift),

@@ -23,11 +23,31 @@ enum class LossWeight { kClampedSnr, kUniform, kPaperSum };
 // ODE solver of the flow head (docs/model.md, "Flow head").
 enum class FlowSolver { kEuler, kHeun };
 
+// The value of `autoencoder` in a checkpoint's config.json: the checkpoint's own subfolder.
+inline constexpr char kCheckpointAutoencoder[] = "autoencoder";
+// Channels of the images an autoencoder makes: autoencoders are RGB (model/autoencoder.h).
+inline constexpr int kAutoencoderImageChannels = 3;
+
 struct ModelConfig {
-  // Image geometry. Pixels are in [-1, 1]; tokens are patch_size^2 * channels values each.
+  // Image geometry. Pixels are in [-1, 1]; tokens are patch_size^2 * channels values each. For a
+  // latent model (below) these describe the latent grid, so every token and KV size stays as it
+  // is: image_size is the latent size and channels the latent channels.
   int image_size = 28;
   int channels = 1;
   int patch_size = 4;
+
+  // Latent DART (docs/model.md, "Latent DART"): when set, the model denoises the normalized
+  // latents of this autoencoder (model/autoencoder.h) instead of pixels. Where the autoencoder's
+  // folder is: in a training config, a path (relative to the working directory), such as
+  // runs/scenes64-autoencoder/ema; in a checkpoint's config.json always kCheckpointAutoencoder,
+  // the checkpoint's own subfolder, so a checkpoint folder is servable on its own. Empty: a pixel
+  // model. Both fields are written to config.json only when set, so pixel checkpoints stay as
+  // they were.
+  std::string autoencoder;
+  // The autoencoder's downsample factor f: one latent cell covers f x f pixels. Stated here, and
+  // checked against the autoencoder whenever one is loaded, so that the config alone says what
+  // image size the model makes. 0 for pixel models.
+  int autoencoder_downsample = 0;
 
   // Denoising steps T: the sequence holds T blocks [x_T | ... | x_1].
   int num_steps = 16;
@@ -79,6 +99,12 @@ struct ModelConfig {
   double flow_mean_weight = 1.0;
 
   // Derived quantities.
+  bool latent() const { return !autoencoder.empty(); }
+  // The images the model makes: the latent grid times f and the autoencoder's channels for a
+  // latent model, else image_size and channels. For reporting (DescribeModel) and for checking
+  // data; the token maths uses image_size and channels.
+  int pixel_size() const { return latent() ? image_size * autoencoder_downsample : image_size; }
+  int pixel_channels() const { return latent() ? kAutoencoderImageChannels : channels; }
   int grid() const { return image_size / patch_size; }
   int tokens_per_block() const { return grid() * grid(); }  // K
   int token_dim() const { return patch_size * patch_size * channels; }

@@ -295,8 +295,8 @@ ModelInfo DescribeModel(const Dart& model) {
   ModelInfo info;
   info.conditioning = c.conditioning;
   info.num_classes = c.conditioning == Conditioning::kClass ? c.num_classes : 0;
-  info.image_size = c.image_size;
-  info.channels = c.channels;
+  info.image_size = c.pixel_size();
+  info.channels = c.pixel_channels();
   info.denoising_steps = c.num_steps;
   info.progress_steps = c.generation_steps();
   for (const torch::Tensor& p : model->parameters()) info.parameters += p.numel();

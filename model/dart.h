@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "model/autoencoder.h"
 #include "model/config.h"
 #include "model/flow_head.h"
 #include "model/layers.h"
@@ -97,6 +98,14 @@ class DartImpl : public torch::nn::Module {
   void set_tokenizer(std::shared_ptr<const Tokenizer> tokenizer) {
     tokenizer_ = std::move(tokenizer);
   }
+  // Latent models (docs/model.md, "Latent DART"): the autoencoder whose normalized latents the
+  // model denoises, which decodes them to pixels (null until set, and for pixel models). Like the
+  // tokenizer it comes with the checkpoint and is shared, not copied: an engine may hold it too.
+  // It is not a submodule: its weights are not the model's parameters (never trained with it, not
+  // in parameters() or model.safetensors), and the model's to() and eval() do not reach it. It
+  // must fit the config (CheckLatentGeometry in model/checkpoint.h); LoadCheckpoint checks that.
+  Autoencoder autoencoder() const { return autoencoder_; }
+  void set_autoencoder(Autoencoder autoencoder) { autoencoder_ = std::move(autoencoder); }
   // Tokenizes `prompts` (the empty prompt is the unconditional one) and pads every row to
   // text_max_tokens, so conditions of any requests can be batched. INVALID_ARGUMENT (naming the
   // prompt's length and the limit) for a prompt that is too long; FAILED_PRECONDITION for a model
@@ -164,6 +173,7 @@ class DartImpl : public torch::nn::Module {
   TextEncoder text_encoder_{nullptr};         // text models
   torch::nn::Linear text_pool_{nullptr};      // pooled prompt -> AdaLN condition (text models)
   std::shared_ptr<const Tokenizer> tokenizer_;
+  Autoencoder autoencoder_{nullptr};  // latent models; not registered (see autoencoder())
   torch::nn::ModuleList blocks_{nullptr};
   std::vector<DartBlock> block_list_;
   RmsNorm final_norm_{nullptr};
@@ -175,7 +185,10 @@ TORCH_MODULE(Dart);
 
 // What `model` is and accepts (model/model_info.h): conditioning, classes, geometry, steps,
 // parameter count and the request limits every DART model declares. No class names (a checkpoint
-// may carry them: DescribeCheckpoint) and a default guidance of 1.
+// may carry them: DescribeCheckpoint) and a default guidance of 1. The geometry is that of the
+// images the model makes: for a latent model the pixel size and channels (config.pixel_size(),
+// pixel_channels()), not the latent grid. The parameters are DART's own, the autoencoder's not
+// counted.
 ModelInfo DescribeModel(const Dart& model);
 
 }  // namespace dartserve::model

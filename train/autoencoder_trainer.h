@@ -32,7 +32,7 @@ namespace dartserve::train {
 class AutoencoderTrainer : public TrainingRun {
  public:
   // Images the calibration at each checkpoint measures (the first of a fixed permutation).
-  static constexpr int64_t kCalibrationImages = 1024;
+  static constexpr int64_t kCalibrationImages = 256;
 
   // `config.autoencoder` must be set; `data` must match its image size and channels. Resumes from
   // `out_dir`/state when it holds a checkpoint of the same model.

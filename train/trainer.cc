@@ -1,7 +1,9 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
+#include <span>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -59,6 +61,76 @@ absl::StatusOr<std::shared_ptr<const dm::Tokenizer>> RunTokenizer(
   return std::make_shared<const dm::Tokenizer>(*std::move(tokenizer));
 }
 
+// A latent model's autoencoder, loaded, checked (calibrated, fits `mc`) and frozen.
+absl::StatusOr<dm::Autoencoder> LoadRunAutoencoder(const std::string& dir,
+                                                   const dm::ModelConfig& mc) {
+  absl::StatusOr<dm::Autoencoder> autoencoder = dm::LoadAutoencoder(dir);
+  if (!autoencoder.ok()) {
+    return absl::Status(autoencoder.status().code(),
+                        absl::StrCat("model.autoencoder: ", autoencoder.status().message()));
+  }
+  // Uncalibrated latents are not unit-variance, which the noise schedule assumes (docs/model.md,
+  // "Autoencoder"). An uncalibrated autoencoder is saved with the identity (shift 0, scale 1),
+  // which a measurement never gives exactly; the autoencoder trainer's ema/ is always calibrated.
+  const dm::AutoencoderConfig& ac = (*autoencoder)->config();
+  if (ac.ResolvedShift() == std::vector<double>(ac.latent_channels, 0.0) &&
+      ac.ResolvedScale() == std::vector<double>(ac.latent_channels, 1.0)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model.autoencoder: ", dir,
+                     " is not calibrated (latent_shift 0 and latent_scale 1: the identity)"));
+  }
+  if (absl::Status s = dm::CheckLatentGeometry(mc, (*autoencoder)->config()); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model.autoencoder: ", dir, " does not fit the model: ", s.message()));
+  }
+  for (torch::Tensor& p : (*autoencoder)->parameters()) p.requires_grad_(false);
+  (*autoencoder)->eval();
+  return autoencoder;
+}
+
+// The run's autoencoder: out_dir/autoencoder, copied from the folder mc.autoencoder names on the
+// first run and loaded from the copy ever after (the first run too, so every run of it reads the
+// same bytes). That folder is typically another run's ema/, which moves on while this run trains;
+// latents of a newer autoencoder would silently change the data under a resumed run.
+absl::StatusOr<dm::Autoencoder> RunAutoencoder(const dm::ModelConfig& mc,
+                                               const std::string& out_dir) {
+  const std::string copy = (fs::path(out_dir) / dm::kCheckpointAutoencoder).string();
+  if (!fs::exists(fs::path(copy) / dm::kConfigFile)) {
+    // Checked before copying, so a wrong folder never becomes the run's autoencoder.
+    absl::StatusOr<dm::Autoencoder> source = LoadRunAutoencoder(mc.autoencoder, mc);
+    if (!source.ok()) return source.status();
+    if (absl::Status s = dm::SaveAutoencoder(copy, *source); !s.ok()) return s;
+  }
+  return LoadRunAutoencoder(copy, mc);
+}
+
+// Sampler::GenerateBatch, but the final x_0 estimates unclamped, [N, C, H, W] in the model's
+// geometry: Sampler::Image clamps to the pixel range [-1, 1], and a latent model's samples are
+// unit-variance latents that must reach the decoder as they are.
+absl::StatusOr<torch::Tensor> SampleImages(dm::Sampler& sampler,
+                                           std::span<const dm::GenerateParams> params,
+                                           size_t max_batch) {
+  const dm::ModelConfig& c = sampler.config();
+  std::vector<torch::Tensor> x0;
+  for (size_t first = 0; first < params.size(); first += max_batch) {
+    std::vector<std::unique_ptr<dm::GenerationState>> owned;
+    std::vector<dm::GenerationState*> states;
+    for (size_t i = first; i < std::min(params.size(), first + max_batch); ++i) {
+      absl::StatusOr<std::unique_ptr<dm::GenerationState>> state = sampler.Start(params[i]);
+      if (!state.ok()) return state.status();
+      states.push_back(state->get());
+      owned.push_back(*std::move(state));
+    }
+    while (!states.front()->finished()) {
+      if (absl::Status s = sampler.Step(states); !s.ok()) return s;
+    }
+    for (const dm::GenerationState* state : states) x0.push_back(state->x0());
+  }
+  if (x0.empty()) return absl::InvalidArgumentError("no images to sample");
+  torch::NoGradGuard no_grad;
+  return dm::Unpatchify(torch::stack(x0), c.patch_size, c.channels, c.image_size);
+}
+
 }  // namespace
 
 Trainer::Trainer(const TrainConfig& config, InMemoryDataset data, std::string out_dir)
@@ -76,11 +148,11 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
                                                          const std::string& out_dir) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   const dm::ModelConfig& mc = config.model;
-  if (data.size() == 0 || data.images.size(1) != mc.channels ||
-      data.images.size(2) != mc.image_size || data.images.size(3) != mc.image_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("dataset images do not match the model's image_size ", mc.image_size,
-                     " and channels ", mc.channels));
+  if (data.size() == 0 || data.images.size(1) != mc.pixel_channels() ||
+      data.images.size(2) != mc.pixel_size() || data.images.size(3) != mc.pixel_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dataset images do not match the model's ", mc.latent() ? "pixel size " : "image_size ",
+        mc.pixel_size(), " and channels ", mc.pixel_channels()));
   }
   if (mc.conditioning == dm::Conditioning::kClass && data.num_classes > mc.num_classes) {
     return absl::InvalidArgumentError(
@@ -101,6 +173,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   fs::create_directories(out_dir, ec);
   if (ec)
     return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
+  if (mc.latent()) {
+    absl::StatusOr<dm::Autoencoder> autoencoder = RunAutoencoder(mc, out_dir);
+    if (!autoencoder.ok()) return autoencoder.status();
+    trainer->autoencoder_ = *autoencoder;
+    trainer->model_->set_autoencoder(*autoencoder);
+    trainer->ema_->set_autoencoder(*autoencoder);  // so ema/ carries it
+  }
   if (text) {
     absl::StatusOr<std::shared_ptr<const dm::Tokenizer>> tokenizer =
         RunTokenizer(trainer->data_.captions, mc.text_vocab_size, out_dir);
@@ -132,17 +211,28 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   return trainer;
 }
 
+torch::Tensor Trainer::TrainingTargets(const torch::Tensor& images) {
+  if (!autoencoder_) return images;
+  // The posterior mean, not a sample: a deterministic function of the image, so exact resume
+  // needs no extra random stream and an image's latent is the same at every epoch; it is also
+  // what the calibration normalises to unit variance (MeasureLatentStats measures the means).
+  // With a KL weight of 1e-6 the posterior's spread is tiny, so a sample would add little else.
+  torch::NoGradGuard no_grad;
+  return autoencoder_->Normalize(autoencoder_->Encode(images).mean);
+}
+
 double Trainer::TrainStep() {
   const BatchLoader::Item batch = loader_->Next(step_);
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(MixSeed(config_.seed, step_));
+  const torch::Tensor x0 = TrainingTargets(batch.images);
   model_->zero_grad();
   const dm::DartLoss loss =
       captions_.tokens.defined()
-          ? dm::ComputeDartLoss(model_, schedule_, batch.images,
+          ? dm::ComputeDartLoss(model_, schedule_, x0,
                                 dm::TextBatch{captions_.tokens.index_select(0, batch.indices),
                                               captions_.mask.index_select(0, batch.indices)},
                                 gen)
-          : dm::ComputeDartLoss(model_, schedule_, batch.images, batch.labels, gen);
+          : dm::ComputeDartLoss(model_, schedule_, x0, batch.labels, gen);
   loss.loss.backward();
   optimizer_->Update(step_);
   ++step_;
@@ -172,10 +262,15 @@ absl::Status Trainer::WriteSampleGrid(int per_class) {
                         .seed = static_cast<uint64_t>(i)});
     }
   }
-  absl::StatusOr<torch::Tensor> images = sampler.GenerateBatch(params, /*max_batch=*/128);
+  absl::StatusOr<torch::Tensor> images = SampleImages(sampler, params, /*max_batch=*/128);
   if (!images.ok()) return images.status();
+  if (autoencoder_) {  // the sampled latents, decoded to the pixels they stand for
+    torch::NoGradGuard no_grad;
+    *images = autoencoder_->Decode(autoencoder_->Denormalize(*images)).clamp(-1, 1);
+  }
+  const int scale = config_.model.pixel_size() >= 64 ? 1 : 2;  // small images: 2x for viewing
   absl::StatusOr<std::string> png =
-      dm::ImageToPng(dm::UpscaleNearest(dm::MakeGrid(images->unbind(0), per_class), 2));
+      dm::ImageToPng(dm::UpscaleNearest(dm::MakeGrid(images->unbind(0), per_class), scale));
   if (!png.ok()) return png.status();
   const fs::path dir = fs::path(out_dir_) / "samples";
   fs::create_directories(dir);

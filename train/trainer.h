@@ -14,6 +14,12 @@
 //   tokenizer.model     text models: the SentencePiece model, trained from the dataset's captions
 //                       on the first run (model.text_vocab_size pieces at most) and reused on
 //                       resume; ema/ holds a copy, so it stays servable
+//   autoencoder/        latent models (docs/model.md, "Latent DART"): the autoencoder, copied from
+//                       the folder model.autoencoder names on the first run and used from then on;
+//                       ema/autoencoder/ holds a copy, so ema/ stays servable
+//
+// Latent models train on the autoencoder's normalized posterior means of each batch and decode
+// their sample grids with it; the autoencoder is frozen.
 // Thread-compatibility: one thread drives a Trainer; its loader thread is internal.
 #ifndef DARTSERVE_TRAIN_TRAINER_H_
 #define DARTSERVE_TRAIN_TRAINER_H_
@@ -45,8 +51,10 @@ absl::StatusOr<data::InMemoryDataset> LoadTrainingData(const TrainConfig& config
 class Trainer : public TrainingRun {
  public:
   // Builds the model and, when `out_dir`/state holds a checkpoint, resumes from it (its config must
-  // build the same model). `data` must match the model's image size and channels, and have
-  // captions for a text model.
+  // build the same model). `data` must match the model's image size and channels (for a latent
+  // model its pixel_size() and pixel_channels()), and have captions for a text model. A latent
+  // model's autoencoder must load, be calibrated (a latent shift and scale other than the
+  // identity) and fit the config (model::CheckLatentGeometry); else an error naming the folder.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainConfig& config,
                                                          data::InMemoryDataset data,
                                                          const std::string& out_dir);
@@ -76,6 +84,8 @@ class Trainer : public TrainingRun {
 
  private:
   Trainer(const TrainConfig& config, data::InMemoryDataset data, std::string out_dir);
+  // What DART learns to denoise: the batch's images, or for a latent model their latents.
+  torch::Tensor TrainingTargets(const torch::Tensor& images);
 
   TrainConfig config_;
   data::InMemoryDataset data_;
@@ -85,6 +95,7 @@ class Trainer : public TrainingRun {
   model::NoiseSchedule schedule_;
   std::unique_ptr<AdamWEma> optimizer_;
   model::TextBatch captions_;  // text models: every caption's ids, padded to text_max_tokens
+  model::Autoencoder autoencoder_{nullptr};  // latent models: frozen, eval mode
   int64_t step_ = 0;
   std::unique_ptr<BatchLoader> loader_;
 };

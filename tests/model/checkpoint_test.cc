@@ -14,6 +14,7 @@ namespace {
 
 using dartserve::testing::MakeTinyModel;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class CheckpointTest : public ::testing::Test {
  protected:
@@ -99,6 +100,141 @@ TEST_F(CheckpointTest, BadConfigAndMissingFiles) {
   EXPECT_THAT(Error(), HasSubstr("model.safetensors"));
   WriteText(kWeightsFile, "garbage");
   EXPECT_THAT(Error(), HasSubstr("truncated"));
+}
+
+// Latent models (docs/model.md, "Latent DART"): DART on the 4x4x4 latents of the tiny autoencoder
+// (16x16 RGB, f = 4), patch 1 (K = 16).
+ModelConfig TinyLatentConfig() {
+  ModelConfig c = ModelConfig::Tiny();
+  c.image_size = 4;
+  c.channels = 4;
+  c.patch_size = 1;
+  c.autoencoder = "runs/tiny-autoencoder/ema";  // a training path; the checkpoint names its own
+  c.autoencoder_downsample = 4;
+  return c;
+}
+
+Autoencoder TinyAutoencoder(AutoencoderConfig config = AutoencoderConfig::Tiny()) {
+  torch::manual_seed(11);
+  Autoencoder ae(config);
+  ae->eval();
+  return ae;
+}
+
+class LatentCheckpointTest : public CheckpointTest {
+ protected:
+  // Saves a tiny latent model with its autoencoder to dir_.
+  Dart SaveLatent() {
+    Dart model = MakeTinyModel(TinyLatentConfig());
+    model->set_autoencoder(TinyAutoencoder());
+    const absl::Status s = SaveCheckpoint(dir_.string(), model);
+    EXPECT_TRUE(s.ok()) << s;
+    return model;
+  }
+  std::string AutoencoderDir() const { return (dir_ / kCheckpointAutoencoder).string(); }
+};
+
+TEST_F(LatentCheckpointTest, RoundTripCarriesTheAutoencoder) {
+  Dart model = SaveLatent();
+  absl::StatusOr<std::string> json = ReadFile((dir_ / kConfigFile).string());
+  ASSERT_TRUE(json.ok());
+  EXPECT_THAT(*json, HasSubstr(R"("autoencoder": "autoencoder")"));
+  EXPECT_THAT(*json, HasSubstr(R"("autoencoder_downsample": 4)"));
+  EXPECT_TRUE(std::filesystem::exists(dir_ / kCheckpointAutoencoder / kWeightsFile));
+
+  absl::StatusOr<Dart> loaded = LoadCheckpoint(dir_.string());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(torch::equal(Predict(model), Predict(*loaded)));
+  Autoencoder ae = (*loaded)->autoencoder();
+  ASSERT_TRUE(ae);
+  for (const torch::Tensor& p : ae->parameters()) EXPECT_FALSE(p.requires_grad());
+  torch::NoGradGuard no_grad;
+  const torch::Tensor z = torch::randn({1, 4, 4, 4});
+  EXPECT_TRUE(torch::equal(model->autoencoder()->Decode(z), ae->Decode(z)));
+  // Saving the loaded model again names the same subfolder.
+  EXPECT_EQ((*loaded)->config().autoencoder, kCheckpointAutoencoder);
+}
+
+TEST_F(LatentCheckpointTest, DescribeModelReportsThePixelSize) {
+  const ModelInfo info = DescribeModel(MakeTinyModel(TinyLatentConfig()));
+  EXPECT_EQ(info.image_size, 16);
+  EXPECT_EQ(info.channels, 3);
+  const ModelInfo pixel = DescribeModel(MakeTinyModel());
+  EXPECT_EQ(pixel.image_size, 8);
+  EXPECT_EQ(pixel.channels, 1);
+}
+
+TEST_F(LatentCheckpointTest, MissingAutoencoderIsRefused) {
+  SaveLatent();
+  std::filesystem::remove_all(AutoencoderDir());
+  const std::string e = Error();
+  EXPECT_THAT(e, HasSubstr(AutoencoderDir()));
+  EXPECT_THAT(e, HasSubstr("missing"));
+}
+
+TEST_F(LatentCheckpointTest, AutoencoderThatDoesNotFitIsRefused) {
+  SaveLatent();
+  AutoencoderConfig eight = AutoencoderConfig::Tiny();
+  eight.latent_channels = 8;
+  Autoencoder other = TinyAutoencoder(eight);
+  ASSERT_TRUE(SaveAutoencoder(AutoencoderDir(), other).ok());
+  std::string e = Error();
+  EXPECT_THAT(e, HasSubstr(AutoencoderDir()));
+  EXPECT_THAT(e, HasSubstr("latent_channels is 8 but the model's channels is 4"));
+
+  AutoencoderConfig big = AutoencoderConfig::Tiny();
+  big.image_size = 32;  // 8x8 latents
+  other = TinyAutoencoder(big);
+  ASSERT_TRUE(SaveAutoencoder(AutoencoderDir(), other).ok());
+  e = Error();
+  EXPECT_THAT(e, HasSubstr("latent size (image_size / f) is 8 but the model's image_size is 4"));
+}
+
+TEST_F(LatentCheckpointTest, ConfigMustNameTheSubfolder) {
+  SaveLatent();
+  WriteText(kConfigFile, ModelConfigToJson(TinyLatentConfig()));  // the training path
+  const std::string e = Error();
+  EXPECT_THAT(e, HasSubstr("config.json"));
+  EXPECT_THAT(e, HasSubstr("runs/tiny-autoencoder/ema"));
+}
+
+TEST_F(LatentCheckpointTest, SavingNeedsTheAutoencoder) {
+  Dart model = MakeTinyModel(TinyLatentConfig());
+  EXPECT_EQ(SaveCheckpoint(dir_.string(), model).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(LatentCheckpointTest, PixelCheckpointsAreUnchanged) {
+  Dart model = MakeTinyModel();
+  ASSERT_TRUE(SaveCheckpoint(dir_.string(), model).ok());
+  EXPECT_FALSE(std::filesystem::exists(AutoencoderDir()));
+  absl::StatusOr<std::string> json = ReadFile((dir_ / kConfigFile).string());
+  ASSERT_TRUE(json.ok());
+  EXPECT_THAT(*json, Not(HasSubstr("autoencoder")));
+  absl::StatusOr<Dart> loaded = LoadCheckpoint(dir_.string());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_FALSE((*loaded)->autoencoder());
+}
+
+// The latent fields of config.json: checked together, written only for latent models.
+TEST(LatentConfigTest, FieldsAreCheckedTogether) {
+  const auto error = [](const std::string& json) {
+    absl::StatusOr<ModelConfig> c = ModelConfigFromJson(json);
+    return c.ok() ? std::string("ok") : std::string(c.status().message());
+  };
+  EXPECT_EQ(error(ModelConfigToJson(TinyLatentConfig())), "ok");
+  EXPECT_THAT(error(R"({"channels": 4})"), HasSubstr("channels"));
+  EXPECT_THAT(error(R"({"autoencoder_downsample": 4})"), HasSubstr("autoencoder_downsample"));
+  EXPECT_THAT(error(R"({"autoencoder": "ae", "channels": 4})"),
+              HasSubstr("autoencoder_downsample"));
+  EXPECT_THAT(error(R"({"autoencoder": "ae", "channels": 4, "autoencoder_downsample": 3})"),
+              HasSubstr("power of two"));
+  EXPECT_THAT(error(R"({"autoencoder": ""})"), HasSubstr("autoencoder: must be a non-empty"));
+  EXPECT_THAT(error(R"({"autoencoder": 4})"), HasSubstr("autoencoder"));
+  const ModelConfig c = TinyLatentConfig();
+  EXPECT_EQ(c.pixel_size(), 16);
+  EXPECT_EQ(c.pixel_channels(), 3);
+  EXPECT_EQ(c.tokens_per_block(), 16);  // token maths on the latent grid
+  EXPECT_EQ(c.token_dim(), 4);
 }
 
 }  // namespace
