@@ -242,23 +242,6 @@ bool Matches(const ObjectClaim& claim, const Object64& o) {
 
 // Parsing.
 
-std::vector<std::string> Words(std::string_view text) {
-  std::vector<std::string> words;
-  std::string word;
-  for (const char c : text) {
-    if (c >= 'a' && c <= 'z') {
-      word.push_back(c);
-    } else if (c >= 'A' && c <= 'Z') {
-      word.push_back(static_cast<char>(c - 'A' + 'a'));
-    } else if (!word.empty()) {
-      words.push_back(std::move(word));
-      word.clear();
-    }
-  }
-  if (!word.empty()) words.push_back(std::move(word));
-  return words;
-}
-
 template <typename T, size_t N, typename Name>
 std::optional<int> Find(const std::array<T, N>& table, std::string_view word, Name name) {
   for (size_t i = 0; i < N; ++i) {
@@ -313,7 +296,7 @@ absl::Status Invalid(std::string_view caption, std::string_view why) {
 }
 
 absl::StatusOr<Reading> Read(std::string_view caption) {
-  const std::vector<std::string> words = Words(caption);
+  const std::vector<std::string> words = CaptionWords(caption);
   Reading r;
   for (size_t i = 0; i < words.size(); ++i) {
     const std::string& w = words[i];

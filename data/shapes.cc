@@ -219,7 +219,7 @@ std::string Caption(const Scene& scene, std::mt19937_64& rng) {
   return CaptionWithTemplate(scene, Uniform(rng, kNumCaptionTemplates));
 }
 
-absl::StatusOr<Scene> ParseCaption(std::string_view caption) {
+std::vector<std::string> CaptionWords(std::string_view caption) {
   std::vector<std::string> words;
   std::string word;
   for (const char c : caption) {
@@ -233,6 +233,11 @@ absl::StatusOr<Scene> ParseCaption(std::string_view caption) {
     }
   }
   if (!word.empty()) words.push_back(std::move(word));
+  return words;
+}
+
+absl::StatusOr<Scene> ParseCaption(std::string_view caption) {
+  const std::vector<std::string> words = CaptionWords(caption);
 
   // A shape's attributes as they are read; a repeated attribute starts the next shape.
   struct Partial {

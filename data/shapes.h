@@ -157,6 +157,10 @@ std::string CaptionWithTemplate(const Scene& scene, int template_index);
 // use the dataset's words.
 absl::StatusOr<Scene> ParseCaption(std::string_view caption);
 
+// A caption's words as the parsers read them: runs of ASCII letters, lower-cased; everything else
+// separates words.
+std::vector<std::string> CaptionWords(std::string_view caption);
+
 struct ShapesDataset {
   // images [N, 3, 32, 32] uint8; labels [N] = the first shape's Shape (so a class-conditional
   // baseline or an attribute classifier can train on it directly); num_classes = kNumShapes.
