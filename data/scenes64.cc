@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_join.h"
+#include "data/world_util.h"
 
 namespace dartserve::data {
 namespace {
@@ -18,18 +19,9 @@ constexpr int kPlane = kSize * kSize;
 constexpr int kUnitsPerPixel = 8;
 constexpr int kUnitsPerQuarter = 2;
 
-// Concatenates string views (Debian's Abseil has its own string_view, so absl::StrCat does not
-// take the std::string_view vocabulary tables).
-template <typename... T>
-std::string Cat(const T&... parts) {
-  std::string out;
-  (out.append(std::string_view(parts)), ...);
-  return out;
-}
-
-// rng output reduced by modulo; the bias (< 2^-50 for these n) does not matter, portability does.
-int Uniform(std::mt19937_64& rng, int n) { return static_cast<int>(rng() % uint64_t(n)); }
-double Uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+using internal::Cat;
+using internal::Uniform;
+using internal::Uniform01;
 
 int SizeIndex(SizeClass size) { return static_cast<int>(size); }
 int ShapeIndex(Shape shape) { return static_cast<int>(shape); }

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "absl/strings/str_join.h"
+#include "data/world_util.h"
 
 namespace dartserve::data {
 namespace {
@@ -18,18 +19,9 @@ constexpr int kPlane = kSize * kSize;
 constexpr int kBoxOrigin[kNumSizes][3] = {{4, 14, 23}, {3, 12, 22}, {1, 11, 20}};
 constexpr int kMaxJitter[kNumSizes] = {2, 1, 0};
 
-// Concatenates std::string_views (Debian's Abseil has its own string_view, so absl::StrCat does
-// not take the std::string_view vocabulary tables).
-template <typename... T>
-std::string Cat(const T&... parts) {
-  std::string out;
-  (out.append(std::string_view(parts)), ...);
-  return out;
-}
-
-// rng output reduced by modulo; the bias (< 2^-50 for these n) does not matter, portability does.
-int Uniform(std::mt19937_64& rng, int n) { return static_cast<int>(rng() % uint64_t(n)); }
-double Uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+using internal::Cat;
+using internal::Uniform;
+using internal::Uniform01;
 
 // Boxes with at least one background column or row between them.
 bool Separated(const Box& a, const Box& b) {
