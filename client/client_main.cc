@@ -59,6 +59,9 @@ ABSL_FLAG(int, preview_max_side, 0,
 ABSL_FLAG(std::string, priority, "", "generate: interactive, normal or batch (empty: normal).");
 ABSL_FLAG(std::string, request_id, "",
           "generate: request id (for cancel; empty: the server picks one).");
+ABSL_FLAG(std::string, preview_kind, "",
+          "generate: how a latent model makes previews: linear (near-free, the server's default) "
+          "or decoded (the full decoder).");
 ABSL_FLAG(std::string, out, "out/client", "generate: folder for preview and final PNGs.");
 
 namespace {
@@ -73,7 +76,8 @@ constexpr char kUsage[] =
     "Commands:\n"
     "  generate (--prompt TEXT | --class N) [--model NAME] [--seed S] [--steps N]\n"
     "           [--guidance G] [--temperature T] [--n N] [--preview_every N]\n"
-    "           [--preview_max_side N] [--priority interactive|normal|batch]\n"
+    "           [--preview_max_side N] [--preview_kind linear|decoded]\n"
+    "           [--priority interactive|normal|batch]\n"
     "           [--request_id ID] [--timeout SECONDS] [--out DIR]\n"
     "  models   list the served models\n"
     "  info     server version, uptime and load\n"
@@ -249,6 +253,11 @@ absl::StatusOr<v1::GenerateImageRequest> BuildRequest() {
   request.set_num_images(absl::GetFlag(FLAGS_n));
   request.mutable_preview()->set_every_n_steps(absl::GetFlag(FLAGS_preview_every));
   request.mutable_preview()->set_max_side(absl::GetFlag(FLAGS_preview_max_side));
+  if (const std::string k = absl::GetFlag(FLAGS_preview_kind); !k.empty()) {
+    absl::StatusOr<v1::PreviewKind> kind = dc::ParsePreviewKind(k);
+    if (!kind.ok()) return kind.status();
+    request.mutable_preview()->set_kind(*kind);
+  }
   if (const std::string p = absl::GetFlag(FLAGS_priority); !p.empty()) {
     absl::StatusOr<v1::Priority> priority = dc::ParsePriority(p);
     if (!priority.ok()) return priority.status();

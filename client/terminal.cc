@@ -265,6 +265,14 @@ absl::StatusOr<v1::Priority> ParsePriority(absl::string_view name) {
       absl::StrCat("priority: '", name, "' is not one of interactive, normal, batch"));
 }
 
+absl::StatusOr<v1::PreviewKind> ParsePreviewKind(absl::string_view name) {
+  if (name == "linear") return v1::PREVIEW_KIND_LINEAR;
+  if (name == "decoded") return v1::PREVIEW_KIND_DECODED;
+  if (name == "unspecified") return v1::PREVIEW_KIND_UNSPECIFIED;
+  return absl::InvalidArgumentError(
+      absl::StrCat("preview_kind: '", name, "' is not one of linear, decoded"));
+}
+
 std::string SafeFileStem(absl::string_view request_id) {
   if (request_id.empty()) return "request";
   std::string stem(request_id);
@@ -353,12 +361,19 @@ absl::Status ParseMixValue(absl::string_view key, absl::string_view v, LoadMix& 
     mix.priorities.push_back(*p);
     return absl::OkStatus();
   }
+  if (key == "preview_kind") {
+    absl::StatusOr<v1::PreviewKind> k = ParsePreviewKind(v);
+    if (!k.ok()) return absl::InvalidArgumentError(absl::StrCat("mix: ", k.status().message()));
+    mix.preview_kinds.push_back(*k);
+    return absl::OkStatus();
+  }
   if (key == "model") {
     mix.models.emplace_back(v);
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "mix: unknown key '", key, "' (keys: class, guidance, preview_every, n, priority, model)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("mix: unknown key '", key,
+                   "' (keys: class, guidance, preview_every, preview_kind, n, priority, model)"));
 }
 
 }  // namespace
@@ -403,6 +418,9 @@ v1::GenerateImageRequest SampleRequest(const LoadMix& mix, std::mt19937_64& rng)
   if (!mix.guidance.empty()) request.set_guidance_scale(Pick(mix.guidance, rng));
   if (!mix.preview_every.empty()) {
     request.mutable_preview()->set_every_n_steps(Pick(mix.preview_every, rng));
+  }
+  if (!mix.preview_kinds.empty()) {
+    request.mutable_preview()->set_kind(Pick(mix.preview_kinds, rng));
   }
   if (!mix.num_images.empty()) request.set_num_images(Pick(mix.num_images, rng));
   if (!mix.priorities.empty()) request.set_priority(Pick(mix.priorities, rng));

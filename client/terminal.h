@@ -154,6 +154,8 @@ std::string FormatStatus(const grpc::Status& status);
 
 // "interactive", "normal", "batch" (and "unspecified") to the enum; INVALID_ARGUMENT otherwise.
 absl::StatusOr<v1::Priority> ParsePriority(absl::string_view name);
+// "linear", "decoded" (and "unspecified") to the enum; INVALID_ARGUMENT otherwise.
+absl::StatusOr<v1::PreviewKind> ParsePreviewKind(absl::string_view name);
 
 // `request_id` with every character outside [A-Za-z0-9._:-] replaced by '_', and "request" when
 // empty, so that an id echoed by the server can never name a path outside the output folder.
@@ -171,6 +173,7 @@ std::string ResultPath(absl::string_view dir, absl::string_view request_id, int 
 //   class          class_id (integers, ranges)          e.g. class:0-9
 //   guidance       guidance_scale (numbers)             e.g. guidance:1|2
 //   preview_every  preview.every_n_steps (ints, ranges) e.g. preview_every:0|1
+//   preview_kind   linear|decoded                       e.g. preview_kind:linear|decoded
 //   n              num_images (ints, ranges)            e.g. n:1-4
 //   priority       interactive|normal|batch             e.g. priority:interactive|batch
 //   model          model name                           e.g. model:fmnist-dart
@@ -182,6 +185,7 @@ struct LoadMix {
   std::vector<int32_t> classes;
   std::vector<float> guidance;
   std::vector<uint32_t> preview_every;
+  std::vector<v1::PreviewKind> preview_kinds;
   std::vector<uint32_t> num_images;
   std::vector<v1::Priority> priorities;
   std::vector<std::string> models;

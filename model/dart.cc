@@ -297,6 +297,7 @@ ModelInfo DescribeModel(const Dart& model) {
   info.num_classes = c.conditioning == Conditioning::kClass ? c.num_classes : 0;
   info.image_size = c.pixel_size();
   info.channels = c.pixel_channels();
+  info.latent = c.latent();
   info.denoising_steps = c.num_steps;
   info.progress_steps = c.generation_steps();
   for (const torch::Tensor& p : model->parameters()) info.parameters += p.numel();

@@ -62,17 +62,41 @@ absl::Status DartEngine::Step(std::span<EngineRequest* const> requests) {
   return sampler_.Step(states);
 }
 
-absl::StatusOr<Pixels> DartEngine::Render(const EngineRequest& request, int max_side) {
-  const GenerationState& state = *static_cast<const DartRequest&>(request).state();
-  if (!state.x0().defined()) return absl::FailedPreconditionError("Render: no step has run yet");
+absl::StatusOr<std::vector<Pixels>> DartEngine::Render(std::span<const RenderJob> jobs,
+                                                       RenderKind kind) {
+  std::vector<const GenerationState*> states;
+  states.reserve(jobs.size());
+  for (const RenderJob& job : jobs) {
+    const GenerationState* state = static_cast<const DartRequest&>(*job.request).state();
+    if (!state->x0().defined()) return absl::FailedPreconditionError("Render: no step has run yet");
+    states.push_back(state);
+  }
+  const ModelConfig& c = sampler_.config();
+  std::vector<Pixels> out;
+  out.reserve(jobs.size());
   try {
-    // One copy to contiguous CPU floats (no copy when x0 already is), then plain loops.
-    const torch::Tensor x0 = state.x0().to(torch::kCPU, torch::kFloat).contiguous();
-    const ModelConfig& c = sampler_.config();
-    return TokensToPixels({x0.data_ptr<float>(), static_cast<size_t>(x0.numel())}, c.patch_size,
-                          c.channels, c.image_size, max_side);
+    if (!c.latent()) {
+      // A pixel model's x_0 is the image: one copy to contiguous CPU floats (none when it already
+      // is), then plain loops, no kernel launches.
+      for (size_t i = 0; i < jobs.size(); ++i) {
+        const torch::Tensor x0 = states[i]->x0().to(torch::kCPU, torch::kFloat).contiguous();
+        out.push_back(TokensToPixels({x0.data_ptr<float>(), static_cast<size_t>(x0.numel())},
+                                     c.patch_size, c.channels, c.image_size, jobs[i].max_side));
+      }
+      return out;
+    }
+    // A latent model's images come from the autoencoder, all jobs in one call.
+    const torch::Tensor images =
+        sampler_.Images(states, kind).to(torch::kCPU, torch::kFloat).contiguous();
+    const int size = c.pixel_size(), channels = c.pixel_channels();
+    const size_t per_image = static_cast<size_t>(channels) * size * size;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      out.push_back(ImageToPixels({images.data_ptr<float>() + i * per_image, per_image}, channels,
+                                  size, jobs[i].max_side));
+    }
+    return out;
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("rendering image: ", e.what()));
+    return absl::InternalError(absl::StrCat("rendering images: ", e.what()));
   }
 }
 

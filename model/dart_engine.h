@@ -24,7 +24,8 @@ class DartEngine : public Engine {
   int64_t TokensPerStep(const GenerateParams& params) const override;
   absl::StatusOr<std::unique_ptr<EngineRequest>> Start(const GenerateParams& params) override;
   absl::Status Step(std::span<EngineRequest* const> requests) override;
-  absl::StatusOr<Pixels> Render(const EngineRequest& request, int max_side) override;
+  absl::StatusOr<std::vector<Pixels>> Render(std::span<const RenderJob> jobs,
+                                              RenderKind kind) override;
 
  private:
   Sampler sampler_;

@@ -13,6 +13,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -28,6 +29,12 @@ class EngineRequest {
   virtual int steps_done() const = 0;
   virtual int total_steps() const = 0;
   bool finished() const { return steps_done() == total_steps(); }
+};
+
+// One image for Engine::Render to make.
+struct RenderJob {
+  const EngineRequest* request = nullptr;
+  int max_side = 0;  // box-downscale so the longer side is at most this many pixels (0: full size)
 };
 
 class Engine {
@@ -51,9 +58,12 @@ class Engine {
   // Advances every request by one step in one batched call. On error every request in the
   // batch must be considered failed.
   virtual absl::Status Step(std::span<EngineRequest* const> requests) = 0;
-  // The request's current x_0 estimate (the final image once finished) as 8-bit pixels, downscaled
-  // so the longer side is at most `max_side` (0: full size).
-  virtual absl::StatusOr<Pixels> Render(const EngineRequest& request, int max_side) = 0;
+  // The jobs' images as 8-bit pixels, in job order, made in one batched call (a latent model
+  // decodes all of them with one decoder call): each job's request's current x_0 estimate (its
+  // final image once finished), made as `kind` says (model_info.h; final images are kDecoded).
+  // FAILED_PRECONDITION when a request has not stepped yet; INTERNAL for a LibTorch failure.
+  virtual absl::StatusOr<std::vector<Pixels>> Render(std::span<const RenderJob> jobs,
+                                                      RenderKind kind) = 0;
 };
 
 }  // namespace dartserve::model

@@ -23,6 +23,12 @@ Pixels TensorToPixels(const torch::Tensor& image);
 // Full size quantises exactly like TensorToPixels(Unpatchify(tokens)).
 Pixels TokensToPixels(std::span<const float> tokens, int patch, int channels, int image_size,
                       int max_side = 0);
+// One square image ([C, size, size] floats in [-1, 1], contiguous CHW) -> interleaved 8-bit
+// pixels, downscaled as TokensToPixels does (it is the one-patch case of it).
+inline Pixels ImageToPixels(std::span<const float> image, int channels, int size,
+                            int max_side = 0) {
+  return TokensToPixels(image, /*patch=*/size, channels, size, max_side);
+}
 // Interleaved 8-bit pixels -> [C, H, W] in [-1, 1].
 torch::Tensor PixelsToTensor(const Pixels& pixels);
 // Shorthand for EncodePng(TensorToPixels(image)).

@@ -39,6 +39,16 @@ struct GenerateParams {
   float temperature = 1.0f;
 };
 
+// How an image is made from a request's x_0 estimate (Engine::Render). Pixel models render both
+// kinds the same way; latent models (docs/model.md, "Latent DART") differ in cost and fidelity.
+enum class RenderKind {
+  // The autoencoder's fitted linear latent-to-RGB map, upsampled to the image size: near-free,
+  // a blurred estimate of the decoded image. The default for previews.
+  kLinear,
+  // The autoencoder's full decoder: what final images always use, and previews on request.
+  kDecoded,
+};
+
 // The ranges a model accepts. Closed intervals unless noted.
 struct ParamLimits {
   float max_guidance = 20.0f;       // guidance_scale in [0, max_guidance]
@@ -50,8 +60,11 @@ struct ModelInfo {
   Conditioning conditioning = Conditioning::kClass;
   int num_classes = 0;                   // 0 unless conditioning is kClass
   std::vector<std::string> class_names;  // index = class id; empty or num_classes names
+  // The served image (for a latent model, the decoded image, not its latent grid).
   int image_size = 0;
   int channels = 0;
+  // Denoises an autoencoder's latents; previews are then linear (or decoded) latent previews.
+  bool latent = false;
   // Denoising steps T: the only value a request's `steps` may name.
   int denoising_steps = 0;
   // Model calls per image, which is what progress counts (one Progress message each, and the

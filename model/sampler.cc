@@ -295,17 +295,33 @@ absl::StatusOr<torch::Tensor> Sampler::GenerateBatch(std::span<const GeneratePar
     while (!states.front()->finished()) {
       if (absl::Status st = Step(states); !st.ok()) return st;
     }
-    for (const GenerationState* s : states) images.push_back(Image(*s));
+    const std::vector<const GenerationState*> finished(states.begin(), states.end());
+    images.push_back(Images(finished));
   }
   if (images.empty()) return absl::InvalidArgumentError("GenerateBatch: no requests");
-  return torch::stack(images);
+  return torch::cat(images);
+}
+
+torch::Tensor Sampler::Images(std::span<const GenerationState* const> states,
+                              RenderKind kind) const {
+  const ModelConfig& c = model_->config();
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> x0;
+  x0.reserve(states.size());
+  for (const GenerationState* s : states) x0.push_back(s->x0());
+  const torch::Tensor grid = Unpatchify(torch::stack(x0), c.patch_size, c.channels, c.image_size);
+  if (!c.latent()) return grid.clamp(-1, 1);
+  // A latent model's x_0 is a normalized latent (docs/model.md, "Latent DART").
+  Autoencoder autoencoder = model_->autoencoder();
+  const torch::Tensor images =
+      kind == RenderKind::kDecoded ? autoencoder->Decode(autoencoder->Denormalize(grid))
+                                   : autoencoder->PreviewImage(grid, PreviewUpsample::kNearest);
+  return images.clamp(-1, 1);
 }
 
 torch::Tensor Sampler::Image(const GenerationState& state) const {
-  const ModelConfig& c = model_->config();
-  torch::NoGradGuard no_grad;
-  return Unpatchify(state.x0().unsqueeze(0), c.patch_size, c.channels, c.image_size)[0].clamp(-1,
-                                                                                              1);
+  const GenerationState* s = &state;
+  return Images({&s, 1})[0];
 }
 
 }  // namespace dartserve::model

@@ -112,11 +112,19 @@ class Sampler {
   // Convenience: runs one request to completion and returns its image [C, H, W] in [-1, 1].
   absl::StatusOr<torch::Tensor> Generate(const GenerateParams& params);
 
-  // Runs many requests to completion, `max_batch` at a time; returns images [N, C, H, W].
+  // Runs many requests to completion, `max_batch` at a time; returns images [N, C, H, W] in
+  // [-1, 1] (latent models: decoded, one decoder call per batch).
   absl::StatusOr<torch::Tensor> GenerateBatch(std::span<const GenerateParams> params,
                                               int max_batch);
 
-  // The image [C, H, W] for a state's latest x_0 estimate (a preview until finished).
+  // The images [B, C, H, W] in [-1, 1] (the served image's geometry: pixel_size(),
+  // pixel_channels()) for the states' latest x_0 estimates (previews until finished), in one
+  // batched call: a pixel model's x_0 as it is (`kind` makes no difference), a latent model's
+  // decoded (kDecoded) or mapped by the autoencoder's linear preview map (kLinear). Every state
+  // must have stepped at least once. Throws c10::Error on a LibTorch failure.
+  torch::Tensor Images(std::span<const GenerationState* const> states,
+                       RenderKind kind = RenderKind::kDecoded) const;
+  // Images({&state})[0].
   torch::Tensor Image(const GenerationState& state) const;
 
  private:

@@ -40,6 +40,8 @@ struct Request {
   absl::Time deadline = absl::InfiniteFuture();  // counts queue time too
   int preview_every = 0;                         // send a preview every n steps (0: none)
   int preview_max_side = 0;  // downscale previews to this longer side (0: full size)
+  // How previews are made (latent models: the linear map or the full decoder).
+  model::RenderKind preview_kind = model::RenderKind::kLinear;
   std::shared_ptr<RequestSink> sink;
 };
 

@@ -292,19 +292,48 @@ absl::Status Scheduler::StepPhase(const std::vector<Entry*>& batch) {
     status = absl::InternalError(absl::StrCat("denoising step threw: ", e.what()));
   }
   if (!status.ok()) return status;
-  // Progress for the requests that go on; those that finished hear of it in RetirePhase.
+  // Progress for the requests that go on; those that finished hear of it in RetirePhase. The
+  // previews due at this step are rendered first, one batched Render per kind.
+  std::vector<Entry*> going_on;
   for (Entry* e : batch) {
-    if (e->state->finished()) continue;
-    const Request& r = e->request;
-    const int step = e->state->steps_done(), total = e->state->total_steps();
-    if (r.preview_every > 0 && step % r.preview_every == 0) {
-      absl::StatusOr<Pixels> preview = engine_->Render(*e->state, r.preview_max_side);
-      r.sink->OnProgress(step, total, preview.ok() ? &*preview : nullptr);
-    } else {
-      r.sink->OnProgress(step, total, nullptr);
+    if (!e->state->finished()) going_on.push_back(e);
+  }
+  std::vector<absl::StatusOr<Pixels>> previews(going_on.size());
+  for (const model::RenderKind kind : {model::RenderKind::kLinear, model::RenderKind::kDecoded}) {
+    std::vector<size_t> due;
+    std::vector<model::RenderJob> jobs;
+    for (size_t i = 0; i < going_on.size(); ++i) {
+      const Request& r = going_on[i]->request;
+      if (r.preview_every > 0 && going_on[i]->state->steps_done() % r.preview_every == 0 &&
+          r.preview_kind == kind) {
+        due.push_back(i);
+        jobs.push_back({.request = going_on[i]->state.get(), .max_side = r.preview_max_side});
+      }
+    }
+    if (jobs.empty()) continue;
+    absl::StatusOr<std::vector<Pixels>> rendered = RenderAll(jobs, kind);
+    for (size_t j = 0; j < due.size(); ++j) {
+      previews[due[j]] = rendered.ok() ? std::move((*rendered)[j])
+                                       : absl::StatusOr<Pixels>(rendered.status());
     }
   }
+  for (size_t i = 0; i < going_on.size(); ++i) {
+    const int step = going_on[i]->state->steps_done(), total = going_on[i]->state->total_steps();
+    // A preview that was not due (still the default, an error) or failed to render leaves a
+    // Progress without an image.
+    const Pixels* preview = previews[i].ok() ? &*previews[i] : nullptr;
+    going_on[i]->request.sink->OnProgress(step, total, preview);
+  }
   return status;
+}
+
+absl::StatusOr<std::vector<Pixels>> Scheduler::RenderAll(std::span<const model::RenderJob> jobs,
+                                                         model::RenderKind kind) {
+  try {
+    return engine_->Render(jobs, kind);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("rendering threw: ", e.what()));
+  }
 }
 
 void Scheduler::RetirePhase(const std::vector<Entry*>& batch, const absl::Status& step_status) {
@@ -314,10 +343,11 @@ void Scheduler::RetirePhase(const std::vector<Entry*>& batch, const absl::Status
       leaving.emplace_back(
           e, absl::InternalError(absl::StrCat("denoising step failed: ", step_status.message())));
     } else if (e->state->finished()) {
-      leaving.emplace_back(e, Complete(*e));
+      leaving.emplace_back(e, absl::UnknownError("not rendered"));
     }
   }
   if (leaving.empty()) return;
+  if (step_status.ok()) CompleteAll(leaving);
   std::vector<Departure> done;
   done.reserve(leaving.size());
   {
@@ -333,16 +363,29 @@ void Scheduler::RetirePhase(const std::vector<Entry*>& batch, const absl::Status
   Deliver(done);
 }
 
-absl::StatusOr<Result> Scheduler::Complete(Entry& entry) {
-  const int total = entry.state->total_steps();
-  entry.request.sink->OnProgress(total, total, nullptr);
-  absl::StatusOr<Pixels> image = engine_->Render(*entry.state, 0);
-  if (!image.ok()) return image.status();
-  return Result{.image = *std::move(image),
-                .seed = entry.request.params.seed,
-                .steps = total,
-                .queue_time = entry.admitted - entry.submitted,
-                .compute_time = clock_->Now() - entry.admitted};
+void Scheduler::CompleteAll(std::vector<std::pair<Entry*, absl::StatusOr<Result>>>& finished) {
+  std::vector<model::RenderJob> jobs;
+  jobs.reserve(finished.size());
+  for (auto& [e, result] : finished) {
+    const int total = e->state->total_steps();
+    e->request.sink->OnProgress(total, total, nullptr);
+    jobs.push_back({.request = e->state.get()});
+  }
+  // Every image that finished in this step, in one Render (for a latent model, one decoder call).
+  absl::StatusOr<std::vector<Pixels>> images = RenderAll(jobs, model::RenderKind::kDecoded);
+  const absl::Time now = clock_->Now();
+  for (size_t i = 0; i < finished.size(); ++i) {
+    Entry& e = *finished[i].first;
+    if (!images.ok()) {
+      finished[i].second = images.status();
+      continue;
+    }
+    finished[i].second = Result{.image = std::move((*images)[i]),
+                                .seed = e.request.params.seed,
+                                .steps = e.state->total_steps(),
+                                .queue_time = e.admitted - e.submitted,
+                                .compute_time = now - e.admitted};
+  }
 }
 
 void Scheduler::EndIteration(const IterationInfo* stepped) {

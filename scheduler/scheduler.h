@@ -33,8 +33,10 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -153,8 +155,13 @@ class Scheduler {
   // Engine::Start for each admitted request; those that fail leave at once. Returns the others.
   std::vector<EntryPtr> StartAll(std::vector<EntryPtr> admitted, absl::Time now)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // The image of a request that ran all its steps (after its last OnProgress).
-  absl::StatusOr<Result> Complete(Entry& entry) ABSL_LOCKS_EXCLUDED(mu_);
+  // The results of the requests that ran all their steps: each gets its last OnProgress, then
+  // all their images are rendered in one Engine::Render call.
+  void CompleteAll(std::vector<std::pair<Entry*, absl::StatusOr<Result>>>& finished)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Engine::Render, with a thrown exception as INTERNAL.
+  absl::StatusOr<std::vector<Pixels>> RenderAll(std::span<const model::RenderJob> jobs,
+                                                model::RenderKind kind) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The one release of a request's bookkeeping, for every path by which a request leaves (after
   // its removal from the queue or the active set): its KV reservation, its live id (free for

@@ -123,6 +123,7 @@ grpc::ServerUnaryReactor* ImageGeneratorService::ListModels(grpc::CallbackServer
     info->set_channels(static_cast<uint32_t>(m->info.channels));
     info->set_steps(static_cast<uint32_t>(m->info.denoising_steps));
     info->set_progress_steps(static_cast<uint32_t>(m->info.progress_steps));
+    info->set_latent(m->info.latent);
     info->set_default_guidance_scale(m->info.default_guidance);
     info->set_is_default(m == models_.front());
     info->set_parameters(static_cast<uint64_t>(m->info.parameters));

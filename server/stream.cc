@@ -107,6 +107,7 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateCall::Start(
     r->deadline = Deadline(context);
     r->preview_every = request.preview_every;
     r->preview_max_side = request.preview_max_side;
+    r->preview_kind = request.preview_kind;
     r->sink = std::make_shared<ImageSink>(call, i);
     submit_status = deps.scheduler->Submit(r);
     if (submit_status.ok()) {

@@ -120,6 +120,17 @@ absl::StatusOr<ValidatedRequest> ValidateGenerateRequest(const v1::GenerateImage
       return Invalid("preview.max_side", absl::StrCat("must be at most ", kMaxPreviewSide));
     }
     out.preview_max_side = static_cast<int>(request.preview().max_side());
+    switch (request.preview().kind()) {
+      case v1::PREVIEW_KIND_UNSPECIFIED:
+      case v1::PREVIEW_KIND_LINEAR:
+        out.preview_kind = model::RenderKind::kLinear;
+        break;
+      case v1::PREVIEW_KIND_DECODED:
+        out.preview_kind = model::RenderKind::kDecoded;
+        break;
+      default:
+        return Invalid("preview.kind", absl::StrCat("unknown value ", request.preview().kind()));
+    }
   }
   absl::StatusOr<int> priority = ResolvePriority(request.priority());
   if (!priority.ok()) return priority.status();

@@ -26,6 +26,7 @@ struct ValidatedRequest {
   int priority = 1;       // scheduler class: 0 interactive, 1 normal, 2 batch
   int preview_every = 1;  // in progress steps (ModelInfo::progress_steps)
   int preview_max_side = 0;
+  model::RenderKind preview_kind = model::RenderKind::kLinear;
 };
 
 // INVALID_ARGUMENT naming the field, or OK. Empty ids are valid (the server picks one).

@@ -14,12 +14,14 @@
 //   tokenizer.model     text models: the SentencePiece model, trained from the dataset's captions
 //                       on the first run (model.text_vocab_size pieces at most) and reused on
 //                       resume; ema/ holds a copy, so it stays servable
+//   latents.safetensors latent models: every training image's latent, encoded on the first run
+//                       and read back on resume (re-encoded when the dataset changes)
 //   autoencoder/        latent models (docs/model.md, "Latent DART"): the autoencoder, copied from
 //                       the folder model.autoencoder names on the first run and used from then on;
 //                       ema/autoencoder/ holds a copy, so ema/ stays servable
 //
-// Latent models train on the autoencoder's normalized posterior means of each batch and decode
-// their sample grids with it; the autoencoder is frozen.
+// Latent models train on the autoencoder's normalized posterior means (every image encoded once,
+// when the trainer is created) and decode their sample grids with it; the autoencoder is frozen.
 // Thread-compatibility: one thread drives a Trainer; its loader thread is internal.
 #ifndef DARTSERVE_TRAIN_TRAINER_H_
 #define DARTSERVE_TRAIN_TRAINER_H_
@@ -47,6 +49,9 @@ namespace dartserve::train {
 // procedural captioned shapes (dataset_size scenes from the config's seed, held-out combinations
 // excluded).
 absl::StatusOr<data::InMemoryDataset> LoadTrainingData(const TrainConfig& config);
+
+// A latent run's cache of its dataset's latents, in the run folder.
+inline constexpr char kLatentCacheFile[] = "latents.safetensors";
 
 class Trainer : public TrainingRun {
  public:
@@ -84,8 +89,12 @@ class Trainer : public TrainingRun {
 
  private:
   Trainer(const TrainConfig& config, data::InMemoryDataset data, std::string out_dir);
+  // Latent models: every training image's latent into latents_, read from out_dir's
+  // kLatentCacheFile when it was made from the same dataset, else encoded (progress on stderr)
+  // and written there.
+  void EncodeDataset();
   // What DART learns to denoise: the batch's images, or for a latent model their latents.
-  torch::Tensor TrainingTargets(const torch::Tensor& images);
+  torch::Tensor TrainingTargets(const BatchLoader::Item& batch) const;
 
   TrainConfig config_;
   data::InMemoryDataset data_;
@@ -96,6 +105,7 @@ class Trainer : public TrainingRun {
   std::unique_ptr<AdamWEma> optimizer_;
   model::TextBatch captions_;  // text models: every caption's ids, padded to text_max_tokens
   model::Autoencoder autoencoder_{nullptr};  // latent models: frozen, eval mode
+  torch::Tensor latents_;  // latent models: [N, c, h, w], every image's normalized latent
   int64_t step_ = 0;
   std::unique_ptr<BatchLoader> loader_;
 };

@@ -276,6 +276,12 @@ TEST(RequestTest, Priority) {
   EXPECT_EQ(ParsePriority("urgent").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(RequestTest, PreviewKind) {
+  EXPECT_EQ(*ParsePreviewKind("linear"), v1::PREVIEW_KIND_LINEAR);
+  EXPECT_EQ(*ParsePreviewKind("decoded"), v1::PREVIEW_KIND_DECODED);
+  EXPECT_EQ(ParsePreviewKind("sharp").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(RequestTest, OutputPathsAreConfinedToTheFolder) {
   EXPECT_EQ(PreviewPath("out", "req-1", 0, 3), "out/req-1_img0_step3.png");
   EXPECT_EQ(ResultPath("out", "req-1", 1), "out/req-1_img1.png");
@@ -288,7 +294,7 @@ TEST(RequestTest, OutputPathsAreConfinedToTheFolder) {
 TEST(LoadMixTest, ParsesEveryKey) {
   absl::StatusOr<LoadMix> mix = ParseLoadMix(
       "class:0-2|7, guidance:1|2.5,preview_every:0|1,n:1-2,priority:interactive|batch,"
-      "model:a|b");
+      "model:a|b,preview_kind:linear|decoded");
   ASSERT_TRUE(mix.ok()) << mix.status();
   EXPECT_THAT(mix->classes, ElementsAre(0, 1, 2, 7));
   EXPECT_THAT(mix->guidance, ElementsAre(1.0f, 2.5f));
@@ -296,6 +302,7 @@ TEST(LoadMixTest, ParsesEveryKey) {
   EXPECT_THAT(mix->num_images, ElementsAre(1u, 2u));
   EXPECT_THAT(mix->priorities, ElementsAre(v1::PRIORITY_INTERACTIVE, v1::PRIORITY_BATCH));
   EXPECT_THAT(mix->models, ElementsAre("a", "b"));
+  EXPECT_THAT(mix->preview_kinds, ElementsAre(v1::PREVIEW_KIND_LINEAR, v1::PREVIEW_KIND_DECODED));
 }
 
 TEST(LoadMixTest, EmptyMixSetsNothing) {
@@ -313,7 +320,8 @@ TEST(LoadMixTest, EmptyMixSetsNothing) {
 TEST(LoadMixTest, RejectsBadInput) {
   for (const char* text :
        {"class", "class:", "class:a", "class:5-3", "colour:red", "n:-1", "guidance:x",
-        "priority:urgent", "class:1,class:2", "class:1||2", "class:0-100000000"}) {
+        "priority:urgent", "preview_kind:sharp", "class:1,class:2", "class:1||2",
+        "class:0-100000000"}) {
     absl::StatusOr<LoadMix> mix = ParseLoadMix(text);
     EXPECT_EQ(mix.status().code(), absl::StatusCode::kInvalidArgument) << text;
   }

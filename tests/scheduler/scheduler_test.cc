@@ -4,6 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
 
 #include "tests/testing/fake_engine.h"
 
@@ -278,6 +282,39 @@ TEST_F(SchedulerTest, PreviewCadenceAndSize) {
   EXPECT_THAT(sink->preview_steps, ElementsAre(2, 4));
   EXPECT_EQ(sink->preview_side, 4);
   EXPECT_EQ(sink->result->image.width, 8);  // the final image is full size
+}
+
+// Previews due at one step are rendered in one Render call per kind, and the images that finish
+// at one step in one kDecoded call (a latent engine decodes each group with one decoder call).
+TEST_F(SchedulerTest, RendersPreviewsAndFinalImagesInBatches) {
+  auto s = Make();
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int i = 0; i < 4; ++i) {
+    auto sink = std::make_shared<RecordingSink>();
+    auto req = std::make_unique<Request>();
+    req->id = absl::StrCat("r", i);
+    req->params.seed = 3;  // three steps each
+    req->preview_every = 1;
+    req->preview_kind = i % 2 == 0 ? model::RenderKind::kLinear : model::RenderKind::kDecoded;
+    req->sink = sink;
+    ASSERT_TRUE(s->Submit(req).ok());
+    sinks.push_back(sink);
+  }
+  RunToIdle(*s);
+  using Call = std::pair<model::RenderKind, int>;
+  std::vector<Call> calls;
+  for (const FakeEngine::RenderCall& c : engine_.render_calls) calls.emplace_back(c.kind, c.jobs);
+  const Call linear2{model::RenderKind::kLinear, 2}, decoded2{model::RenderKind::kDecoded, 2};
+  const Call final4{model::RenderKind::kDecoded, 4};
+  // Steps 1 and 2: one call per kind; step 3: all four finish, one call for their images.
+  EXPECT_THAT(calls, ElementsAre(linear2, decoded2, linear2, decoded2, final4));
+  for (const auto& sink : sinks) {
+    ASSERT_EQ(sink->finished, 1);
+    ASSERT_TRUE(sink->result.ok()) << sink->result.status();
+    EXPECT_THAT(sink->steps, ElementsAre(1, 2, 3));
+    EXPECT_THAT(sink->preview_steps, ElementsAre(1, 2));
+    EXPECT_EQ(sink->result->image.data[0], 3);  // the fake's pixels are the steps done
+  }
 }
 
 TEST_F(SchedulerTest, DrainFinishesWithinGraceThenFailsTheRest) {

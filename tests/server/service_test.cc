@@ -59,13 +59,18 @@ class GatedEngine : public testing::FakeEngine {
     cv_.notify_all();
     return s;
   }
-  absl::StatusOr<Pixels> Render(const model::EngineRequest& r, int max_side) override {
-    const int side = max_side > 0 ? std::min(max_side, render_side) : render_side;
-    Pixels px{side, side, 3, std::vector<uint8_t>(side * side * 3)};
-    // Noise-like content, so PNG previews are large (to exceed HTTP/2 flow-control windows).
-    uint32_t x = static_cast<uint32_t>(static_cast<const Req&>(r).done) * 2654435761u + 1;
-    for (uint8_t& b : px.data) b = static_cast<uint8_t>((x = x * 1664525u + 1013904223u) >> 24);
-    return px;
+  absl::StatusOr<std::vector<Pixels>> Render(std::span<const model::RenderJob> jobs,
+                                             model::RenderKind kind) override {
+    std::vector<Pixels> out;
+    for (const model::RenderJob& job : jobs) {
+      const int side = job.max_side > 0 ? std::min(job.max_side, render_side) : render_side;
+      Pixels px{side, side, 3, std::vector<uint8_t>(side * side * 3)};
+      // Noise-like content, so PNG previews are large (to exceed HTTP/2 flow-control windows).
+      uint32_t x = static_cast<uint32_t>(static_cast<const Req&>(*job.request).done) * 2654435761u + 1;
+      for (uint8_t& b : px.data) b = static_cast<uint8_t>((x = x * 1664525u + 1013904223u) >> 24);
+      out.push_back(std::move(px));
+    }
+    return out;
   }
 
   void Open() {
@@ -433,6 +438,8 @@ TEST(ServiceTest, EachInvalidFieldIsNamed) {
       {"num_images", [](auto& r) { r.set_num_images(17); }},
       {"steps", [](auto& r) { r.set_steps(3); }},
       {"preview.max_side", [](auto& r) { r.mutable_preview()->set_max_side(5000); }},
+      {"preview.kind",
+       [](auto& r) { r.mutable_preview()->set_kind(static_cast<v1::PreviewKind>(9)); }},
       {"request_id", [](auto& r) { r.set_request_id("has space"); }},
       {"request_id", [](auto& r) { r.set_request_id(std::string(129, 'a')); }},
       {"priority", [](auto& r) { r.set_priority(static_cast<v1::Priority>(7)); }},

@@ -91,17 +91,29 @@ class FakeEngine : public model::Engine {
     for (auto* r : requests) ++static_cast<Req*>(r)->done;
     return absl::OkStatus();
   }
-  absl::StatusOr<Pixels> Render(const model::EngineRequest& r, int max_side) override {
-    const auto& req = static_cast<const Req&>(r);
-    const int side = max_side > 0 ? std::min(max_side, 8) : 8;
-    Pixels px{side, side, 1, std::vector<uint8_t>(side * side, static_cast<uint8_t>(req.done))};
-    return px;
+  // An 8x8 gray image (downscaled to max_side) whose value is the request's steps done.
+  absl::StatusOr<std::vector<Pixels>> Render(std::span<const model::RenderJob> jobs,
+                                             model::RenderKind kind) override {
+    render_calls.push_back({kind, static_cast<int>(jobs.size())});
+    std::vector<Pixels> out;
+    for (const model::RenderJob& job : jobs) {
+      const auto& req = static_cast<const Req&>(*job.request);
+      const int side = job.max_side > 0 ? std::min(job.max_side, 8) : 8;
+      out.push_back(
+          Pixels{side, side, 1, std::vector<uint8_t>(side * side, static_cast<uint8_t>(req.done))});
+    }
+    return out;
   }
 
   int64_t live_kv = 0;
   int64_t max_live_kv = 0;
   int live_requests = 0;
   std::vector<std::vector<uint64_t>> batches;
+  struct RenderCall {
+    model::RenderKind kind;
+    int jobs;
+  };
+  std::vector<RenderCall> render_calls;  // one per Render, in order
 };
 
 // Records a request's events; thread-safe.

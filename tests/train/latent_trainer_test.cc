@@ -129,6 +129,11 @@ TEST_F(LatentTrainerTest, ResumesExactlyAndExportsAServableFolder) {
   std::atomic<bool> stop{false};
   ASSERT_TRUE((*a)->Run(stop, /*max_steps=*/5).ok());
   fs::copy(dir_, copy, fs::copy_options::recursive);
+  // A copy without the latent cache re-encodes the dataset: the same latents, bit for bit.
+  const fs::path uncached = dir_.string() + "-uncached";
+  fs::remove_all(uncached);
+  fs::copy(dir_, uncached, fs::copy_options::recursive);
+  ASSERT_TRUE(fs::remove(uncached / kLatentCacheFile));
   const double loss_a = (*a)->TrainStep();
 
   fs::remove_all(ae_dir_);
@@ -137,6 +142,10 @@ TEST_F(LatentTrainerTest, ResumesExactlyAndExportsAServableFolder) {
   ASSERT_TRUE(b.ok()) << b.status();
   ASSERT_EQ((*b)->step(), 5);
   EXPECT_EQ((*b)->TrainStep(), loss_a);
+  auto c = Create(TinyLatentTrainConfig(ae_dir_), uncached);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->TrainStep(), loss_a);
+  EXPECT_TRUE(fs::exists(uncached / kLatentCacheFile));
   const auto pa = (*a)->model()->parameters(), pb = (*b)->model()->parameters();
   for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pb[i])) << i;
 
