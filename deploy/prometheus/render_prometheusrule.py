@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Writes deploy/k8s/prometheusrule.yaml from deploy/prometheus/rules/*.yml.
+"""Writes deploy/k8s/base/prometheusrule.yaml from deploy/prometheus/rules/*.yml.
 
 The Prometheus Operator loads rules from PrometheusRule objects rather than files, so the k8s
 manifest carries a copy of the rule groups. This script makes that copy; CI
@@ -43,4 +43,4 @@ def render():
 
 
 if __name__ == "__main__":
-    (_DEPLOY / "k8s" / "prometheusrule.yaml").write_text(render())
+    (_DEPLOY / "k8s" / "base" / "prometheusrule.yaml").write_text(render())

@@ -13,6 +13,7 @@ import pathlib
 import queue
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -23,9 +24,10 @@ SOURCE_DIR = pathlib.Path(
     os.environ.get("DARTSERVE_SOURCE_DIR", pathlib.Path(__file__).resolve().parents[2]))
 DEPLOY_DIR = SOURCE_DIR / "deploy"
 K8S_DIR = DEPLOY_DIR / "k8s"
+K8S_BASE_DIR = K8S_DIR / "base"
 PROMETHEUS_DIR = DEPLOY_DIR / "prometheus"
 GRAFANA_DIR = DEPLOY_DIR / "grafana"
-FLAGS_FILE = K8S_DIR / "dartserve.flags"
+FLAGS_FILE = K8S_BASE_DIR / "dartserve.flags"
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "dartserve.json"
 ADAPTER_CONFIG_FILE = K8S_DIR / "prometheus-adapter-config.yaml"
 
@@ -45,15 +47,49 @@ def load_yaml_documents(path):
         return [doc for doc in yaml.safe_load_all(f) if doc is not None]
 
 
-def kustomization(directory=K8S_DIR):
+def kustomization(directory=K8S_BASE_DIR):
     return load_yaml_documents(directory / "kustomization.yaml")[0]
 
 
+def kustomization_dirs():
+    """Every folder under deploy/k8s/ that holds a kustomization.yaml, sorted."""
+    return sorted(path.parent for path in K8S_DIR.rglob("kustomization.yaml"))
+
+
+# kubectl releases before 1.27 (Debian 12's kubernetes-client is 1.20) embed a kustomize older
+# than the manifests' fields (labels, patches); Kubernetes 1.27 is the documented minimum anyway.
+MIN_KUSTOMIZE_MAJOR = 5
+
+
+def kubectl_for_kustomize():
+    """(kubectl's path, None) when it can render the kustomizations, else (None, why not)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return None, "kubectl is not installed"
+    result = subprocess.run([kubectl, "version", "--client"], capture_output=True, text=True,
+                            timeout=60, check=False)
+    match = re.search(r"Kustomize Version: v(\d+)", result.stdout)
+    if not match or int(match.group(1)) < MIN_KUSTOMIZE_MAJOR:
+        return None, (f"{kubectl} embeds kustomize "
+                      f"{'v' + match.group(1) if match else 'older than v4'}; the manifests "
+                      f"need v{MIN_KUSTOMIZE_MAJOR} or later (kubectl 1.27+)")
+    return kubectl, None
+
+
+def kustomize_build(kubectl, directory):
+    """`kubectl kustomize directory`'s objects; raises AssertionError with kubectl's message."""
+    result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True,
+                            text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {directory} failed:\n{result.stderr}")
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+
+
 def base_resources():
-    """The k8s objects of deploy/k8s/kustomization.yaml's resources, as (file, object) pairs."""
+    """The k8s objects of deploy/k8s/base/kustomization.yaml's resources, as (file, object) pairs."""
     objects = []
     for name in kustomization()["resources"]:
-        for doc in load_yaml_documents(K8S_DIR / name):
+        for doc in load_yaml_documents(K8S_BASE_DIR / name):
             objects.append((name, doc))
     return objects
 

@@ -169,7 +169,7 @@ class DockerignoreTest(unittest.TestCase):
     def test_build_outputs_and_history_stay_out(self):
         for path in [".git/HEAD", "build/CMakeCache.txt", "build-deploy/server/dartserve",
                      "out/client/x.png", "runs/fmnist-dart/ema/model.safetensors",
-                     "deploy/k8s/deployment.yaml"]:
+                     "deploy/k8s/base/deployment.yaml"]:
             with self.subTest(path=path):
                 self.assertTrue(dockerignored(path, self.patterns))
 
@@ -183,7 +183,7 @@ class ComposeTest(unittest.TestCase):
     def test_server_uses_the_kubernetes_flags_file(self):
         server = self.compose["services"]["dartserve"]
         flagfile = server["command"][0].removeprefix("--flagfile=")
-        self.assertIn(f"./k8s/{dt.FLAGS_FILE.name}:{flagfile}:ro", server["volumes"])
+        self.assertIn(f"./{dt.FLAGS_FILE.relative_to(dt.DEPLOY_DIR)}:{flagfile}:ro", server["volumes"])
         self.assertEqual(server["build"], {"context": "..", "dockerfile": "Dockerfile"})
         self.assertEqual(sorted(server["ports"]),
                          sorted([f"{self.flags['port']}:{self.flags['port']}",

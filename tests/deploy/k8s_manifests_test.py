@@ -1,11 +1,14 @@
-"""The Kubernetes manifests in deploy/k8s/, checked field by field.
+"""The Kubernetes manifests in deploy/k8s/, checked field by field and rendered.
 
 No Kubernetes schema validator is packaged in Debian 12, so this reads the manifests and checks
 what a wrong edit would break in a cluster: labels that selectors must match, ports, probes,
 resources against the server's flags, graceful termination against the server's drain grace,
-the HPA's metrics against the adapter's rules, and the CUDA overlay.
+the HPA's metrics against the adapter's rules, and the CUDA overlay. Where a kubectl with a
+recent kustomize is installed, every kustomization is also rendered with `kubectl kustomize`
+(what `kubectl apply -k` does first); elsewhere that part is skipped, and says so.
 """
 
+import sys
 import unittest
 
 import deploy_testing as dt
@@ -179,7 +182,7 @@ class ManifestsTest(unittest.TestCase):
     def test_cuda_overlay_asks_for_a_gpu(self):
         overlay_dir = dt.K8S_DIR / "overlays" / "cuda"
         overlay = dt.kustomization(overlay_dir)
-        self.assertEqual(overlay["resources"], ["../.."])
+        self.assertEqual(overlay["resources"], ["../../base"])
         image = self.container["image"].split(":")[0]
         self.assertEqual(overlay["images"], [{"name": image, "newTag": "cuda"}])
         patch = dt.load_yaml_documents(overlay_dir / overlay["patches"][0]["path"])[0]
@@ -191,6 +194,88 @@ class ManifestsTest(unittest.TestCase):
         self.assertEqual(patched["resources"]["requests"], patched["resources"]["limits"])
         tolerations = patch["spec"]["template"]["spec"]["tolerations"]
         self.assertIn("nvidia.com/gpu", [t["key"] for t in tolerations])
+
+
+class LayoutTest(unittest.TestCase):
+    """base/ and overlays/<name>/ side by side: kustomize refuses a base whose folder contains one
+    of its overlays ("cycle detected: candidate root ... contains visited root")."""
+
+    def test_bases_and_overlays_are_side_by_side(self):
+        dirs = dt.kustomization_dirs()
+        self.assertIn(dt.K8S_BASE_DIR, dirs)
+        for directory in dirs:
+            with self.subTest(kustomization=str(directory.relative_to(dt.K8S_DIR))):
+                relative = directory.relative_to(dt.K8S_DIR).parts
+                self.assertTrue(relative == ("base",) or
+                                (len(relative) == 2 and relative[0] == "overlays"))
+                for other in dirs:
+                    if other != directory:
+                        self.assertNotIn(directory, other.parents,
+                                         f"{other} lies inside the kustomization {directory}")
+
+    def test_overlays_build_on_the_base(self):
+        for directory in dt.kustomization_dirs():
+            if directory == dt.K8S_BASE_DIR:
+                continue
+            with self.subTest(overlay=directory.name):
+                self.assertIn("../../base", dt.kustomization(directory)["resources"])
+
+
+class RenderTest(unittest.TestCase):
+    """`kubectl kustomize` of every kustomization: it renders, and the result is what the
+    field-by-field checks above assume (the generated ConfigMap is the one the pods mount, the
+    overlay's patch lands)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.kubectl, why_not = dt.kubectl_for_kustomize()
+        if cls.kubectl is None:
+            print(f"k8s_manifests_test: RenderTest skipped: {why_not}", file=sys.stderr)
+            raise unittest.SkipTest(why_not)
+
+    def render(self, directory):
+        objects = dt.kustomize_build(self.kubectl, directory)
+        by_kind = {}
+        for obj in objects:
+            by_kind.setdefault(obj["kind"], []).append(obj)
+        return by_kind
+
+    def test_every_kustomization_renders(self):
+        expected = {obj["kind"] for _, obj in dt.base_resources()} | {"ConfigMap"}
+        for directory in dt.kustomization_dirs():
+            with self.subTest(kustomization=str(directory.relative_to(dt.K8S_DIR))):
+                by_kind = self.render(directory)
+                self.assertEqual(set(by_kind), expected)
+                deployment = by_kind["Deployment"][0]
+                config_map = by_kind["ConfigMap"][0]
+                # The generated name carries the content hash, and the pods mount that name.
+                self.assertRegex(config_map["metadata"]["name"], r"^dartserve-flags-[a-z0-9]+$")
+                mounted = [v["configMap"]["name"]
+                           for v in deployment["spec"]["template"]["spec"]["volumes"]
+                           if "configMap" in v]
+                self.assertEqual(mounted, [config_map["metadata"]["name"]])
+                self.assertEqual(config_map["data"][dt.FLAGS_FILE.name],
+                                 dt.FLAGS_FILE.read_text(encoding="utf-8"))
+                for kind, objects in by_kind.items():
+                    for obj in objects:
+                        self.assertEqual(
+                            obj["metadata"]["labels"]["app.kubernetes.io/part-of"], "dartserve",
+                            f"{kind} {obj['metadata']['name']}")
+
+    def test_cuda_overlay_renders_a_gpu_deployment(self):
+        base = self.render(dt.K8S_BASE_DIR)["Deployment"][0]
+        cuda = self.render(dt.K8S_DIR / "overlays" / "cuda")["Deployment"][0]
+        base_container = container(base)
+        cuda_container = container(cuda)
+        self.assertEqual(cuda_container["image"],
+                         base_container["image"].split(":")[0] + ":cuda")
+        for section in ("requests", "limits"):
+            self.assertEqual(str(cuda_container["resources"][section]["nvidia.com/gpu"]), "1")
+        self.assertIn("nvidia.com/gpu",
+                      [t["key"] for t in cuda["spec"]["template"]["spec"]["tolerations"]])
+        # The patch adds to the base; everything else (probes, args, ports) is the base's.
+        for field in ("args", "ports", "startupProbe", "readinessProbe", "livenessProbe"):
+            self.assertEqual(cuda_container[field], base_container[field], field)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The deployment's configuration against a real server.
 
 Starts the built dartserve with the shipped model and the Kubernetes/compose flags file
-(deploy/k8s/dartserve.flags; only the listen addresses, ports and thread count are overridden),
+(deploy/k8s/base/dartserve.flags; only the listen addresses, ports and thread count are overridden),
 then checks:
 - the server accepts every flag in the file (an unknown flag or a bad value stops it);
 - the image's HEALTHCHECK command reports SERVING through grpc.health.v1;

@@ -83,9 +83,9 @@ class PrometheusRuleManifestTest(unittest.TestCase):
 
     def test_kubernetes_copy_matches_the_rule_files(self):
         expected = load_render_module().render()
-        actual = (dt.K8S_DIR / "prometheusrule.yaml").read_text(encoding="utf-8")
+        actual = (dt.K8S_BASE_DIR / "prometheusrule.yaml").read_text(encoding="utf-8")
         self.assertEqual(actual, expected,
-                         "deploy/k8s/prometheusrule.yaml is stale: run "
+                         "deploy/k8s/base/prometheusrule.yaml is stale: run "
                          "/usr/bin/python3 deploy/prometheus/render_prometheusrule.py")
 
 
