@@ -42,6 +42,8 @@ ABSL_FLAG(std::string, loads, "0.5,0.7,0.9",
 ABSL_FLAG(double, poisson_seconds, 20, "Duration of each Poisson run.");
 ABSL_FLAG(double, guidance, 1.0, "Guidance scale of every request.");
 ABSL_FLAG(int, preview_every, 1, "Preview cadence (steps) requested by every request.");
+ABSL_FLAG(bool, decoded_previews, false,
+          "Latent models: previews by the full decoder instead of the linear latent map.");
 ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
 ABSL_FLAG(std::string, json, "", "Write the results as JSON here.");
 ABSL_FLAG(std::string, prompts,
@@ -160,6 +162,8 @@ RunResult Drive(const std::string& name, dm::Engine& engine, const RequestMaker&
     req->id = absl::StrCat(name, "-", index);
     req->params = make(index);
     req->preview_every = absl::GetFlag(FLAGS_preview_every);
+    req->preview_kind = absl::GetFlag(FLAGS_decoded_previews) ? dm::RenderKind::kDecoded
+                                                              : dm::RenderKind::kLinear;
     req->sink = std::make_shared<TimingSink>(Clock::now(), [&, rate](const Sample& s) {
       bool more;
       {

@@ -35,7 +35,8 @@ struct GenerateParams {
   uint64_t seed = 0;
   // Classifier-free guidance weight w; 1 disables guidance (no unconditional branch is run).
   float guidance_scale = 1.0f;
-  // Scales the fresh noise of every re-noising step; 1 is the model's distribution.
+  // Scales every noise the sampler draws: each re-noising step's fresh noise and a flow head's
+  // starting noise (docs/model.md, "Flow head"); 1 is the model's distribution.
   float temperature = 1.0f;
 };
 

@@ -6,8 +6,10 @@
 //
 // Writes one PNG per image (class_<c>_seed_<s>.png, or prompt_<i>_seed_<s>.png for text models), a
 // grid of all of them (grid.png, one row per class or prompt) and, with --previews, every step's
-// x_0 estimate (..._step_<n>.png). All requests of a run are batched together through the same step
-// API the server uses.
+// x_0 estimate (..._step_<n>.png) and progress.png: per image, a row of the previews a client sees
+// at steps 1..T (the last is the final image); a latent model gets two rows, the linear latent
+// previews over the decoded ones. All requests of a run are batched together through the same
+// step API the server uses.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -37,7 +39,8 @@ ABSL_FLAG(int, per_class, 1, "Images per class or prompt (seeds seed, seed+1, ..
 ABSL_FLAG(uint64_t, seed, 0, "Seed of the first image of each class.");
 ABSL_FLAG(double, guidance, 2.0,
           "Classifier-free guidance scale (1 = off; 2 is where the shipped model is measured).");
-ABSL_FLAG(double, temperature, 1.0, "Scale of the re-noising noise.");
+ABSL_FLAG(double, temperature, 1.0,
+          "Scale of every sampled noise: re-noising, and a flow head's starting noise.");
 ABSL_FLAG(std::string, out, "out/generate", "Output folder (created).");
 ABSL_FLAG(bool, previews, false, "Also save every step's x_0 estimate.");
 ABSL_FLAG(int, scale, 4, "Integer upscaling of the written PNGs (nearest neighbour).");
@@ -65,6 +68,7 @@ struct Job {
   uint64_t seed;
   std::unique_ptr<dm::GenerationState> state;
   std::string stem;
+  std::vector<torch::Tensor> linear, decoded;  // --previews: per step
 };
 
 }  // namespace
@@ -113,7 +117,7 @@ int main(int argc, char** argv) {
     const std::optional<int>& c = conditions[k];
     for (int i = 0; i < per_class; ++i) {
       Job job{c, k < prompts.size() ? prompts[k] : std::string(), absl::GetFlag(FLAGS_seed) + i,
-              nullptr, ""};
+              nullptr, "", {}, {}};
       job.stem = c                 ? absl::StrCat("class_", *c, "_seed_", job.seed)
                  : prompts.empty() ? absl::StrCat("seed_", job.seed)
                                    : absl::StrCat("prompt_", k, "_seed_", job.seed);
@@ -140,12 +144,17 @@ int main(int argc, char** argv) {
     }
     for (int step = 1; step <= config.num_steps; ++step) {
       if (absl::Status s = sampler.Step(states); !s.ok()) return Fail(std::string(s.message()));
-      if (absl::GetFlag(FLAGS_previews) && step < config.num_steps) {
-        for (size_t i = first; i < last; ++i) {
-          const auto path = out / absl::StrFormat("%s_step_%02d.png", jobs[i].stem, step);
-          if (absl::Status s = WritePng(path, sampler.Image(*jobs[i].state), scale); !s.ok()) {
-            return Fail(std::string(s.message()));
-          }
+      if (!absl::GetFlag(FLAGS_previews)) continue;
+      const std::vector<const dm::GenerationState*> done(states.begin(), states.end());
+      const torch::Tensor decoded = sampler.Images(done, dm::RenderKind::kDecoded);
+      const torch::Tensor linear = sampler.Images(done, dm::RenderKind::kLinear);
+      for (size_t i = first; i < last; ++i) {
+        jobs[i].decoded.push_back(decoded[i - first]);
+        jobs[i].linear.push_back(linear[i - first]);
+        if (step == config.num_steps) continue;  // the final image is written below
+        const auto path = out / absl::StrFormat("%s_step_%02d.png", jobs[i].stem, step);
+        if (absl::Status s = WritePng(path, decoded[i - first], scale); !s.ok()) {
+          return Fail(std::string(s.message()));
         }
       }
     }
@@ -163,6 +172,18 @@ int main(int argc, char** argv) {
   if (absl::Status s = WritePng(out / "grid.png", dm::MakeGrid(images, per_class, 1), scale);
       !s.ok()) {
     return Fail(std::string(s.message()));
+  }
+  if (absl::GetFlag(FLAGS_previews)) {
+    std::vector<torch::Tensor> rows;
+    for (const Job& job : jobs) {
+      if (config.latent()) rows.insert(rows.end(), job.linear.begin(), job.linear.end());
+      rows.insert(rows.end(), job.decoded.begin(), job.decoded.end());
+    }
+    if (absl::Status s =
+            WritePng(out / "progress.png", dm::MakeGrid(rows, config.num_steps, 1), scale);
+        !s.ok()) {
+      return Fail(std::string(s.message()));
+    }
   }
   std::cout << absl::StrFormat(
       "generated %d images (%d steps each) in %.2f s (%.2f images/s) -> %s\n", jobs.size(),

@@ -134,6 +134,26 @@ TEST(FlowSamplerTest, GuidanceZeroIsTheNullClass) {
   EXPECT_LE((*w0 - *null_class).abs().max().item<double>(), 1e-5);
 }
 
+// Temperature scales every noise the sampler draws: the re-noising between DART steps and, with
+// a flow head, the head's starting noise (as MAR's temperature scales its per-token sampler's
+// noise). With T = 1 there is no re-noising, so only the flow head's noise can make it matter.
+TEST(FlowSamplerTest, TemperatureScalesTheFlowHeadsStartingNoise) {
+  for (const bool flow : {true, false}) {
+    ModelConfig c = flow ? TinyFlowConfig() : ModelConfig::Tiny();
+    c.num_steps = 1;
+    Sampler sampler(MakeTinyModel(c));
+    auto warm = sampler.Generate({.class_id = 2, .seed = 7, .temperature = 1.0f});
+    auto cool = sampler.Generate({.class_id = 2, .seed = 7, .temperature = 0.5f});
+    ASSERT_TRUE(warm.ok() && cool.ok());
+    const double diff = (*warm - *cool).abs().max().item<double>();
+    if (flow) {
+      EXPECT_GT(diff, 1e-3) << "the flow head's noise is scaled by the temperature";
+    } else {
+      EXPECT_EQ(diff, 0) << "a one-step mean-head model draws no noise";
+    }
+  }
+}
+
 TEST(FlowTrainingTest, LossFallsAndCheckpointsRoundTrip) {
   ModelConfig config = TinyFlowConfig();
   config.flow_width = 32;
