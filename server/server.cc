@@ -2,8 +2,13 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <condition_variable>
+#include <system_error>
 
 #include "absl/algorithm/container.h"
 #include "absl/container/flat_hash_set.h"
@@ -51,6 +56,50 @@ absl::Status WarmUpModel(const ServedModel& model) {
   return absl::OkStatus();
 }
 
+// Why gRPC could not listen on `address` ("host:port", "[v6]:port"), found by binding it as gRPC
+// does (SO_REUSEADDR, and SO_REUSEPORT when `reuse_port`): gRPC itself only logs the reason.
+// Empty when the probe binds (the failure was transient, or only gRPC's log explains it).
+std::string ListenFailure(const std::string& address, bool reuse_port) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return "";
+  std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints = {};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found) != 0) {
+    return "";
+  }
+  int error = 0;
+  for (const addrinfo* a = found; a != nullptr && error == 0; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuse_port) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0) error = errno;
+    close(fd);
+  }
+  freeaddrinfo(found);
+  switch (error) {
+    case 0:
+      return "";
+    case EADDRINUSE:
+      return "address in use";
+    case EACCES:
+      return "permission denied (ports below 1024 need privileges)";
+    case EADDRNOTAVAIL:
+      return "no such address on this machine";
+    default:
+      return std::generic_category().message(error);
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
@@ -67,6 +116,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
           absl::StrCat("model '", m.name, "': at least one engine is needed"));
     }
   }
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options.tls_cert_pem.empty() || !options.tls_key_pem.empty()) {
+    if (options.tls_cert_pem.empty() || options.tls_key_pem.empty()) {
+      return absl::InvalidArgumentError("tls: both a certificate and a key are needed");
+    }
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({options.tls_key_pem, options.tls_cert_pem});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  // From here on, an error return destroys `server`, whose Shutdown stops what was started.
   std::unique_ptr<Server> server(new Server());
   server->metrics_ = std::make_shared<ServerMetrics>();
   server->pump_ = std::make_unique<WorkQueue>(options.pump_threads);
@@ -80,22 +139,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
-  if (!options.tls_cert_pem.empty() || !options.tls_key_pem.empty()) {
-    if (options.tls_cert_pem.empty() || options.tls_key_pem.empty()) {
-      return absl::InvalidArgumentError("tls: both a certificate and a key are needed");
-    }
-    grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({options.tls_key_pem, options.tls_cert_pem});
-    credentials = grpc::SslServerCredentials(ssl);
-  }
+  // gRPC sets SO_REUSEPORT by default, so a second server on the same port would start and
+  // silently receive a share of the connections.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, options.reuse_port ? 1 : 0);
   builder.AddListeningPort(options.address, credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   builder.SetMaxSendMessageSize(options.max_send_message_bytes);
   builder.RegisterService(server->service_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address));
+    const std::string why = ListenFailure(options.address, options.reuse_port);
+    return absl::UnavailableError(
+        why.empty() ? absl::StrCat("cannot listen on ", options.address, " (see gRPC's log)")
+                    : absl::StrCat("cannot listen on ", options.address, ": ", why));
   }
   server->SetServing(false);
 
@@ -141,6 +197,7 @@ ServedModel* Server::StartModel(ModelSpec& spec) {
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
 void Server::SetServing(bool serving) {
+  if (grpc_server_ == nullptr) return;  // Start failed before gRPC ran
   if (grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService()) {
     health->SetServingStatus(serving);
   }
@@ -160,14 +217,17 @@ absl::Status Server::WarmUp() {
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  // After a failed Start, any of the parts may be missing.
   SetServing(false);
-  service_->StopAccepting();
+  if (service_ != nullptr) service_->StopAccepting();
   for (const auto& m : models_) m->dispatcher.BeginDrain(grace);
   // Bounded: at the end of `grace` the schedulers fail what is left with UNAVAILABLE.
   for (const auto& m : models_) m->dispatcher.WaitUntilIdle();
-  // The calls now only have their last messages to write; give them a moment, then cancel.
-  grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  grpc_server_->Wait();
+  if (grpc_server_ != nullptr) {
+    // The calls now only have their last messages to write; give them a moment, then cancel.
+    grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc_server_->Wait();
+  }
   metrics_endpoint_.reset();
 }
 

@@ -33,6 +33,10 @@ struct ModelSpec {
 struct ServerOptions {
   // gRPC listen address; port 0 picks a free port (see Server::port()).
   std::string address = "0.0.0.0:50051";
+  // SO_REUSEPORT on the gRPC port. Off (the default), a port another process listens on is an
+  // error; on, several processes that all set it share the port and the kernel spreads
+  // connections over them, which is what an operator must mean for it to be right.
+  bool reuse_port = false;
   // Metrics HTTP listen address; empty: no metrics endpoint.
   std::string metrics_address = "0.0.0.0:9464";
   ServiceOptions service;
@@ -47,7 +51,10 @@ struct ServerOptions {
 class Server {
  public:
   // Starts listening at once (health NOT_SERVING until WarmUp succeeds). `models` must not be
-  // empty; the first is the default. Model names must be unique.
+  // empty; the first is the default. Model names must be unique. Errors: INVALID_ARGUMENT for
+  // bad options or models; UNAVAILABLE "cannot listen on ADDRESS: REASON" when the gRPC port
+  // cannot be bound ("address in use" when another process holds it), and the metrics
+  // endpoint's errors. A failed start stops whatever it had started.
   static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options,
                                                        std::vector<ModelSpec> models);
   ~Server();
@@ -61,7 +68,8 @@ class Server {
   // Generates one image per model through its scheduler, then marks the server SERVING.
   absl::Status WarmUp();
   void SetServing(bool serving);
-  // Graceful stop; idempotent. Returns when every call has ended.
+  // Graceful stop; idempotent. Returns when every call has ended. Also safe on a server whose
+  // Start failed part-way (the destructor calls it).
   void Shutdown(absl::Duration grace);
 
  private:

@@ -26,6 +26,9 @@ ABSL_FLAG(std::vector<std::string>, model,
           "Models to serve, NAME=DIR, comma-separated; the first is the default.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and metrics).");
 ABSL_FLAG(int, port, 50051, "gRPC port (0: pick a free one and print it).");
+ABSL_FLAG(bool, reuse_port, false,
+          "Let several dartserve processes listen on one --port (SO_REUSEPORT; the kernel spreads "
+          "connections over them). Off: a port another process holds is an error.");
 ABSL_FLAG(int, metrics_port, 9464, "Prometheus metrics HTTP port (0: pick one; -1: off).");
 ABSL_FLAG(float, guidance, 2.0f, "Default guidance scale for requests that give none.");
 ABSL_FLAG(int, threads, 2, "Torch intra-op threads of each replica's engine.");
@@ -99,6 +102,7 @@ int main(int argc, char** argv) {
   ds::ServerOptions options;
   const std::string host = absl::GetFlag(FLAGS_host);
   options.address = absl::StrCat(host, ":", absl::GetFlag(FLAGS_port));
+  options.reuse_port = absl::GetFlag(FLAGS_reuse_port);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_port) < 0
                                 ? ""
                                 : absl::StrCat(host, ":", absl::GetFlag(FLAGS_metrics_port));

@@ -8,11 +8,14 @@ then checks:
 - every metric name used by the recording rules, alerts, Prometheus adapter rules and Grafana
   dashboard is exported by the server's /metrics (or is a recording rule's output, or
   Prometheus's own `up`), read from a live scrape after real calls;
-- SIGTERM drains and exits 0, as the termination settings assume.
+- SIGTERM drains and exits 0, as the termination settings assume;
+- a gRPC port that another process holds (or another dartserve, unless both pass --reuse_port)
+  stops the server with exit status 1 and one clear line, as a crash-looping pod would log it.
 """
 
 import os
 import pathlib
+import socket
 import subprocess
 import tempfile
 import unittest
@@ -120,6 +123,51 @@ class LiveServerTest(unittest.TestCase):
         self.assertEqual(status, 0, output)
         self.assertIn(f"draining (grace {self.flags['grace_seconds']} s)", output)
         self.assertIn("dartserve: stopped", output)
+
+
+class ListenErrorTest(unittest.TestCase):
+    """The binary against a port it cannot have."""
+
+    def server_args(self, port, *extra):
+        flags = dt.parse_flagfile()
+        name, path = dt.model_specs(flags)[0]
+        model = f"{name}={dt.SOURCE_DIR / 'weights' / pathlib.Path(path).name}"
+        return [dt.binary("DARTSERVE_SERVER"), f"--flagfile={dt.FLAGS_FILE}", "--host=127.0.0.1",
+                f"--port={port}", "--metrics_port=-1", "--threads=1", f"--model={model}", *extra]
+
+    def test_busy_port_is_one_clear_line_and_exit_1(self):
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            held.listen(1)
+            port = held.getsockname()[1]
+            result = subprocess.run(self.server_args(port), capture_output=True, text=True,
+                                    timeout=STARTUP_TIMEOUT_S,
+                                    env=dict(os.environ, OMP_NUM_THREADS="1"))
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(result.stderr.strip().splitlines()[-1],
+                         f"dartserve: cannot listen on 127.0.0.1:{port}: address in use")
+
+    def test_second_server_on_a_port_needs_reuse_port_on_both(self):
+        for reuse in ([], ["--reuse_port"]):
+            with self.subTest(reuse=reuse):
+                first = dt.ServerProcess(self.server_args(0, *reuse))
+                try:
+                    port = int(first.wait_for_line(r"gRPC on [0-9.]+:(\d+)",
+                                                   STARTUP_TIMEOUT_S).group(1))
+                    second = dt.ServerProcess(self.server_args(port, *reuse))
+                    try:
+                        if reuse:
+                            second.wait_for_line(r"serving \(health SERVING\)", STARTUP_TIMEOUT_S)
+                        else:
+                            status = second.process.wait(timeout=STARTUP_TIMEOUT_S)
+                            self.assertEqual(status, 1)
+                            second.wait_for_line(
+                                rf"^dartserve: cannot listen on 127\.0\.0\.1:{port}: "
+                                r"address in use$", STARTUP_TIMEOUT_S)
+                    finally:
+                        second.kill()
+                finally:
+                    first.kill()
 
 
 if __name__ == "__main__":
