@@ -18,6 +18,7 @@ struct Scheduler::Entry {
   bool kv_reserved = false;                     // counted in kv_used_ (under mu_)
   std::unique_ptr<model::EngineRequest> state;  // set while active
   bool finished = false;                        // the sink had OnFinished
+  bool cancelled = false;  // under Scheduler::mu_: Cancel marked it; it leaves at the boundary
 };
 
 Scheduler::Scheduler(const SchedulerOptions& options, model::Engine* engine, Clock* clock)
@@ -84,7 +85,7 @@ absl::Status Scheduler::Submit(std::unique_ptr<Request>& request) {
       return absl::AlreadyExistsError(absl::StrCat("request_id: ", request->id, " is in flight"));
     }
     entry->submitted = clock_->Now();
-    live_ids_.insert(request->id);
+    live_ids_[request->id] = entry.get();
     const int priority = request->priority;
     entry->request = std::move(*request);
     request.reset();
@@ -98,8 +99,10 @@ absl::Status Scheduler::Submit(std::unique_ptr<Request>& request) {
 bool Scheduler::Cancel(const std::string& id) {
   {
     MutexLock lock(&mu_);
-    if (!live_ids_.contains(id)) return false;
-    cancelled_.insert(id);
+    auto it = live_ids_.find(id);
+    if (it == live_ids_.end()) return false;
+    it->second->cancelled = true;
+    live_ids_.erase(it);
   }
   work_cv_.SignalAll();
   return true;
@@ -207,7 +210,7 @@ std::vector<Scheduler::Departure> Scheduler::TakeLeaversLocked(absl::Time now) {
 }
 
 absl::Status Scheduler::LeaveReasonLocked(const Entry& entry, absl::Time now) const {
-  if (cancelled_.contains(entry.request.id)) return absl::CancelledError("request was cancelled");
+  if (entry.cancelled) return absl::CancelledError("request was cancelled");
   if (now >= entry.request.deadline) return absl::DeadlineExceededError("deadline exceeded");
   if (draining_ && now >= drain_deadline_) {
     return absl::UnavailableError("server is draining; the grace period ended");
@@ -406,8 +409,8 @@ void Scheduler::ReleaseLocked(Entry& entry) {
     kv_used_ -= entry.kv_bytes;
     entry.kv_reserved = false;
   }
-  live_ids_.erase(entry.request.id);
-  cancelled_.erase(entry.request.id);
+  auto it = live_ids_.find(entry.request.id);
+  if (it != live_ids_.end() && it->second == &entry) live_ids_.erase(it);
 }
 
 void Scheduler::Deliver(std::vector<Departure>& departures) {

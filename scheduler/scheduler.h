@@ -19,7 +19,8 @@
 //  - Every accepted request's sink gets OnFinished exactly once: the image, or an error
 //    (CANCELLED, DEADLINE_EXCEEDED, INTERNAL when a step fails, UNAVAILABLE when drained).
 //  - Cancellation and deadlines take effect at the next iteration boundary and free the request's
-//    KV memory at once.
+//    KV memory at once. Cancel frees the request's id at once: a new request may reuse it while
+//    the cancelled one is still on its way out.
 //  - All Engine calls and all sink calls happen on one thread: the worker (Start()), or the caller
 //    of RunIteration() in tests. Sinks are called without the scheduler's lock held.
 // Thread-safety: Submit, Cancel, BeginDrain, WaitUntilIdle and the stats accessors are
@@ -40,7 +41,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -95,7 +96,9 @@ class Scheduler {
   // ALREADY_EXISTS for a live id, RESOURCE_EXHAUSTED when the queue is full or the request alone
   // exceeds the KV budget, UNAVAILABLE while draining.
   absl::Status Submit(std::unique_ptr<Request>& request) ABSL_LOCKS_EXCLUDED(mu_);
-  // Marks a live request cancelled (effective at the next boundary). False if the id is unknown.
+  // Marks the live request `id` cancelled and frees the id for a new request at once; the
+  // cancelled request leaves at the next boundary (its sink hears CANCELLED then, and its KV
+  // memory is freed then). False if no live request has the id.
   bool Cancel(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Starts the worker thread that runs iterations while there is work.
@@ -164,8 +167,8 @@ class Scheduler {
                                                 model::RenderKind kind) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The one release of a request's bookkeeping, for every path by which a request leaves (after
-  // its removal from the queue or the active set): its KV reservation, its live id (free for
-  // reuse) and any pending cancellation.
+  // its removal from the queue or the active set): its KV reservation and its live id (free for
+  // reuse), unless Cancel already released the id (and a new request may hold it now).
   void ReleaseLocked(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After ReleaseLocked, without the lock: frees each engine state (its KV memory) before the
   // sink hears of it, then tells the sink, once.
@@ -187,8 +190,8 @@ class Scheduler {
   // Removed from only by the worker (and the destructor, after it), so the worker may use the
   // entries' pointers without the lock; other threads only count it.
   std::vector<EntryPtr> active_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<std::string> live_ids_ ABSL_GUARDED_BY(mu_);  // queued, active or starting
-  absl::flat_hash_set<std::string> cancelled_ ABSL_GUARDED_BY(mu_);
+  // The live (queued, active or starting) request of each id; Cancel removes its request's id.
+  absl::flat_hash_map<std::string, Entry*> live_ids_ ABSL_GUARDED_BY(mu_);
   int64_t kv_used_ ABSL_GUARDED_BY(mu_) = 0;  // reserved by admitted requests
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time drain_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();

@@ -1,5 +1,6 @@
 #include "server/stream.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -79,7 +80,11 @@ size_t CallRegistry::size() {
 
 GenerateCall::GenerateCall(const CallContext& deps, std::string request_id,
                            const ValidatedRequest& request)
-    : deps_(deps), request_id_(std::move(request_id)), request_(request), arrived_(absl::Now()) {}
+    : deps_(deps),
+      request_id_(std::move(request_id)),
+      request_(request),
+      arrived_(absl::Now()),
+      images_(static_cast<size_t>(request.num_images)) {}
 
 grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateCall::Start(
     grpc::CallbackServerContext* context, const CallContext& deps, std::string request_id,
@@ -99,6 +104,10 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateCall::Start(
   const int queued_before = deps.scheduler->stats().queued;
   absl::Status submit_status;
   for (int i = 0; i < request.num_images && submit_status.ok(); ++i) {
+    {
+      absl::MutexLock lock(&call->mu_);
+      if (call->final_set_ && !call->final_status_.ok()) break;  // cancelled meanwhile
+    }
     auto r = std::make_unique<scheduler::Request>();
     r->id = call->ImageId(i);
     r->params = request.params;
@@ -116,26 +125,33 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateCall::Start(
     }
   }
 
-  absl::MutexLock lock(&call->mu_);
-  if (!submit_status.ok()) {
-    // Nothing was sent yet: the call ends with the submit error alone.
-    call->queue_.clear();
-    call->SetFinalLocked(submit_status);
+  bool release = false;
+  {
+    absl::MutexLock lock(&call->mu_);
+    // A failed submit ends the call with that error alone (nothing was sent yet).
+    if (!submit_status.ok()) release = call->AbortLocked(submit_status, /*keep_results=*/false);
+    if (call->final_set_ && !call->final_status_.ok()) {
+      // Ended before it was accepted (a failed submit, a cancel or a failed image meanwhile): no
+      // Accepted, and the images submitted so far, including any after the cancel, leave the
+      // scheduler before the call ends.
+      if (!release) {
+        ++call->releasing_;
+        release = true;
+      }
+    } else {
+      v1::Accepted& accepted = call->accepted_;
+      accepted.set_request_id(call->request_id_);
+      accepted.set_model(std::string(deps.model_name));
+      accepted.set_seed(request.params.seed);
+      accepted.set_queue_position(static_cast<uint32_t>(queued_before));
+      accepted.set_num_images(static_cast<uint32_t>(request.num_images));
+      accepted.set_total_steps(static_cast<uint32_t>(deps.progress_steps));
+      call->accepted_pending_ = true;
+    }
     call->hold_ = false;
     call->SchedulePumpLocked();
-    deps.pump->Post([call] { call->CancelImages(); });
-    return call.get();
   }
-  Outgoing accepted{.kind = Outgoing::kAccepted};
-  accepted.accepted.set_request_id(call->request_id_);
-  accepted.accepted.set_model(std::string(deps.model_name));
-  accepted.accepted.set_seed(request.params.seed);
-  accepted.accepted.set_queue_position(static_cast<uint32_t>(queued_before));
-  accepted.accepted.set_num_images(static_cast<uint32_t>(request.num_images));
-  accepted.accepted.set_total_steps(static_cast<uint32_t>(deps.progress_steps));
-  call->queue_.push_front(std::move(accepted));
-  call->hold_ = false;
-  call->SchedulePumpLocked();
+  if (release) call->ReleaseImages();
   return call.get();
 }
 
@@ -153,36 +169,103 @@ void GenerateCall::CancelImages() {
 }
 
 void GenerateCall::Cancel(const std::string& why) {
-  {
-    absl::MutexLock lock(&mu_);
-    queue_.clear();
-    SetFinalLocked(absl::CancelledError(why));
-  }
-  CancelImages();
+  Abort(absl::CancelledError(why), /*keep_results=*/false);
 }
 
-void GenerateCall::SetFinalLocked(const absl::Status& status) {
-  if (!final_set_) {
+bool GenerateCall::AbortLocked(const absl::Status& status, bool keep_results) {
+  if (finished_ || done_) return false;
+  if (!final_set_ || final_status_.ok()) {
     final_set_ = true;
     final_status_ = status;
+    DropOutputLocked(keep_results);
+    ++releasing_;
+    SchedulePumpLocked();
+    return true;
   }
+  // Already failed: its images are being (or have been) cancelled by the first failure.
+  if (!keep_results) DropOutputLocked(/*keep_results=*/false);
+  SchedulePumpLocked();
+  return false;
+}
+
+void GenerateCall::Abort(const absl::Status& status, bool keep_results) {
+  bool release;
+  {
+    absl::MutexLock lock(&mu_);
+    release = AbortLocked(status, keep_results);
+  }
+  if (release) ReleaseImages();
+}
+
+void GenerateCall::ReleaseImages() {
+  CancelImages();
+  absl::MutexLock lock(&mu_);
+  --releasing_;
   SchedulePumpLocked();
 }
 
 void GenerateCall::SchedulePumpLocked() {
   if (hold_ || pumping_ || finished_ || done_) return;
-  if (queue_.empty() && !final_set_) return;
+  if (!HasOutputLocked() && !final_set_) return;
   pumping_ = true;
   // The job holds a reference: the reactor is not freed while a pump is pending.
   deps_.pump->Post([call = shared_from_this()] { call->Pump(); });
 }
 
-void GenerateCall::DropProgressLocked(int index) {
-  std::erase_if(queue_, [&](const Outgoing& o) {
-    if (o.kind != Outgoing::kProgress || (index >= 0 && o.index != index)) return false;
-    if (o.pixels.has_value()) deps_.model_metrics->previews_dropped.Increment();
-    return true;
-  });
+void GenerateCall::MarkReadyLocked(int index) {
+  ImageOutput& image = images_[index];
+  if (image.ready || (image.sent >= image.reached && !image.result.has_value())) return;
+  image.ready = true;
+  ready_.push_back(index);
+}
+
+GenerateCall::Outgoing GenerateCall::TakeNextLocked() {
+  if (accepted_pending_) {
+    accepted_pending_ = false;
+    return Outgoing{.kind = Outgoing::kAccepted, .accepted = std::move(accepted_)};
+  }
+  const int index = ready_.front();
+  ready_.pop_front();
+  ImageOutput& image = images_[index];
+  image.ready = false;
+  Outgoing out{.index = index};
+  if (image.sent < image.reached) {
+    out.kind = Outgoing::kProgress;
+    out.step = ++image.sent;
+    out.total = image.total;
+    if (image.preview.has_value() && image.preview_step == out.step) {
+      out.pixels = std::move(image.preview);
+      image.preview.reset();
+    }
+  } else {
+    // Every step was sent: the result comes last.
+    out.kind = Outgoing::kResult;
+    out.result = *std::move(image.result);
+    image.result.reset();
+    out.pixels = std::move(out.result.image);
+  }
+  // Its next message waits for the other images' turns.
+  MarkReadyLocked(index);
+  return out;
+}
+
+void GenerateCall::DropOutputLocked(bool keep_results) {
+  if (!keep_results) accepted_pending_ = false;
+  for (ImageOutput& image : images_) {
+    image.reached = image.sent;
+    image.preview.reset();
+    if (!keep_results) image.result.reset();
+  }
+  // Only images with a result still have something to send.
+  std::deque<int> still_ready;
+  for (const int index : ready_) {
+    if (images_[index].result.has_value()) {
+      still_ready.push_back(index);
+    } else {
+      images_[index].ready = false;
+    }
+  }
+  ready_ = std::move(still_ready);
 }
 
 void GenerateCall::ImageStarted(int index, absl::Duration queue_time) {
@@ -192,47 +275,36 @@ void GenerateCall::ImageStarted(int index, absl::Duration queue_time) {
 void GenerateCall::ImageProgress(int index, int step, int total, const Pixels* preview) {
   absl::MutexLock lock(&mu_);
   if (final_set_ || done_) return;
-  for (Outgoing& o : queue_) {
-    if (o.kind != Outgoing::kProgress || o.index != index) continue;
-    // One progress per image waits at most: keep the newest preview.
-    if (preview != nullptr) {
-      if (o.pixels.has_value()) deps_.model_metrics->previews_dropped.Increment();
-      o.pixels = *preview;
-      o.step = step;
-    } else if (!o.pixels.has_value()) {
-      o.step = step;
-    }
-    return;
+  ImageOutput& image = images_[index];
+  image.total = total;
+  image.reached = std::max(image.reached, step);
+  if (preview != nullptr) {
+    // One preview per image waits at most: the newest. The replaced one's step still goes out,
+    // without an image.
+    if (image.preview.has_value()) deps_.model_metrics->previews_dropped.Increment();
+    image.preview = *preview;
+    image.preview_step = step;
   }
-  Outgoing o{.kind = Outgoing::kProgress, .index = index, .step = step, .total = total};
-  if (preview != nullptr) o.pixels = *preview;
-  queue_.push_back(std::move(o));
+  MarkReadyLocked(index);
   SchedulePumpLocked();
 }
 
 void GenerateCall::ImageFinished(int index, absl::StatusOr<scheduler::Result> result) {
-  bool cancel_siblings = false;
-  {
-    absl::MutexLock lock(&mu_);
-    if (!result.ok()) {
-      if (!final_set_) {
-        // Results already queued still go out; pending progress does not.
-        DropProgressLocked(-1);
-        cancel_siblings = true;
-      }
-      SetFinalLocked(result.status());
-    } else if (!final_set_) {
-      // The final image replaces any progress of this image still waiting.
-      DropProgressLocked(index);
-      Outgoing o{.kind = Outgoing::kResult, .index = index};
-      o.pixels = std::move(result->image);
-      o.result = *std::move(result);
-      queue_.push_back(std::move(o));
-      if (++images_done_ == request_.num_images) SetFinalLocked(absl::OkStatus());
-      SchedulePumpLocked();
-    }
+  if (!result.ok()) {
+    // Results already waiting still go out; pending progress does not; the other images are
+    // cancelled.
+    Abort(result.status(), /*keep_results=*/true);
+    return;
   }
-  if (cancel_siblings) CancelImages();
+  absl::MutexLock lock(&mu_);
+  if (final_set_) return;
+  images_[index].result = *std::move(result);
+  MarkReadyLocked(index);
+  if (++images_done_ == request_.num_images) {
+    final_set_ = true;
+    final_status_ = absl::OkStatus();
+  }
+  SchedulePumpLocked();
 }
 
 void GenerateCall::Pump() {
@@ -244,8 +316,8 @@ void GenerateCall::Pump() {
       pumping_ = false;
       return;
     }
-    if (queue_.empty()) {
-      if (!final_set_) {
+    if (!HasOutputLocked()) {
+      if (!final_set_ || releasing_ > 0) {
         pumping_ = false;
         return;
       }
@@ -254,8 +326,7 @@ void GenerateCall::Pump() {
       // The id is free again before the client can see the status (a retry must not collide).
       deps_.registry->Remove(request_id_, this);
     } else {
-      item = std::move(queue_.front());
-      queue_.pop_front();
+      item = TakeNextLocked();
     }
   }
   if (finish.has_value()) {
@@ -279,11 +350,13 @@ void GenerateCall::Pump() {
       break;
   }
   if (!filled.ok()) {
-    absl::MutexLock lock(&mu_);
-    SetFinalLocked(filled);
-    queue_.clear();
-    pumping_ = false;
-    SchedulePumpLocked();
+    bool release;
+    {
+      absl::MutexLock lock(&mu_);
+      pumping_ = false;
+      release = AbortLocked(filled, /*keep_results=*/false);
+    }
+    if (release) ReleaseImages();
     return;
   }
   StartWrite(&response_);
@@ -330,28 +403,32 @@ absl::Status GenerateCall::FillResult(Outgoing& item) {
 }
 
 void GenerateCall::OnWriteDone(bool ok) {
-  absl::MutexLock lock(&mu_);
-  if (!ok) {
-    // The stream is broken (client gone or call cancelled): nothing more can be delivered.
-    queue_.clear();
-    if (!final_set_) {
-      final_set_ = true;
-      final_status_ = absl::CancelledError("the client stopped reading");
+  bool release = false;
+  {
+    absl::MutexLock lock(&mu_);
+    pumping_ = false;
+    if (ok) {
+      SchedulePumpLocked();
+    } else {
+      // The stream is broken (client gone or call cancelled): nothing more can be delivered.
+      release = AbortLocked(absl::CancelledError("the client stopped reading"),
+                            /*keep_results=*/false);
     }
   }
-  pumping_ = false;
-  SchedulePumpLocked();
-  if (!ok) deps_.pump->Post([call = shared_from_this()] { call->CancelImages(); });
+  if (release) ReleaseImages();
 }
 
-void GenerateCall::OnCancel() { Cancel("the client cancelled the call or its deadline passed"); }
+void GenerateCall::OnCancel() {
+  Abort(absl::CancelledError("the client cancelled the call or its deadline passed"),
+        /*keep_results=*/false);
+}
 
 void GenerateCall::OnDone() {
   std::shared_ptr<GenerateCall> self;
   {
     absl::MutexLock lock(&mu_);
     done_ = true;
-    queue_.clear();
+    DropOutputLocked(/*keep_results=*/false);
     self = std::move(self_);
   }
   deps_.registry->Remove(request_id_, this);

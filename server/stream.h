@@ -8,9 +8,18 @@
 //    pump: nothing blocks or encodes in reactor callbacks;
 //  - the sinks hold the call by shared_ptr, so they may outlive the reactor's OnDone; after
 //    OnDone, events are dropped. Finish is called exactly once, on every path.
-// Backpressure: at most one Progress per image waits in the queue; a newer preview replaces an
-// unsent one (counted in dartserve_previews_dropped_total), so a slow reader loses previews and
-// never results, and the queue stays bounded by 2 * num_images + 1 messages.
+// Backpressure: every step of every image gets its Progress message (the proto promises it), in
+// step order, the last one before the image's Result. What waits per image is counters (steps
+// reached, steps sent), at most one preview image and at most one result: a newer preview
+// replaces an unsent one (counted in dartserve_previews_dropped_total, and its step still goes out
+// without an image). So a slow reader loses previews, never steps or results, and a call holds at
+// most 2 * num_images images. Images take turns (round robin), so one image's steps do not hold
+// back another's result.
+// Request ids: a call that ends early (CancelGeneration, the client, its deadline, a failed image,
+// a failed submit) first cancels its images in the scheduler, which frees their ids there at once,
+// and only then finishes and frees its own id in the registry; so once a client sees its stream
+// end, a retry with the same id is accepted, and a call never cancels ids after it has finished
+// (when a retry may hold them).
 // Locks: each class's state is guarded by its mutex (ABSL_GUARDED_BY, checked by clang's
 // -Wthread-safety in scripts/test.sh). Order: GenerateCall::mu_ before CallRegistry::mu_ (the pump
 // frees the call's id under its lock) and the pump's queue; neither is held while calling into the
@@ -80,7 +89,8 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse>,
       grpc::CallbackServerContext* context, const CallContext& deps, std::string request_id,
       const ValidatedRequest& request);
 
-  // CancelGeneration: the call ends with CANCELLED and its images leave the scheduler.
+  // CancelGeneration: the call ends with CANCELLED, its images are cancelled in the scheduler
+  // (their ids free at once), and unsent messages are dropped.
   void Cancel(const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
 
   void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_);
@@ -96,6 +106,7 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse>,
   GenerateCall(const CallContext& deps, std::string request_id, const ValidatedRequest& request);
 
  private:
+  // The next message, as the pump takes it out of the call's state.
   struct Outgoing {
     enum Kind { kAccepted, kProgress, kResult } kind;
     int index = 0;
@@ -105,17 +116,42 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse>,
     scheduler::Result result;      // kResult
     v1::Accepted accepted;         // kAccepted
   };
+  // What image `index` still has to send.
+  struct ImageOutput {
+    int total = 0;                  // its progress steps, as the scheduler reports them
+    int reached = 0;                // the last step the scheduler reported
+    int sent = 0;                   // Progress messages taken by the pump: steps 1 .. sent
+    std::optional<Pixels> preview;  // the newest unsent preview, of step `preview_step`
+    int preview_step = 0;
+    std::optional<scheduler::Result> result;  // sent once every step has been
+    bool ready = false;                       // listed in ready_
+  };
 
   std::string ImageId(int index) const;
   // Cancels the submitted images in the scheduler (never under mu_: see the file comment).
   void CancelImages() ABSL_LOCKS_EXCLUDED(mu_);
-  // Sets the final status (first one wins) and makes sure the pump will run.
-  void SetFinalLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the call with `status` unless it has finished or already failed (then only drops what
+  // `keep_results` does not keep). Pending progress is dropped, and unsent results and Accepted
+  // too unless `keep_results`. Returns true when the caller must call ReleaseImages once mu_ is
+  // released; until it has, the call does not finish.
+  bool AbortLocked(const absl::Status& status, bool keep_results)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Abort(const absl::Status& status, bool keep_results) ABSL_LOCKS_EXCLUDED(mu_);
+  // After AbortLocked returned true: cancels the images, then lets the pump finish the call.
+  void ReleaseImages() ABSL_LOCKS_EXCLUDED(mu_);
   void SchedulePumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Removes queued progress of image `index` (-1: of all images), counting previews.
-  void DropProgressLocked(int index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The pump job: sends the next queued message, or finishes the call once the queue is empty and
-  // the outcome known.
+  // Puts image `index` at the end of ready_ if it has something to send and is not listed yet.
+  void MarkReadyLocked(int index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HasOutputLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return accepted_pending_ || !ready_.empty();
+  }
+  // Takes the next message: Accepted first, then the first ready image's next Progress or Result.
+  // Requires HasOutputLocked().
+  Outgoing TakeNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops every image's pending progress and preview (and its result unless `keep_results`).
+  void DropOutputLocked(bool keep_results) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The pump job: sends the next message, or finishes the call once nothing is left to send, the
+  // outcome is known and no image release is under way.
   void Pump() ABSL_LOCKS_EXCLUDED(mu_);
   // Pump only: fill response_ from `item`, encoding its PNG. A preview that cannot be encoded goes
   // without its image; a result image that cannot be encoded is an error (the call fails).
@@ -129,9 +165,13 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse>,
 
   absl::Mutex mu_;
   std::shared_ptr<GenerateCall> self_ ABSL_GUARDED_BY(mu_);  // keeps the reactor alive to OnDone
-  std::deque<Outgoing> queue_ ABSL_GUARDED_BY(mu_);
-  // Until Accepted is queued: events wait, the pump does not run.
+  bool accepted_pending_ ABSL_GUARDED_BY(mu_) = false;
+  v1::Accepted accepted_ ABSL_GUARDED_BY(mu_);
+  std::vector<ImageOutput> images_ ABSL_GUARDED_BY(mu_);  // one per requested image
+  std::deque<int> ready_ ABSL_GUARDED_BY(mu_);            // images with something to send, in turn
+  // Until Start has submitted the images: events wait, the pump does not run.
   bool hold_ ABSL_GUARDED_BY(mu_) = true;
+  int releasing_ ABSL_GUARDED_BY(mu_) = 0;       // ReleaseImages calls still to come
   bool pumping_ ABSL_GUARDED_BY(mu_) = false;    // a pump job is posted or a write is in flight
   bool final_set_ ABSL_GUARDED_BY(mu_) = false;  // the call's outcome is known
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);

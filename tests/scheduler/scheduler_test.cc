@@ -176,6 +176,36 @@ TEST_F(SchedulerTest, CancellationMidRunFreesMemoryAtTheNextBoundary) {
   EXPECT_FALSE(s->Cancel("a"));  // no longer live
 }
 
+// Cancel frees the id at once (a client that saw its call end may retry with it), while the
+// cancelled request itself leaves at the next boundary; the new request with the same id is not
+// cancelled with it.
+TEST_F(SchedulerTest, CancelFreesTheIdAtOnce) {
+  auto s = Make();
+  auto old = Submit(*s, "a", 10);
+  s->RunIteration();
+  EXPECT_TRUE(s->Cancel("a"));
+  absl::Status st;
+  auto retry = Submit(*s, "a", 3, 1, &st);
+  ASSERT_NE(retry, nullptr) << st;
+  EXPECT_EQ(old->finished, 0);  // still active until the boundary
+  RunToIdle(*s);
+  EXPECT_EQ(old->result.status().code(), absl::StatusCode::kCancelled);
+  ASSERT_TRUE(retry->result.ok()) << retry->result.status();
+  EXPECT_THAT(retry->steps, ElementsAre(1, 2, 3));
+  EXPECT_EQ(s->stats().kv_bytes_used, 0);
+  // A queued request too; and a cancel names the live request, not the released one.
+  auto queued = Submit(*s, "q", 3);
+  EXPECT_TRUE(s->Cancel("q"));
+  EXPECT_FALSE(s->Cancel("q"));
+  auto again = Submit(*s, "q", 3);
+  ASSERT_NE(again, nullptr);
+  EXPECT_TRUE(s->Cancel("q"));
+  RunToIdle(*s);
+  EXPECT_EQ(queued->result.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(again->result.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(engine_.live_requests, 0);
+}
+
 TEST_F(SchedulerTest, FailedStepFailsItsBatchOnceAndServingContinues) {
   engine_.fail_on_call = 1;
   auto s = Make();

@@ -261,17 +261,15 @@ TEST(ServiceTest, DartArCountsProgressStepsEverywhere) {
   const CallResult call = Generate(*stub, request);
   ASSERT_TRUE(call.status.ok()) << call.status.error_message();
   EXPECT_EQ(call.messages.front().accepted().total_steps(), static_cast<uint32_t>(progress_steps));
-  // A reader slower than the steps may see some Progress messages coalesced; the steps it does
-  // see count model calls, beyond T.
+  // One Progress per model call, 1 .. T x K in order, beyond T.
   uint32_t last_step = 0;
   for (const v1::GenerateImageResponse& m : call.messages) {
     if (!m.has_progress()) continue;
-    EXPECT_GT(m.progress().step(), last_step);
+    EXPECT_EQ(m.progress().step(), last_step + 1);
     last_step = m.progress().step();
-    EXPECT_LE(last_step, static_cast<uint32_t>(progress_steps));
     EXPECT_EQ(m.progress().total_steps(), static_cast<uint32_t>(progress_steps));
   }
-  EXPECT_GT(last_step, static_cast<uint32_t>(config.num_steps));
+  EXPECT_EQ(last_step, static_cast<uint32_t>(progress_steps));
 
   request.set_steps(static_cast<uint32_t>(progress_steps));  // tokens are not denoising steps
   EXPECT_EQ(Generate(*stub, request).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -858,6 +856,115 @@ TEST(ServerTest, SecondServerOnAPortIsRefused) {
   EXPECT_TRUE(stub->ListModels(&ctx, v1::ListModelsRequest(), &response).ok());
   // One that does not opt in is still refused.
   EXPECT_FALSE(StartFakeServer({.address = shared, .metrics_address = ""}).ok());
+}
+
+// A cancelled, disconnected or expired call's request id is free once the client has seen the
+// stream end (here: once the server has finished the call), although its images are still in
+// the scheduler (the engine is held mid-step): a retry with the same id is accepted and runs.
+TEST(ServiceTest, EndedCallsRequestIdIsFreeForARetry) {
+  enum class End { kCancelGeneration, kClientCancel, kDeadline };
+  for (const End end : {End::kCancelGeneration, End::kClientCancel, End::kDeadline}) {
+    SCOPED_TRACE(static_cast<int>(end));
+    Harness h = Start({.open_gate = false});
+    v1::GenerateImageRequest request = ClassRequest(1, 50, 2);  // 2 images of 50 steps
+    request.set_request_id("retry-me");
+    auto in_flight = [&] {
+      BoundedContext ctx;
+      v1::CancelGenerationRequest find;
+      find.set_request_id("retry-me");
+      v1::CancelGenerationResponse response;
+      // NOT_FOUND once the server has ended the call; before that, the call is ending anyway
+      // and a cancel changes nothing.
+      return h.stub->CancelGeneration(&ctx, find, &response).error_code() !=
+             grpc::StatusCode::NOT_FOUND;
+    };
+
+    BoundedContext ctx;
+    if (end == End::kDeadline) {
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+    }
+    auto reader = h.stub->GenerateImage(&ctx, request);
+    v1::GenerateImageResponse m;
+    ASSERT_TRUE(reader->Read(&m));
+    ASSERT_TRUE(m.has_accepted());
+    h.engine->WaitEntered(1);  // both images are in a step the engine holds
+    if (end == End::kCancelGeneration) {
+      BoundedContext cancel_ctx;
+      v1::CancelGenerationRequest cancel;
+      cancel.set_request_id("retry-me");
+      v1::CancelGenerationResponse response;
+      ASSERT_TRUE(h.stub->CancelGeneration(&cancel_ctx, cancel, &response).ok());
+    } else if (end == End::kClientCancel) {
+      ctx.TryCancel();
+    }
+    while (reader->Read(&m)) EXPECT_FALSE(m.has_result());
+    EXPECT_EQ(reader->Finish().error_code(), end == End::kDeadline
+                                                 ? grpc::StatusCode::DEADLINE_EXCEEDED
+                                                 : grpc::StatusCode::CANCELLED);
+    if (end != End::kCancelGeneration) {
+      // The client ended the call on its side; the server hears of it asynchronously.
+      const absl::Time bound = absl::Now() + absl::FromChrono(kBound);
+      while (in_flight()) {
+        ASSERT_LT(absl::Now(), bound) << "the server never ended the call";
+        std::this_thread::yield();
+      }
+    }
+
+    BoundedContext retry_ctx;
+    auto retry = h.stub->GenerateImage(&retry_ctx, request);
+    ASSERT_TRUE(retry->Read(&m)) << retry->Finish().error_message();
+    ASSERT_TRUE(m.has_accepted());
+    h.engine->Open();
+    int results = 0;
+    while (retry->Read(&m)) results += m.has_result();
+    const grpc::Status status = retry->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(results, 2);
+  }
+}
+
+// Every image of a call gets one Progress per step, 1 .. total_steps in order, the last one
+// before its Result, also when the client reads slower than the images are made (large
+// previews fill the HTTP/2 window, so messages queue while the scheduler runs every step):
+// only preview images are dropped.
+TEST(ServiceTest, EveryImageGetsEveryStepsProgressBeforeItsResult) {
+  Harness h = Start({.open_gate = false});
+  h.engine->render_side = 256;
+  constexpr int kImages = 3, kSteps = 4;  // FakeEngine::default_steps for seeds >= 100
+  v1::GenerateImageRequest request = ClassRequest(1, 1000, kImages);
+  request.mutable_preview()->set_every_n_steps(1);
+  BoundedContext ctx;
+  auto reader = h.stub->GenerateImage(&ctx, request);
+  h.engine->Open();
+  h.engine->WaitStepsRun(kSteps);  // every step ran before the client reads anything
+  std::vector<std::vector<int>> steps(kImages);
+  std::vector<bool> done(kImages, false);
+  int previews = 0;
+  v1::GenerateImageResponse m;
+  while (reader->Read(&m)) {
+    if (m.has_progress()) {
+      const int index = static_cast<int>(m.progress().image_index());
+      ASSERT_LT(index, kImages);
+      EXPECT_FALSE(done[index]) << "Progress after image " << index << "'s Result";
+      EXPECT_EQ(m.progress().total_steps(), static_cast<uint32_t>(kSteps));
+      steps[index].push_back(static_cast<int>(m.progress().step()));
+      previews += !m.progress().preview_png().empty();
+    } else if (m.has_result()) {
+      done[m.result().image_index()] = true;
+    }
+  }
+  const grpc::Status status = reader->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  for (int i = 0; i < kImages; ++i) {
+    EXPECT_TRUE(done[i]) << i;
+    EXPECT_EQ(steps[i], (std::vector<int>{1, 2, 3, 4})) << "image " << i;
+  }
+  // Previews are made on steps 1 .. T-1 (the last step's image is the Result); each reached the
+  // client or was replaced by a newer one of the same image (counted).
+  const double dropped =
+      MetricValue(h.server->metrics().Serialize(),
+                  "dartserve_previews_dropped_total{model=\"fake\",reason=\"backpressure\"}");
+  EXPECT_EQ(previews + dropped, kImages * (kSteps - 1));
 }
 
 }  // namespace
