@@ -68,8 +68,9 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* ImageGeneratorService::Gene
   if (model == nullptr) {
     std::vector<std::string> names;
     for (const ServedModel* m : models_) names.push_back(m->name);
-    return reject(absl::NotFoundError(absl::StrCat("model: unknown model '", request->model(),
-                                                   "'; served: ", absl::StrJoin(names, ", "))));
+    return reject(absl::NotFoundError(absl::StrCat("model: unknown model ",
+                                                   QuoteClientValue(request->model()),
+                                                   "; served: ", absl::StrJoin(names, ", "))));
   }
   if (absl::Status s = ValidateRequestId(request->request_id()); !s.ok()) return reject(s);
   absl::StatusOr<ValidatedRequest> validated = ValidateGenerateRequest(
@@ -100,10 +101,12 @@ grpc::ServerUnaryReactor* ImageGeneratorService::CancelGeneration(
   if (request->request_id().empty()) {
     return Reply(context, absl::InvalidArgumentError("request_id: must not be empty"));
   }
+  if (absl::Status s = ValidateRequestId(request->request_id()); !s.ok()) return Reply(context, s);
   std::shared_ptr<GenerateCall> call = calls_.Find(request->request_id());
   if (call == nullptr) {
-    return Reply(context, absl::NotFoundError(absl::StrCat("request_id: no request '",
-                                                           request->request_id(), "' in flight")));
+    return Reply(context, absl::NotFoundError(absl::StrCat("request_id: no request ",
+                                                           QuoteClientValue(request->request_id()),
+                                                           " in flight")));
   }
   call->Cancel("cancelled by CancelGeneration");
   return Reply(context, absl::OkStatus());

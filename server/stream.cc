@@ -92,7 +92,7 @@ grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateCall::Start(
   auto call = std::make_shared<GenerateCall>(deps, std::move(request_id), request);
   if (!deps.registry->Add(call->request_id_, call)) {
     const absl::Status status = absl::AlreadyExistsError(
-        absl::StrCat("request_id: '", call->request_id_, "' is already in flight"));
+        absl::StrCat("request_id: ", QuoteClientValue(call->request_id_), " is already in flight"));
     deps.metrics->RecordRequest(std::string(deps.model_name), status, 0);
     return RejectCall(status);
   }

@@ -53,9 +53,10 @@ absl::Status ResolveCondition(const v1::GenerateImageRequest& request,
         return Invalid("prompt",
                        absl::StrCat("model '", name, "' takes no text prompt; use class_id"));
       }
-      return Invalid("prompt", absl::StrCat("model '", name,
-                                            "' is class-conditional: give class_id or one of its "
-                                            "class names: ",
+      return Invalid("prompt", absl::StrCat(QuoteClientValue(request.prompt()),
+                                            " is not a class of model '", name,
+                                            "', which is class-conditional: give class_id or one "
+                                            "of its class names: ",
                                             absl::StrJoin(model.class_names, ", ")));
     case v1::GenerateImageRequest::CONDITION_NOT_SET:
       return absl::OkStatus();  // unconditional
@@ -78,6 +79,14 @@ absl::StatusOr<int> ResolvePriority(v1::Priority priority) {
 }
 
 }  // namespace
+
+std::string QuoteClientValue(absl::string_view value) {
+  if (value.size() <= kMaxQuotedBytes) return absl::StrCat("'", value, "'");
+  size_t cut = kMaxQuotedBytes;
+  // Back off to the start of a UTF-8 character (continuation bytes are 10xxxxxx).
+  while (cut > 0 && (static_cast<unsigned char>(value[cut]) & 0xC0) == 0x80) --cut;
+  return absl::StrCat("'", value.substr(0, cut), "...' (", value.size(), " bytes)");
+}
 
 absl::Status ValidateRequestId(const std::string& id) {
   if (id.size() > kMaxRequestIdLength) {

@@ -29,6 +29,13 @@ struct ValidatedRequest {
   model::RenderKind preview_kind = model::RenderKind::kLinear;
 };
 
+// How every error message quotes a value the client sent (model name, request id, prompt, ...):
+// in single quotes, cut to its first kMaxQuotedBytes bytes (at a UTF-8 character boundary) with
+// "..." and its length when longer, e.g. 'xxxx...' (10000 bytes). An error about a huge field
+// stays a short error about that field, never a trailer over the client's metadata limit.
+inline constexpr size_t kMaxQuotedBytes = 64;
+std::string QuoteClientValue(absl::string_view value);
+
 // INVALID_ARGUMENT naming the field, or OK. Empty ids are valid (the server picks one).
 absl::Status ValidateRequestId(const std::string& id);
 

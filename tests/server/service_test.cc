@@ -967,5 +967,52 @@ TEST(ServiceTest, EveryImageGetsEveryStepsProgressBeforeItsResult) {
   EXPECT_EQ(previews + dropped, kImages * (kSteps - 1));
 }
 
+// Values a client sent are quoted in error messages only as a short prefix, so an error about a
+// huge field stays an error about that field (not a trailer over the client's metadata limit).
+TEST(ServiceTest, ErrorsQuoteClientValuesShortened) {
+  Harness h = Start();
+  const std::string huge(10'000, 'x');
+  auto expect_short = [](const grpc::Status& status, grpc::StatusCode code, const char* field) {
+    EXPECT_EQ(status.error_code(), code) << status.error_message().substr(0, 200);
+    EXPECT_TRUE(absl::StartsWith(status.error_message(), absl::StrCat(field, ":")))
+        << status.error_message().substr(0, 200);
+    EXPECT_LT(status.error_message().size(), 400u);
+  };
+
+  v1::GenerateImageRequest model = ClassRequest(1, 5);
+  model.set_model(huge);
+  const CallResult unknown_model = Generate(*h.stub, model);
+  expect_short(unknown_model.status, grpc::StatusCode::NOT_FOUND, "model");
+  EXPECT_TRUE(absl::StrContains(unknown_model.status.error_message(),
+                                absl::StrCat("'", std::string(64, 'x'), "...' (10000 bytes)")))
+      << unknown_model.status.error_message();
+  EXPECT_TRUE(absl::StrContains(unknown_model.status.error_message(), "served: fake"));
+
+  v1::GenerateImageRequest id = ClassRequest(1, 5);
+  id.set_request_id(huge);
+  expect_short(Generate(*h.stub, id).status, grpc::StatusCode::INVALID_ARGUMENT, "request_id");
+
+  v1::GenerateImageRequest prompt;
+  prompt.set_prompt(huge);  // the fake model is class-conditional: a prompt must be a class name
+  const CallResult not_a_class = Generate(*h.stub, prompt);
+  expect_short(not_a_class.status, grpc::StatusCode::INVALID_ARGUMENT, "prompt");
+  EXPECT_TRUE(absl::StrContains(not_a_class.status.error_message(),
+                                absl::StrCat("'", std::string(64, 'x'), "...' (10000 bytes)")))
+      << not_a_class.status.error_message();
+  // A short value is quoted whole.
+  prompt.set_prompt("a purple giraffe");
+  EXPECT_TRUE(absl::StartsWith(Generate(*h.stub, prompt).status.error_message(),
+                               "prompt: 'a purple giraffe' is not a class of model 'fake'"));
+
+  BoundedContext cancel_ctx;
+  v1::CancelGenerationRequest cancel;
+  cancel.set_request_id(huge);
+  v1::CancelGenerationResponse response;
+  const grpc::Status cancelled = h.stub->CancelGeneration(&cancel_ctx, cancel, &response);
+  EXPECT_LT(cancelled.error_message().size(), 400u);
+  EXPECT_TRUE(absl::StartsWith(cancelled.error_message(), "request_id:"))
+      << cancelled.error_message().substr(0, 200);
+}
+
 }  // namespace
 }  // namespace dartserve::server
