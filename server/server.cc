@@ -160,6 +160,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
         MetricsEndpoint::Start(options.metrics_address, server->metrics_);
     if (!endpoint.ok()) return endpoint.status();
     server->metrics_endpoint_ = *std::move(endpoint);
+    server->process_metrics_ = std::make_shared<ProcessMetrics>(options.service.version);
+    server->metrics_endpoint_->Add(server->process_metrics_);
   }
   return server;
 }

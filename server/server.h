@@ -37,7 +37,8 @@ struct ServerOptions {
   // error; on, several processes that all set it share the port and the kernel spreads
   // connections over them, which is what an operator must mean for it to be right.
   bool reuse_port = false;
-  // Metrics HTTP listen address; empty: no metrics endpoint.
+  // Metrics HTTP listen address; empty: no metrics endpoint. It serves the server's dartserve_*
+  // families and the process_* ones (ProcessMetrics, with ServiceOptions::version).
   std::string metrics_address = "0.0.0.0:9464";
   ServiceOptions service;
   // TLS: both PEM strings set -> TLS; both empty -> plaintext.
@@ -77,8 +78,9 @@ class Server {
   // Starts `spec`'s schedulers (one per engine) and its metrics; the result lives in models_.
   ServedModel* StartModel(ModelSpec& spec);
 
-  // Shared: the metrics endpoint holds it weakly.
+  // Shared: the metrics endpoint holds them weakly.
   std::shared_ptr<ServerMetrics> metrics_;
+  std::shared_ptr<ProcessMetrics> process_metrics_;
   std::unique_ptr<WorkQueue> pump_;
   std::vector<std::unique_ptr<ServedModel>> models_;
   std::unique_ptr<ImageGeneratorService> service_;

@@ -2,16 +2,21 @@
 
 #include <CivetServer.h>
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <dlfcn.h>
 #include <netinet/in.h>
 #include <prometheus/exposer.h>
 #include <prometheus/text_serializer.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <exception>
+#include <fstream>
+#include <optional>
+#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -20,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "server/grpc_status.h"
 
@@ -120,7 +126,110 @@ void Poke(uint32_t ip, int port) {
   close(fd);
 }
 
+// /proc/self/stat's fields from the third on ("state" is [0]), or empty when unreadable. The
+// second field, the command name in parentheses, may itself hold spaces and parentheses, so the
+// fields are taken after its last ')'.
+std::vector<std::string> ProcSelfStat() {
+  std::ifstream in("/proc/self/stat");
+  std::string line;
+  if (!std::getline(in, line)) return {};
+  const size_t paren = line.rfind(')');
+  if (paren == std::string::npos) return {};
+  std::istringstream rest(line.substr(paren + 1));
+  std::vector<std::string> fields;
+  for (std::string field; rest >> field;) fields.push_back(std::move(field));
+  return fields;
+}
+
+// Field `number` (1-based, as proc(5) numbers them) of ProcSelfStat()'s `fields`.
+std::optional<double> StatField(const std::vector<std::string>& fields, size_t number) {
+  const size_t index = number - 3;
+  double value = 0;
+  if (index >= fields.size() || !absl::SimpleAtod(fields[index], &value)) return std::nullopt;
+  return value;
+}
+
+// The system's boot time, seconds since the epoch ("btime" in /proc/stat).
+std::optional<double> BootTimeSeconds() {
+  std::ifstream in("/proc/stat");
+  for (std::string line; std::getline(in, line);) {
+    absl::string_view rest = line;
+    double value = 0;
+    if (absl::ConsumePrefix(&rest, "btime ") && absl::SimpleAtod(rest, &value)) return value;
+  }
+  return std::nullopt;
+}
+
+// Open file descriptors, without the one this count itself opens.
+std::optional<double> OpenFds() {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return std::nullopt;
+  const int own = dirfd(dir);
+  int count = 0;
+  while (const dirent* entry = readdir(dir)) {
+    int fd = 0;
+    if (absl::SimpleAtoi(entry->d_name, &fd) && fd != own) ++count;
+  }
+  closedir(dir);
+  return count;
+}
+
+prometheus::MetricFamily OneValue(const std::string& name, const std::string& help,
+                                  prometheus::MetricType type, double value) {
+  prometheus::ClientMetric metric;
+  if (type == prometheus::MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
+  return {.name = name, .help = help, .type = type, .metric = {metric}};
+}
+
 }  // namespace
+
+ProcessMetrics::ProcessMetrics(std::string version) : version_(std::move(version)) {}
+
+std::vector<prometheus::MetricFamily> ProcessMetrics::Collect() const {
+  using prometheus::MetricType;
+  std::vector<prometheus::MetricFamily> out;
+  const std::vector<std::string> stat = ProcSelfStat();
+  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  const std::optional<double> utime = StatField(stat, 14), stime = StatField(stat, 15);
+  if (utime && stime && ticks > 0) {
+    out.push_back(OneValue("process_cpu_seconds_total",
+                           "Total user and system CPU time spent in seconds.", MetricType::Counter,
+                           (*utime + *stime) / ticks));
+  }
+  if (const std::optional<double> rss = StatField(stat, 24)) {
+    out.push_back(OneValue("process_resident_memory_bytes", "Resident memory size in bytes.",
+                           MetricType::Gauge, *rss * static_cast<double>(sysconf(_SC_PAGESIZE))));
+  }
+  if (const std::optional<double> vsize = StatField(stat, 23)) {
+    out.push_back(OneValue("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                           MetricType::Gauge, *vsize));
+  }
+  if (const std::optional<double> fds = OpenFds()) {
+    out.push_back(
+        OneValue("process_open_fds", "Number of open file descriptors.", MetricType::Gauge, *fds));
+  }
+  if (rlimit limit; getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+    out.push_back(OneValue("process_max_fds", "Maximum number of open file descriptors.",
+                           MetricType::Gauge, static_cast<double>(limit.rlim_cur)));
+  }
+  const std::optional<double> started = StatField(stat, 22);  // clock ticks after boot
+  const std::optional<double> boot = BootTimeSeconds();
+  if (started && boot && ticks > 0) {
+    out.push_back(OneValue("process_start_time_seconds",
+                           "Start time of the process since unix epoch in seconds.",
+                           MetricType::Gauge, *boot + *started / ticks));
+  }
+  prometheus::MetricFamily build =
+      OneValue("dartserve_build_info", "The running dartserve's version (the value is always 1).",
+               MetricType::Gauge, 1);
+  build.metric[0].label = {{.name = "version", .value = version_}};
+  out.push_back(std::move(build));
+  return out;
+}
 
 ServerMetrics::ServerMetrics()
     : request_duration_(Add<prometheus::Histogram>(
@@ -256,6 +365,10 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
   inet_pton(AF_INET, wake_host.c_str(), &wake_ip);
   endpoint->wake_ip_ = wake_ip.s_addr;
   return endpoint;
+}
+
+void MetricsEndpoint::Add(const std::shared_ptr<prometheus::Collectable>& collectable) {
+  exposer_->RegisterCollectable(collectable);
 }
 
 MetricsEndpoint::~MetricsEndpoint() {

@@ -103,6 +103,29 @@ class ServerMetrics : public prometheus::Collectable {
       ABSL_GUARDED_BY(models_mu_);
 };
 
+// The process metrics every Prometheus exporter reports, under the standard names (as
+// client_golang's process collector and the other official clients export them), read from
+// /proc/self when collected, so they are current at every scrape:
+//   process_cpu_seconds_total       counter  user + system CPU time
+//   process_resident_memory_bytes   gauge    resident set size
+//   process_virtual_memory_bytes    gauge    virtual memory size
+//   process_open_fds                gauge    open file descriptors
+//   process_max_fds                 gauge    the open-files limit (RLIMIT_NOFILE)
+//   process_start_time_seconds      gauge    start time, seconds since the Unix epoch
+// and dartserve_build_info{version} (always 1), which carries the version as a label so that
+// dashboards and alerts can join on it. No `model` label: they describe the process. A value that
+// cannot be read (not Linux, /proc not mounted) is left out, never reported as 0.
+// Thread-safety: Collect() is thread-safe (it only reads the process's files).
+class ProcessMetrics : public prometheus::Collectable {
+ public:
+  explicit ProcessMetrics(std::string version);
+
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const std::string version_;
+};
+
 // GET /metrics over HTTP on its own port, served by prometheus-cpp's Exposer (civetweb, two
 // worker threads of its own, so a scrape never blocks the gRPC server's threads). Any path under
 // /metrics serves the collectables; other paths answer 404.
@@ -126,6 +149,9 @@ class MetricsEndpoint {
   // Stops serving: waits for scrapes in flight, then closes the listening socket. Takes
   // milliseconds (see the definition for how civetweb's 2 s stop latency is avoided).
   ~MetricsEndpoint();
+
+  // Serves `collectable` too (held weakly, as the one given to Start). Thread-safe.
+  void Add(const std::shared_ptr<prometheus::Collectable>& collectable);
 
   // The port actually listened on (the ephemeral one when started with port 0).
   int port() const { return port_; }

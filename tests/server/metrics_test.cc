@@ -2,15 +2,24 @@
 // collect hooks, the /metrics endpoint served by prometheus-cpp's Exposer, and that output as
 // judged by Debian's promtool and a real Prometheus server. Torch-free (metrics_test links no
 // LibTorch; see tests/CMakeLists.txt).
+#include <fcntl.h>
+#include <prometheus/text_serializer.h>
+#include <unistd.h>
+
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -198,6 +207,77 @@ std::shared_ptr<ServerMetrics> ExampleMetrics() {
   return metrics;
 }
 
+// The value of the unlabelled sample `name` in `exposition`; nullopt when absent.
+std::optional<double> SampleValue(const std::string& exposition, const std::string& name) {
+  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
+    if (!absl::ConsumePrefix(&line, name + " ")) continue;
+    double value = 0;
+    if (absl::SimpleAtod(line, &value)) return value;
+  }
+  return std::nullopt;
+}
+
+std::string SerializeProcess(const ProcessMetrics& metrics) {
+  return prometheus::TextSerializer().Serialize(metrics.Collect());
+}
+
+TEST(ProcessMetricsTest, ReportsThisProcess) {
+  const ProcessMetrics metrics("1.2.3");
+  const std::string text = SerializeProcess(metrics);
+  const struct {
+    const char* name;
+    const char* type;
+  } kFamilies[] = {
+      {"process_cpu_seconds_total", "counter"},
+      {"process_resident_memory_bytes", "gauge"},
+      {"process_virtual_memory_bytes", "gauge"},
+      {"process_open_fds", "gauge"},
+      {"process_max_fds", "gauge"},
+      {"process_start_time_seconds", "gauge"},
+      {"dartserve_build_info", "gauge"},
+  };
+  for (const auto& family : kFamilies) {
+    EXPECT_THAT(text, HasSubstr(absl::StrCat("# TYPE ", family.name, " ", family.type, "\n")))
+        << text;
+  }
+  EXPECT_THAT(text, HasSubstr("\ndartserve_build_info{version=\"1.2.3\"} 1\n"));
+
+  const double rss = SampleValue(text, "process_resident_memory_bytes").value_or(0);
+  EXPECT_GT(rss, 1 << 20) << "a process with a C++ runtime holds more than 1 MiB";
+  EXPECT_GE(SampleValue(text, "process_virtual_memory_bytes").value_or(0), rss);
+  EXPECT_GE(SampleValue(text, "process_cpu_seconds_total").value_or(-1), 0);
+  const double start = SampleValue(text, "process_start_time_seconds").value_or(0);
+  const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  EXPECT_LE(start, now + 1);  // clock ticks round the start time
+  EXPECT_GT(start, now - 24 * 3600) << "this test process started within the day";
+  const double fds = SampleValue(text, "process_open_fds").value_or(0);
+  EXPECT_GT(fds, 0);
+  EXPECT_GT(SampleValue(text, "process_max_fds").value_or(0), fds);
+}
+
+// The values are read when collected, not once.
+TEST(ProcessMetricsTest, FollowsTheProcessBetweenCollections) {
+  const ProcessMetrics metrics("dev");
+  const double fds = SampleValue(SerializeProcess(metrics), "process_open_fds").value_or(0);
+  const int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(SampleValue(SerializeProcess(metrics), "process_open_fds"), fds + 1);
+  close(fd);
+  EXPECT_EQ(SampleValue(SerializeProcess(metrics), "process_open_fds"), fds);
+
+  // CPU time advances while this thread computes (in clock ticks, so loop until it shows;
+  // bounded, so a counter that never moves fails instead of hanging).
+  const double cpu = SampleValue(SerializeProcess(metrics), "process_cpu_seconds_total").value();
+  const absl::Time bound = absl::Now() + absl::Seconds(60);
+  volatile uint64_t sink = 0;
+  double later = cpu;
+  while (later <= cpu && absl::Now() < bound) {
+    for (int i = 0; i < 1'000'000; ++i) sink = sink + static_cast<uint64_t>(i);
+    later = SampleValue(SerializeProcess(metrics), "process_cpu_seconds_total").value();
+  }
+  EXPECT_GT(later, cpu);
+}
+
 TEST(MetricsEndpointTest, ServesTheServerMetricsOnAnEphemeralPort) {
   std::shared_ptr<ServerMetrics> metrics = ExampleMetrics();
   absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
@@ -252,11 +332,15 @@ TEST(PromtoolTest, AcceptsWhatTheEndpointServes) {
   absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
       MetricsEndpoint::Start("127.0.0.1:0", metrics);
   ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  auto process = std::make_shared<ProcessMetrics>("1.2.3");
+  (*endpoint)->Add(process);
   // Twice: the second scrape also carries the Exposer's statistics of the first.
   for (int i = 0; i < 2; ++i) {
     absl::StatusOr<std::string> body =
         testing::HttpGet("127.0.0.1", (*endpoint)->port(), "/metrics");
     ASSERT_TRUE(body.ok()) << body.status();
+    EXPECT_THAT(*body, HasSubstr("\nprocess_resident_memory_bytes "));
+    EXPECT_THAT(*body, HasSubstr("\ndartserve_build_info{version=\"1.2.3\"} 1\n"));
     EXPECT_EQ(testing::PromtoolCheckMetrics(*body), absl::OkStatus());
   }
 }

@@ -761,6 +761,10 @@ TEST(ServiceTest, MetricsPassPromtoolAndPrometheusScrapesThem) {
   EXPECT_TRUE(absl::StrContains(*text, "dartserve_images_total{model=\"fake\"} 1"));
   EXPECT_TRUE(absl::StrContains(*text, "dartserve_step_duration_seconds_bucket"));
   EXPECT_TRUE(absl::StrContains(*text, "dartserve_requests_running{model=\"fake\"} 0"));
+  // The process's own metrics and the version, beside the server's.
+  EXPECT_TRUE(absl::StrContains(*text, "\nprocess_resident_memory_bytes "));
+  EXPECT_TRUE(absl::StrContains(*text, "\nprocess_start_time_seconds "));
+  EXPECT_TRUE(absl::StrContains(*text, "\ndartserve_build_info{version=\"dev\"} 1\n"));
   if (!testing::PrometheusAvailable()) GTEST_SKIP() << "prometheus/promtool not installed";
   EXPECT_TRUE(testing::PromtoolCheckMetrics(*text).ok()) << testing::PromtoolCheckMetrics(*text);
 
