@@ -150,8 +150,19 @@ int main(int argc, char** argv) {
   torch::NoGradGuard no_grad;
 
   const torch::Tensor x = torch::randn({1, c.sequence_length(), c.token_dim()});
-  const torch::Tensor ids = torch::zeros({1}, torch::kLong);
-  const Stats full = Time(reps, [&] { model->forward(x, ids); });
+  dm::Condition cond;
+  if (c.conditioning == dm::Conditioning::kText) {
+    const std::string prompt = "a small red circle at the top left on a white background";
+    absl::StatusOr<dm::TextBatch> ids = model->EncodePrompts({&prompt, 1});
+    if (!ids.ok()) {
+      std::cerr << "dartserve-model-bench: " << ids.status().message() << "\n";
+      return 1;
+    }
+    cond = model->TextCondition(*ids);
+  } else {
+    cond = model->ClassCondition(torch::zeros({1}, torch::kLong));
+  }
+  const Stats full = Time(reps, [&] { model->forward(x, cond); });
 
   uint64_t seed = 0;
   const auto generate = [&](dm::Sampler& sampler) {

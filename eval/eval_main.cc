@@ -12,11 +12,19 @@
 // held-out combinations apart (per attribute and all correct); writes report.json (both sets,
 // every image's checks) and seen_grid.png / held_out_grid.png (the first 40 prompts, one row per
 // 8) to --out.
+// Text models of 64x64 images (the scenes world, latent models): the same on the four
+// PromptSet64 sets (seen, held_out, relation, count), checked against what each prompt states
+// (eval/scene64_eval.h); report.json and <set>_grid.png.
 // Autoencoders (--autoencoder): reconstruction PSNR on --scenes held-out 64x64 scenes, the latent
-// previews' PSNR and the decoder's cost; writes autoencoder_report.json to --out.
+// previews' PSNR and the decoder's cost, and how often the prompt evaluator reads the same scene
+// from a reconstruction as from its original; writes autoencoder_report.json to --out.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -26,6 +34,8 @@
 #include "eval/attribute_classifier.h"
 #include "eval/autoencoder_eval.h"
 #include "eval/eval.h"
+#include "eval/scene64_eval.h"
+#include "eval/text64_eval.h"
 #include "model/checkpoint.h"
 #include "model/image.h"
 #include "nlohmann/json.hpp"
@@ -45,7 +55,7 @@ ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
 ABSL_FLAG(int, flow_steps, 0, "Flow-head models: ODE steps per DART step (0: the config's).");
 ABSL_FLAG(std::string, shapes_classifier, dartserve::eval::kShapeClassifierDir,
           "Text models: the shape classifier folder.");
-ABSL_FLAG(int, prompts, 100, "Text models: prompts in each fixed set (seen, held-out).");
+ABSL_FLAG(int, prompts, 100, "Text models: prompts in each fixed set.");
 ABSL_FLAG(int, per_prompt, 1, "Text models: samples per prompt.");
 ABSL_FLAG(uint64_t, prompt_seed, 1234, "Text models: seed of the fixed prompt sets.");
 ABSL_FLAG(std::string, autoencoder, "",
@@ -62,27 +72,46 @@ int Fail(absl::string_view message) {
   return 1;
 }
 
+// What report.json records of a text evaluation's settings.
+nlohmann::json TextSettings(const de::TextEvalOptions& options) {
+  return {{"checkpoint", absl::GetFlag(FLAGS_checkpoint)},
+          {"prompts", absl::GetFlag(FLAGS_prompts)},
+          {"prompt_seed", absl::GetFlag(FLAGS_prompt_seed)},
+          {"per_prompt", options.per_prompt},
+          {"guidance_scale", options.guidance_scale},
+          {"temperature", options.temperature},
+          {"flow_steps", options.flow_steps},
+          {"threads", torch::get_num_threads()}};
+}
+
+de::TextEvalOptions TextOptions() {
+  return {.per_prompt = absl::GetFlag(FLAGS_per_prompt),
+          .guidance_scale = static_cast<float>(absl::GetFlag(FLAGS_guidance)),
+          .temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature)),
+          .seed = absl::GetFlag(FLAGS_seed),
+          .batch = absl::GetFlag(FLAGS_batch),
+          .flow_steps = absl::GetFlag(FLAGS_flow_steps)};
+}
+
+// The first 40 prompts' images (per_prompt each), 8 per row, `scale` times enlarged, as
+// <out>/<name>_grid.png.
+absl::Status WriteGrid(const std::string& out, const std::string& name, const torch::Tensor& images,
+                       int per_prompt, int scale) {
+  const int64_t shown = std::min<int64_t>(40 * per_prompt, images.size(0));
+  auto png = dm::ImageToPng(
+      dm::UpscaleNearest(dm::MakeGrid(images.narrow(0, 0, shown).unbind(0), 8), scale));
+  if (!png.ok()) return png.status();
+  return dartserve::WriteFileAtomically(out + "/" + name + "_grid.png", *png);
+}
+
 int EvaluateText(dm::Dart model) {
   auto classifier = de::LoadShapeClassifier(absl::GetFlag(FLAGS_shapes_classifier));
   if (!classifier.ok()) return Fail(classifier.status().message());
   const de::ShapeClassifier shapes = de::LearnedShapeClassifier(*classifier);
-  const de::TextEvalOptions options{
-      .per_prompt = absl::GetFlag(FLAGS_per_prompt),
-      .guidance_scale = static_cast<float>(absl::GetFlag(FLAGS_guidance)),
-      .temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature)),
-      .seed = absl::GetFlag(FLAGS_seed),
-      .batch = absl::GetFlag(FLAGS_batch),
-      .flow_steps = absl::GetFlag(FLAGS_flow_steps)};
+  const de::TextEvalOptions options = TextOptions();
   const std::string out = absl::GetFlag(FLAGS_out);
   std::filesystem::create_directories(out);
-  nlohmann::json j = {{"checkpoint", absl::GetFlag(FLAGS_checkpoint)},
-                      {"prompts", absl::GetFlag(FLAGS_prompts)},
-                      {"prompt_seed", absl::GetFlag(FLAGS_prompt_seed)},
-                      {"per_prompt", options.per_prompt},
-                      {"guidance_scale", options.guidance_scale},
-                      {"temperature", options.temperature},
-                      {"flow_steps", options.flow_steps},
-                      {"threads", torch::get_num_threads()}};
+  nlohmann::json j = TextSettings(options);
   for (const bool held_out : {false, true}) {
     const std::string name = held_out ? "held_out" : "seen";
     const std::vector<dd::Prompt> prompts = dd::FixedPromptSet(
@@ -91,11 +120,37 @@ int EvaluateText(dm::Dart model) {
     if (!report.ok()) return Fail(report.status().message());
     j[name] = nlohmann::json::parse(de::ReportToJson(report->adherence));
     j[name + "_images_per_second"] = report->images_per_second;
-    const int64_t shown = std::min<int64_t>(40 * options.per_prompt, report->images.size(0));
-    auto png = dm::ImageToPng(
-        dm::UpscaleNearest(dm::MakeGrid(report->images.narrow(0, 0, shown).unbind(0), 8), 2));
-    if (!png.ok()) return Fail(png.status().message());
-    if (absl::Status s = dartserve::WriteFileAtomically(out + "/" + name + "_grid.png", *png);
+    if (absl::Status s = WriteGrid(out, name, report->images, options.per_prompt, /*scale=*/2);
+        !s.ok()) {
+      return Fail(s.message());
+    }
+    std::cout << name << ": " << de::SummaryLine(report->adherence)
+              << absl::StrFormat("  %.1f images/s\n", report->images_per_second);
+  }
+  std::ofstream(out + "/report.json") << j.dump(2) << "\n";
+  std::cout << "-> " << out << "\n";
+  return 0;
+}
+
+// A text model of the 64x64 scenes world: the four PromptSet64 sets.
+int EvaluateText64(dm::Dart model) {
+  const de::TextEvalOptions options = TextOptions();
+  const std::string out = absl::GetFlag(FLAGS_out);
+  std::filesystem::create_directories(out);
+  nlohmann::json j = TextSettings(options);
+  constexpr std::pair<dd::PromptSet64, const char*> kSets[] = {
+      {dd::PromptSet64::kSeen, "seen"},
+      {dd::PromptSet64::kHeldOut, "held_out"},
+      {dd::PromptSet64::kRelation, "relation"},
+      {dd::PromptSet64::kCount, "count"}};
+  for (const auto& [set, name] : kSets) {
+    const std::vector<dd::CaptionedScene64> prompts =
+        dd::FixedPromptSet64(set, absl::GetFlag(FLAGS_prompts), absl::GetFlag(FLAGS_prompt_seed));
+    auto report = de::EvaluateTextModel64(model, prompts, options);
+    if (!report.ok()) return Fail(report.status().message());
+    j[name] = nlohmann::json::parse(de::ReportToJson(report->adherence));
+    j[std::string(name) + "_images_per_second"] = report->images_per_second;
+    if (absl::Status s = WriteGrid(out, name, report->images, options.per_prompt, /*scale=*/1);
         !s.ok()) {
       return Fail(s.message());
     }
@@ -112,7 +167,10 @@ int EvaluateAutoencoderFlag() {
   if (!model.ok()) return Fail(model.status().message());
   const dd::Scenes64Dataset scenes =
       dd::MakeScenes64Dataset(absl::GetFlag(FLAGS_scenes), de::kHeldOutScenesSeed);
-  absl::StatusOr<de::AutoencoderReport> r = de::EvaluateAutoencoder(*model, scenes.data.images);
+  std::vector<dd::CaptionSpec> specs;
+  for (const dd::CaptionedScene64& item : scenes.items) specs.push_back(item.spec);
+  absl::StatusOr<de::AutoencoderReport> r =
+      de::EvaluateAutoencoder(*model, scenes.data.images, absl::GetFlag(FLAGS_batch), specs);
   if (!r.ok()) return Fail(r.status().message());
   const nlohmann::json j = {{"autoencoder", absl::GetFlag(FLAGS_autoencoder)},
                             {"scenes", r->images},
@@ -123,6 +181,10 @@ int EvaluateAutoencoderFlag() {
                             {"mean_abs_error_levels", r->mean_abs_error},
                             {"preview_psnr_db", r->preview_psnr_db},
                             {"decode_ms_per_image", r->decode_ms_per_image},
+                            {"same_reading", r->same_reading},
+                            {"differing_scenes", r->differing_scenes},
+                            {"originals_all_correct", r->originals_all_correct},
+                            {"reconstructions_all_correct", r->reconstructions_all_correct},
                             {"threads", torch::get_num_threads()}};
   const std::string out = absl::GetFlag(FLAGS_out);
   std::filesystem::create_directories(out);
@@ -136,6 +198,11 @@ int EvaluateAutoencoderFlag() {
       "decode %.2f ms/image\n",
       r->mean_psnr_db, r->images, r->min_psnr_db, r->pooled_psnr_db, r->preview_psnr_db,
       r->decode_ms_per_image);
+  std::cout << absl::StrFormat(
+      "readings: reconstruction reads as its original %.4f (%d differ); all-correct against the "
+      "caption: originals %.4f, reconstructions %.4f\n",
+      r->same_reading, r->differing_scenes.size(), r->originals_all_correct,
+      r->reconstructions_all_correct);
   return 0;
 }
 
@@ -148,7 +215,11 @@ int main(int argc, char** argv) {
   if (!absl::GetFlag(FLAGS_train_classifier)) {
     auto model = dm::LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
     if (!model.ok()) return Fail(model.status().message());
-    if ((*model)->config().conditioning == dm::Conditioning::kText) return EvaluateText(*model);
+    const dm::ModelConfig& config = (*model)->config();
+    if (config.conditioning == dm::Conditioning::kText) {
+      return config.pixel_size() == dd::kScene64Size ? EvaluateText64(*model)
+                                                     : EvaluateText(*model);
+    }
   }
   auto train = dd::LoadFashionMnist("train");
   if (!train.ok()) return Fail(train.status().message());

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "eval/report_json.h"
 #include "model/image.h"
 #include "nlohmann/json.hpp"
 
@@ -14,6 +15,7 @@ namespace dartserve::eval {
 
 using ::dartserve::data::kBackgroundColors;
 using ::dartserve::data::kPositionNames;
+using ::dartserve::data::kScene64Size;
 using ::dartserve::data::kShapeChannels;
 using ::dartserve::data::kShapeColors;
 using ::dartserve::data::kShapeImageSize;
@@ -22,6 +24,7 @@ using ::dartserve::data::kSizeNames;
 using ::dartserve::data::NamedColor;
 using ::dartserve::data::Prompt;
 using ::dartserve::data::RenderScene;
+using ::dartserve::data::SceneImage64;
 using ::dartserve::data::ShapeImage;
 
 namespace {
@@ -104,14 +107,6 @@ absl::Status Read(const Json& obj, const char* key, std::string* out) {
   return absl::OkStatus();
 }
 
-Json ObjectToJson(const SeenObject& o) {
-  return Json{{"shape", kShapeNames[static_cast<int>(o.shape)]},
-              {"color", kShapeColors[o.color].name},
-              {"size", kSizeNames[static_cast<int>(o.size)]},
-              {"position", kPositionNames[o.position]},
-              {"area", o.area}};
-}
-
 absl::Status ObjectFromJson(const Json& j, SeenObject* o) {
   std::string shape, color, size, position;
   for (const auto& [key, out] : {std::pair{"shape", &shape}, std::pair{"color", &color},
@@ -127,7 +122,51 @@ absl::Status ObjectFromJson(const Json& j, SeenObject* o) {
   return Read(j, "area", &o->area);
 }
 
+// [N, 3, side, side] float ([-1, 1]) or uint8 images -> planar byte images of that side.
+template <typename Image>
+absl::StatusOr<std::vector<Image>> PlanarImagesFromTensor(const torch::Tensor& images, int side,
+                                                          const char* caller) {
+  if (!images.defined() || images.dim() != 4 || images.size(1) != kShapeChannels ||
+      images.size(2) != side || images.size(3) != side) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: want [N, 3, %d, %d] images", caller, side, side));
+  }
+  if (images.scalar_type() != torch::kUInt8 && !images.is_floating_point()) {
+    return absl::InvalidArgumentError(absl::StrCat(caller, ": want float or uint8 images"));
+  }
+  const int plane = side * side;
+  std::vector<Image> out(images.size(0));
+  for (int64_t i = 0; i < images.size(0); ++i) {
+    if (images.scalar_type() == torch::kUInt8) {
+      const torch::Tensor row = images[i].to(torch::kCPU).contiguous();
+      std::memcpy(out[i].data(), row.data_ptr<uint8_t>(), out[i].size());
+      continue;
+    }
+    // TensorToPixels is the one place the project turns [-1, 1] into bytes; it interleaves
+    // (HWC), the analysis wants planes (CHW).
+    const Pixels pixels = model::TensorToPixels(images[i]);
+    for (int p = 0; p < plane; ++p) {
+      for (int c = 0; c < kShapeChannels; ++c) {
+        out[i][c * plane + p] = pixels.data[p * kShapeChannels + c];
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace
+
+namespace internal {
+
+nlohmann::json SeenObjectToJson(const SeenObject& o) {
+  return Json{{"shape", kShapeNames[static_cast<int>(o.shape)]},
+              {"color", kShapeColors[o.color].name},
+              {"size", kSizeNames[static_cast<int>(o.size)]},
+              {"position", kPositionNames[o.position]},
+              {"area", o.area}};
+}
+
+}  // namespace internal
 
 absl::StatusOr<PromptEvalReport> EvaluatePrompts(const std::vector<Prompt>& prompts,
                                                  const std::vector<ShapeImage>& images,
@@ -144,13 +183,7 @@ absl::StatusOr<PromptEvalReport> EvaluatePrompts(const std::vector<Prompt>& prom
     result.prompt = prompts[i].text;
     result.check = CheckScene(analysis, prompts[i].scene);
     result.background_color = analysis.background_color;
-    for (const DetectedObject& obj : analysis.objects) {
-      result.objects.push_back(SeenObject{.shape = obj.shape,
-                                          .color = obj.color,
-                                          .size = obj.size,
-                                          .position = obj.position,
-                                          .area = obj.features.area});
-    }
+    result.objects = SeenObjects(analysis);
     report.tally.Add(result.check);
     report.results.push_back(std::move(result));
   }
@@ -165,31 +198,11 @@ std::vector<ShapeImage> ReferenceImages(const std::vector<Prompt>& prompts) {
 }
 
 absl::StatusOr<std::vector<ShapeImage>> ShapeImagesFromTensor(const torch::Tensor& images) {
-  if (!images.defined() || images.dim() != 4 || images.size(1) != kShapeChannels ||
-      images.size(2) != kShapeImageSize || images.size(3) != kShapeImageSize) {
-    return absl::InvalidArgumentError("ShapeImagesFromTensor: want [N, 3, 32, 32] images");
-  }
-  if (images.scalar_type() != torch::kUInt8 && !images.is_floating_point()) {
-    return absl::InvalidArgumentError("ShapeImagesFromTensor: want float or uint8 images");
-  }
-  std::vector<ShapeImage> out(images.size(0));
-  for (int64_t i = 0; i < images.size(0); ++i) {
-    if (images.scalar_type() == torch::kUInt8) {
-      const torch::Tensor row = images[i].to(torch::kCPU).contiguous();
-      std::memcpy(out[i].data(), row.data_ptr<uint8_t>(), out[i].size());
-      continue;
-    }
-    // TensorToPixels is the one place the project turns [-1, 1] into bytes; it interleaves
-    // (HWC), the analysis wants planes (CHW).
-    const Pixels pixels = model::TensorToPixels(images[i]);
-    constexpr int kPlane = kShapeImageSize * kShapeImageSize;
-    for (int p = 0; p < kPlane; ++p) {
-      for (int c = 0; c < kShapeChannels; ++c) {
-        out[i][c * kPlane + p] = pixels.data[p * kShapeChannels + c];
-      }
-    }
-  }
-  return out;
+  return PlanarImagesFromTensor<ShapeImage>(images, kShapeImageSize, "ShapeImagesFromTensor");
+}
+
+absl::StatusOr<std::vector<SceneImage64>> SceneImages64FromTensor(const torch::Tensor& images) {
+  return PlanarImagesFromTensor<SceneImage64>(images, kScene64Size, "SceneImages64FromTensor");
 }
 
 std::string ReportToJson(const PromptEvalReport& report, int indent) {
@@ -204,7 +217,7 @@ std::string ReportToJson(const PromptEvalReport& report, int indent) {
     Json check = Json::object();
     for (const Field& f : kFields) check[f.name] = r.check.*f.check;
     Json objects = Json::array();
-    for (const SeenObject& o : r.objects) objects.push_back(ObjectToJson(o));
+    for (const SeenObject& o : r.objects) objects.push_back(internal::SeenObjectToJson(o));
     results.push_back(Json{{"prompt", r.prompt},
                            {"check", std::move(check)},
                            {"background", kBackgroundColors[r.background_color].name},

@@ -6,7 +6,8 @@
 //
 // Images are passed as ShapeImage (planar 8-bit RGB, the analysis's own input), so scoring stays
 // a plain loop over bytes and is independent of how the images were produced;
-// ShapeImagesFromTensor converts a model's float output with the project's one rounding rule.
+// ShapeImagesFromTensor converts a model's float output with the project's one rounding rule
+// (SceneImages64FromTensor the same for the 64 world, whose check is eval/scene64_eval.h).
 #ifndef DARTSERVE_EVAL_PROMPT_EVAL_H_
 #define DARTSERVE_EVAL_PROMPT_EVAL_H_
 
@@ -21,15 +22,6 @@
 #include "eval/shape_analysis.h"
 
 namespace dartserve::eval {
-
-// What the analysis saw of one object.
-struct SeenObject {
-  data::Shape shape = data::Shape::kCircle;
-  int color = 0;  // kShapeColors index
-  data::SizeClass size = data::SizeClass::kSmall;
-  int position = 0;  // kPositionNames index
-  int area = 0;      // pixels
-};
 
 struct PromptResult {
   std::string prompt;
@@ -56,6 +48,9 @@ std::vector<data::ShapeImage> ReferenceImages(const std::vector<data::Prompt>& p
 // model/image.h's TensorToPixels ((v + 1) * 127.5, rounded half to even); uint8 is copied as is.
 // Any device. INVALID_ARGUMENT for another shape or dtype.
 absl::StatusOr<std::vector<data::ShapeImage>> ShapeImagesFromTensor(const torch::Tensor& images);
+// The same for the 64 world: [N, 3, 64, 64] images -> SceneImage64s.
+absl::StatusOr<std::vector<data::SceneImage64>> SceneImages64FromTensor(
+    const torch::Tensor& images);
 
 // JSON text: {"n", "correct": {color, shape, position, size, count, background, all},
 //  "accuracy": {same keys, as fractions}, "results": [{"prompt", "check": {same keys, bools},

@@ -5,14 +5,19 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <numbers>
 #include <utility>
 
 namespace dartserve::eval {
 
 using ::dartserve::data::kBackgroundColors;
 using ::dartserve::data::kNumColors;
+using ::dartserve::data::kNumSizes;
+using ::dartserve::data::kScene64Size;
 using ::dartserve::data::kShapeColors;
 using ::dartserve::data::kShapeImageSize;
+using ::dartserve::data::kSizePixels;
+using ::dartserve::data::kSizePixels64;
 using ::dartserve::data::NamedColor;
 using ::dartserve::data::Scene;
 using ::dartserve::data::Shape;
@@ -22,11 +27,25 @@ using ::dartserve::data::SizeClass;
 
 namespace {
 
-constexpr int kSize = kShapeImageSize;
-constexpr int kPlane = kSize * kSize;
+// What depends on the image's side: the world's rendered box sides decide the size classes.
+struct Geometry {
+  int side = 0;
+  int plane = 0;
+  std::array<double, kNumSizes - 1> size_thresholds{};  // halfway between neighbouring sides
+  int min_area = 0;
+};
 
-Rgb PixelAt(const ShapeImage& image, int i) {
-  return Rgb{double(image[i]), double(image[kPlane + i]), double(image[2 * kPlane + i])};
+Geometry GeometryOf(const PlanarImage& image, const AnalysisOptions& options) {
+  Geometry g{.side = image.side(), .plane = image.side() * image.side()};
+  const std::array<int, kNumSizes>& sides =
+      g.side == kScene64Size ? kSizePixels64 : kSizePixels;  // PlanarImage: 32 or 64 only
+  for (int k = 0; k + 1 < kNumSizes; ++k) g.size_thresholds[k] = (sides[k] + sides[k + 1]) / 2.0;
+  g.min_area = options.min_area.value_or(4 * g.plane / (kShapeImageSize * kShapeImageSize));
+  return g;
+}
+
+Rgb PixelAt(const PlanarImage& image, int i) {
+  return Rgb{double(image.at(0, i)), double(image.at(1, i)), double(image.at(2, i))};
 }
 
 double Distance(const Rgb& a, const Rgb& b) {
@@ -57,12 +76,13 @@ int Nearest(const std::array<NamedColor, N>& colors, const Rgb& c) {
   return best;
 }
 
-Rgb BorderMedian(const ShapeImage& image) {
+Rgb BorderMedian(const PlanarImage& image) {
+  const int side = image.side();
   std::array<std::vector<uint8_t>, 3> values;
-  for (int y = 0; y < kSize; ++y) {
-    for (int x = 0; x < kSize; ++x) {
-      if (y != 0 && y != kSize - 1 && x != 0 && x != kSize - 1) continue;
-      for (int c = 0; c < 3; ++c) values[c].push_back(image[c * kPlane + y * kSize + x]);
+  for (int y = 0; y < side; ++y) {
+    for (int x = 0; x < side; ++x) {
+      if (y != 0 && y != side - 1 && x != 0 && x != side - 1) continue;
+      for (int c = 0; c < 3; ++c) values[c].push_back(image.at(c, y * side + x));
     }
   }
   std::array<double, 3> median;
@@ -76,14 +96,14 @@ Rgb BorderMedian(const ShapeImage& image) {
 
 // Non-object pixels inside the object's box that cannot reach the outside through 4-connected
 // non-object pixels. The box is padded by one always-outside ring so every flood starts outside.
-int HoleArea(const std::vector<bool>& in_object, const ShapeFeatures& f) {
+int HoleArea(const std::vector<bool>& in_object, int side, const ShapeFeatures& f) {
   const int w = f.width() + 2, h = f.height() + 2;
   std::vector<uint8_t> state(w * h, 0);  // 0 unvisited, 1 object, 2 outside
   for (int y = 0; y < h; ++y) {
     for (int x = 0; x < w; ++x) {
       const int ix = f.x0 - 1 + x, iy = f.y0 - 1 + y;
-      const bool inside = ix >= 0 && iy >= 0 && ix < kSize && iy < kSize;
-      if (inside && in_object[iy * kSize + ix]) state[y * w + x] = 1;
+      const bool inside = ix >= 0 && iy >= 0 && ix < side && iy < side;
+      if (inside && in_object[iy * side + ix]) state[y * w + x] = 1;
     }
   }
   std::vector<int> stack = {0};  // the padded corner is never object
@@ -106,15 +126,16 @@ int HoleArea(const std::vector<bool>& in_object, const ShapeFeatures& f) {
 // `pixels` are the object's (already refined) pixels; `core` the subset whose colour is least mixed
 // with the background, used for the colour estimate.
 DetectedObject Describe(std::vector<int> pixels, const std::vector<int>& core,
-                        const ShapeImage& image, const Rgb& background) {
+                        const PlanarImage& image, const Geometry& g, const Rgb& background) {
+  const int side = g.side;
   DetectedObject obj;
   ShapeFeatures& f = obj.features;
   f.area = static_cast<int>(pixels.size());
-  f.x0 = f.y0 = kSize;
+  f.x0 = f.y0 = side;
   f.x1 = f.y1 = -1;
   Rgb sum;
   for (const int i : pixels) {
-    const int x = i % kSize, y = i / kSize;
+    const int x = i % side, y = i / side;
     f.x0 = std::min(f.x0, x), f.x1 = std::max(f.x1, x);
     f.y0 = std::min(f.y0, y), f.y1 = std::max(f.y1, y);
   }
@@ -127,15 +148,24 @@ DetectedObject Describe(std::vector<int> pixels, const std::vector<int>& core,
   f.fill = static_cast<double>(f.area) / (f.width() * f.height());
   const double mid_row = (f.y0 + f.y1) / 2.0;
   int above = 0, below = 0;
-  std::vector<bool> in_object(kPlane, false);
+  std::vector<bool> in_object(g.plane, false);
   for (const int i : pixels) {
     in_object[i] = true;
-    const int y = i / kSize;
+    const int y = i / side;
     above += y < mid_row;
     below += y > mid_row;
   }
   f.vertical_asymmetry = static_cast<double>(below - above) / f.area;
-  f.hole_area = HoleArea(in_object, f);
+  double mx = 0, my = 0;
+  for (const int i : pixels) mx += i % side, my += i / side;
+  mx /= f.area, my /= f.area;
+  double moment = 0;  // about the centroid; a unit square's own is 1/6
+  for (const int i : pixels) {
+    const double dx = i % side - mx, dy = i / side - my;
+    moment += dx * dx + dy * dy + 1.0 / 6;
+  }
+  f.roundness = static_cast<double>(f.area) * f.area / (2 * std::numbers::pi * moment);
+  f.hole_area = HoleArea(in_object, side, f);
 
   // The named colour whose background mixtures best explain the core pixels; on a clean render
   // this is the nearest colour (every core pixel is exactly it).
@@ -148,19 +178,22 @@ DetectedObject Describe(std::vector<int> pixels, const std::vector<int>& core,
     if (residual < best) best = residual, obj.color = k;
   }
   const int extent = std::max(f.width(), f.height());
-  obj.size = extent <= 6 ? SizeClass::kSmall : extent <= 9 ? SizeClass::kMedium : SizeClass::kLarge;
+  obj.size = extent < g.size_thresholds[0]   ? SizeClass::kSmall
+             : extent < g.size_thresholds[1] ? SizeClass::kMedium
+                                             : SizeClass::kLarge;
   const double cx = (f.x0 + f.x1 + 1) / 2.0, cy = (f.y0 + f.y1 + 1) / 2.0;
-  const auto cell = [](double c) { return std::clamp(static_cast<int>(c * 3 / kSize), 0, 2); };
+  const auto cell = [side](double c) { return std::clamp(static_cast<int>(c * 3 / side), 0, 2); };
   obj.position = cell(cy) * 3 + cell(cx);
   obj.pixels = std::move(pixels);
   return obj;
 }
 
 // 8-connected components of `mask`, each as ascending pixel indices, in order of first pixel.
-std::vector<std::vector<int>> Components(const std::vector<bool>& mask) {
+std::vector<std::vector<int>> Components(const std::vector<bool>& mask, int side) {
+  const int plane = side * side;
   std::vector<std::vector<int>> components;
-  std::vector<bool> seen(kPlane, false);
-  for (int start = 0; start < kPlane; ++start) {
+  std::vector<bool> seen(plane, false);
+  for (int start = 0; start < plane; ++start) {
     if (!mask[start] || seen[start]) continue;
     std::vector<int> pixels, stack = {start};
     seen[start] = true;
@@ -168,12 +201,12 @@ std::vector<std::vector<int>> Components(const std::vector<bool>& mask) {
       const int i = stack.back();
       stack.pop_back();
       pixels.push_back(i);
-      const int x = i % kSize, y = i / kSize;
+      const int x = i % side, y = i / side;
       for (int dy = -1; dy <= 1; ++dy) {
         for (int dx = -1; dx <= 1; ++dx) {
           const int nx = x + dx, ny = y + dy;
-          if (nx < 0 || ny < 0 || nx >= kSize || ny >= kSize) continue;
-          const int j = ny * kSize + nx;
+          if (nx < 0 || ny < 0 || nx >= side || ny >= side) continue;
+          const int j = ny * side + nx;
           if (mask[j] && !seen[j]) seen[j] = true, stack.push_back(j);
         }
       }
@@ -186,28 +219,33 @@ std::vector<std::vector<int>> Components(const std::vector<bool>& mask) {
 
 }  // namespace
 
-Shape GeometricShapeClassifier(const ShapeImage& image, const DetectedObject& object) {
+Shape GeometricShape(const PlanarImage&, const DetectedObject& object) {
   const ShapeFeatures& f = object.features;
   const int box = f.width() * f.height();
   if (f.hole_area > 0 && f.hole_area >= 0.05 * box) return Shape::kRing;
   if (f.fill >= 0.92) return Shape::kSquare;
   if (f.vertical_asymmetry >= 0.2) return Shape::kTriangle;
-  if (f.fill < 0.68) return Shape::kCross;
+  if (f.roundness < 0.965) return f.fill < 0.68 ? Shape::kCross : Shape::kSquare;
   return Shape::kCircle;
 }
 
-Analysis AnalyzeImage(const ShapeImage& image, const ShapeClassifier& classifier,
+Shape GeometricShapeClassifier(const ShapeImage& image, const DetectedObject& object) {
+  return GeometricShape(image, object);
+}
+
+Analysis AnalyzeImage(const PlanarImage& image, const PlanarShapeClassifier& classifier,
                       const AnalysisOptions& options) {
+  const Geometry g = GeometryOf(image, options);
   Analysis analysis;
   analysis.background = BorderMedian(image);
   analysis.background_color = Nearest(kBackgroundColors, analysis.background);
-  std::vector<double> distance(kPlane);
-  std::vector<bool> foreground(kPlane);
-  for (int i = 0; i < kPlane; ++i) {
+  std::vector<double> distance(g.plane);
+  std::vector<bool> foreground(g.plane);
+  for (int i = 0; i < g.plane; ++i) {
     distance[i] = Distance(PixelAt(image, i), analysis.background);
     foreground[i] = distance[i] > options.foreground_distance;
   }
-  for (const std::vector<int>& component : Components(foreground)) {
+  for (const std::vector<int>& component : Components(foreground, g.side)) {
     // Half-maximum refinement: keep the pixels at least half as far from the background as the
     // component's peak (90th percentile). On a clean render this keeps every pixel; on a blurred
     // one it puts the edge where it was before blurring, so the box (and the size class) does not
@@ -218,16 +256,16 @@ Analysis AnalyzeImage(const ShapeImage& image, const ShapeClassifier& classifier
     const auto rank = d.begin() + static_cast<std::ptrdiff_t>(0.9 * (d.size() - 1));
     std::nth_element(d.begin(), rank, d.end());
     const double peak = *rank;
-    std::vector<bool> kept(kPlane, false);
+    std::vector<bool> kept(g.plane, false);
     for (const int i : component) kept[i] = distance[i] >= 0.5 * peak;
-    for (std::vector<int>& pixels : Components(kept)) {
-      if (static_cast<int>(pixels.size()) < options.min_area) continue;
+    for (std::vector<int>& pixels : Components(kept, g.side)) {
+      if (static_cast<int>(pixels.size()) < g.min_area) continue;
       std::vector<int> core;
       for (const int i : pixels) {
         if (distance[i] >= 0.8 * peak) core.push_back(i);
       }
       if (core.empty()) core = pixels;
-      analysis.objects.push_back(Describe(std::move(pixels), core, image, analysis.background));
+      analysis.objects.push_back(Describe(std::move(pixels), core, image, g, analysis.background));
     }
   }
   // Largest first; ties by first pixel, so the order is deterministic.
@@ -237,6 +275,27 @@ Analysis AnalyzeImage(const ShapeImage& image, const ShapeClassifier& classifier
                    });
   for (DetectedObject& obj : analysis.objects) obj.shape = classifier(image, obj);
   return analysis;
+}
+
+Analysis AnalyzeImage(const ShapeImage& image, const ShapeClassifier& classifier,
+                      const AnalysisOptions& options) {
+  return AnalyzeImage(
+      PlanarImage(image),
+      [&](const PlanarImage&, const DetectedObject& object) { return classifier(image, object); },
+      options);
+}
+
+std::vector<SeenObject> SeenObjects(const Analysis& analysis) {
+  std::vector<SeenObject> seen;
+  seen.reserve(analysis.objects.size());
+  for (const DetectedObject& obj : analysis.objects) {
+    seen.push_back(SeenObject{.shape = obj.shape,
+                              .color = obj.color,
+                              .size = obj.size,
+                              .position = obj.position,
+                              .area = obj.features.area});
+  }
+  return seen;
 }
 
 SceneCheck CheckScene(const Analysis& analysis, const Scene& scene) {

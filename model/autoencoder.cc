@@ -106,6 +106,7 @@ const std::vector<Field>& Fields() {
       Scalar("base_width", &C::base_width, ParseInt),
       List<int>("width_mults", &C::width_mults, ParseInt, [](const C& c) { return c.width_mults; }),
       Scalar("num_res_blocks", &C::num_res_blocks, ParseInt),
+      Scalar("decoder_base_width", &C::decoder_base_width, ParseInt),
       Scalar("norm_groups", &C::norm_groups, ParseInt),
       Scalar("kl_weight", &C::kl_weight, ParseDouble),
       List<double>("latent_shift", &C::latent_shift, ParseDouble, &C::ResolvedShift),
@@ -213,9 +214,12 @@ absl::Status AutoencoderConfig::Validate() const {
   const bool levels_ok = num_levels() == 3 || num_levels() == 4;
   const bool mults_ok =
       std::all_of(width_mults.begin(), width_mults.end(), [](int m) { return m >= 1 && m <= 16; });
-  const bool groups_ok = norm_groups >= 1 && base_width >= 1 &&
-                         std::all_of(width_mults.begin(), width_mults.end(),
-                                     [this](int m) { return (base_width * m) % norm_groups == 0; });
+  const int decoder_base = decoder_base_width > 0 ? decoder_base_width : base_width;
+  const bool groups_ok =
+      norm_groups >= 1 && base_width >= 1 && decoder_base >= 1 &&
+      std::all_of(width_mults.begin(), width_mults.end(), [this, decoder_base](int m) {
+        return (base_width * m) % norm_groups == 0 && (decoder_base * m) % norm_groups == 0;
+      });
   const size_t c = latent_channels > 0 ? latent_channels : 0;
   // Each check names its field; the first failure wins so the message stays one line.
   for (const absl::Status& s : {
@@ -225,12 +229,16 @@ absl::Status AutoencoderConfig::Validate() const {
            Check(levels_ok, "width_mults", "must have 3 or 4 entries (downsample factor 4 or 8)"),
            Check(mults_ok, "width_mults", "entries must be in [1, 16]"),
            Check(base_width >= 4 && base_width <= 1024, "base_width", "must be in [4, 1024]"),
+           Check(decoder_base_width == 0 ||
+                     (decoder_base_width >= 4 && decoder_base_width <= 1024),
+                 "decoder_base_width", "must be 0 (base_width) or in [4, 1024]"),
            Check(image_size >= 1 && image_size <= 4096, "image_size", "must be in [1, 4096]"),
            Check(levels_ok && image_size % downsample_factor() == 0, "image_size",
                  "must be a multiple of the downsample factor 2^(len(width_mults) - 1)"),
            Check(num_res_blocks >= 1 && num_res_blocks <= 8, "num_res_blocks", "must be in [1, 8]"),
            Check(groups_ok, "norm_groups",
-                 "must be >= 1 and divide every level's width (base_width * width_mults[l])"),
+                 "must be >= 1 and divide every level's width (base_width * width_mults[l], "
+                 "and the decoder's)"),
            Check(kl_weight >= 0 && kl_weight <= 1, "kl_weight", "must be in [0, 1]"),
            CheckValues(latent_shift, c, "latent_shift", /*positive=*/false),
            CheckValues(latent_scale, c, "latent_scale", /*positive=*/true),
@@ -240,6 +248,13 @@ absl::Status AutoencoderConfig::Validate() const {
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+bool AutoencoderConfig::SameEncoder(const AutoencoderConfig& other) const {
+  return image_size == other.image_size && channels == other.channels &&
+         latent_channels == other.latent_channels && base_width == other.base_width &&
+         width_mults == other.width_mults && num_res_blocks == other.num_res_blocks &&
+         norm_groups == other.norm_groups;
 }
 
 AutoencoderConfig AutoencoderConfig::Tiny() {
@@ -329,14 +344,14 @@ torch::Tensor AeEncoderImpl::forward(const torch::Tensor& images) {
 }
 
 AeDecoderImpl::AeDecoderImpl(const AutoencoderConfig& c) : res_blocks_(c.num_res_blocks) {
-  int width = c.level_width(c.num_levels() - 1);
+  int width = c.decoder_level_width(c.num_levels() - 1);
   conv_in_ = register_module("conv_in", Conv3x3(c.latent_channels, width));
   mid_ = register_module("mid", AeResBlock(width, width, c.norm_groups));
   for (int l = c.num_levels() - 1; l >= 0; --l) {
     for (int i = 0; i < c.num_res_blocks; ++i) {
       blocks_.push_back(register_module(absl::StrCat("up", l, "_block", i),
-                                        AeResBlock(width, c.level_width(l), c.norm_groups)));
-      width = c.level_width(l);
+                                        AeResBlock(width, c.decoder_level_width(l), c.norm_groups)));
+      width = c.decoder_level_width(l);
     }
     if (l > 0)
       ups_.push_back(register_module(absl::StrCat("up", l, "_sample"), Conv3x3(width, width)));

@@ -43,6 +43,10 @@ struct AutoencoderConfig {
   int base_width = 64;
   std::vector<int> width_mults = {1, 2, 2};
   int num_res_blocks = 1;  // ResNet blocks per level, in the encoder and in the decoder
+  // The decoder's level l has decoder_base_width * width_mults[l] channels (0: base_width). A
+  // narrower decoder than encoder makes serving cheaper (the encoder only runs in training); it
+  // can be trained for a frozen encoder, keeping its latents and calibration (docs/model.md).
+  int decoder_base_width = 0;
   int norm_groups = 32;    // GroupNorm groups; must divide every level's width
 
   // Weight of the KL term relative to the per-image *summed* pixel loss, as in Stable Diffusion
@@ -61,6 +65,12 @@ struct AutoencoderConfig {
   int downsample_factor() const { return 1 << (num_levels() - 1); }  // f
   int latent_size() const { return image_size / downsample_factor(); }
   int level_width(int level) const { return base_width * width_mults[level]; }
+  int decoder_level_width(int level) const {
+    return (decoder_base_width > 0 ? decoder_base_width : base_width) * width_mults[level];
+  }
+  // The encoder's architecture and the latents it makes agree (everything but the decoder's
+  // width, kl_weight and the calibration): a decoder trained for one encoder fits the other.
+  bool SameEncoder(const AutoencoderConfig& other) const;
   std::vector<double> ResolvedShift() const;
   std::vector<double> ResolvedScale() const;
   std::vector<double> ResolvedPreviewWeight() const;

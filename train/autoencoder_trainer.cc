@@ -14,6 +14,36 @@ namespace {
 namespace fs = std::filesystem;
 namespace dm = dartserve::model;
 
+// Copies the encoder weights and the calibration of the autoencoder in `dir` into `model` and
+// freezes the encoder (its parameters get no gradients, so the optimiser leaves them alone).
+absl::Status FreezeEncoder(const std::string& dir, dm::Autoencoder& model) {
+  absl::StatusOr<dm::Autoencoder> source = dm::LoadAutoencoder(dir);
+  if (!source.ok()) {
+    return absl::Status(source.status().code(),
+                        absl::StrCat("frozen_encoder: ", source.status().message()));
+  }
+  const dm::AutoencoderConfig& from = (*source)->config();
+  if (!from.SameEncoder(model->config())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "frozen_encoder: ", dir, " has another encoder (image_size, channels, latent_channels, "
+        "base_width, width_mults, num_res_blocks and norm_groups must match the model's)"));
+  }
+  if (from.latent_shift.empty() || from.preview_weight.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("frozen_encoder: ", dir, " is not calibrated"));
+  }
+  torch::NoGradGuard no_grad;
+  const auto src = (*source)->encoder()->named_parameters();
+  for (auto& p : model->encoder()->named_parameters()) {
+    p.value().copy_(src[p.key()]);
+    p.value().set_requires_grad(false);
+  }
+  if (absl::Status s = model->SetLatentStats(from.latent_shift, from.latent_scale); !s.ok()) {
+    return s;
+  }
+  return model->SetPreviewMap({from.preview_weight, from.preview_bias});
+}
+
 }  // namespace
 
 AutoencoderTrainer::AutoencoderTrainer(const TrainConfig& config, data::InMemoryDataset data,
@@ -39,7 +69,10 @@ absl::StatusOr<std::unique_ptr<AutoencoderTrainer>> AutoencoderTrainer::Create(
       std::unique_ptr<AutoencoderTrainer>(new AutoencoderTrainer(config, std::move(data), out_dir));
   torch::manual_seed(config.seed);
   trainer->model_ = dm::Autoencoder(ac);
-  trainer->ema_ = dm::Autoencoder(ac);
+  if (!config.frozen_encoder.empty()) {
+    if (absl::Status s = FreezeEncoder(config.frozen_encoder, trainer->model_); !s.ok()) return s;
+  }
+  trainer->ema_ = dm::Autoencoder(trainer->model_->config());  // with the calibration, if any
   trainer->model_->train();
   trainer->ema_->eval();
   trainer->optimizer_ = std::make_unique<AdamWEma>(*trainer->model_, *trainer->ema_, config);
@@ -99,9 +132,13 @@ absl::Status AutoencoderTrainer::SaveCheckpoint() {
       !s.ok()) {
     return s;
   }
-  const std::vector<torch::Tensor> batches = CalibrationBatches();
-  if (absl::Status s = dm::MeasureLatentStats(ema_, batches); !s.ok()) return s;
-  if (absl::Status s = dm::FitModelPreviewMap(ema_, batches); !s.ok()) return s;
+  // A frozen encoder keeps the calibration it came with (its latents do not change), so DART
+  // models trained on them stay valid with this decoder.
+  if (config_.frozen_encoder.empty()) {
+    const std::vector<torch::Tensor> batches = CalibrationBatches();
+    if (absl::Status s = dm::MeasureLatentStats(ema_, batches); !s.ok()) return s;
+    if (absl::Status s = dm::FitModelPreviewMap(ema_, batches); !s.ok()) return s;
+  }
   return dm::SaveAutoencoder((fs::path(out_dir_) / "ema").string(), ema_);
 }
 

@@ -41,6 +41,8 @@ absl::Status TrainConfig::Validate() const {
                  "captioned data a text model"),
            check(batch_size >= 1 && batch_size <= 65536, "batch_size: must be in [1, 65536]"),
            check(total_steps >= 1, "total_steps: must be >= 1"),
+           check(frozen_encoder.empty() || autoencoder.has_value(),
+                 "frozen_encoder: only for autoencoder configs"),
            check(lr > 0 && lr < 1, "lr: must be in (0, 1)"),
            check(min_lr >= 0 && min_lr <= lr, "min_lr: must be in [0, lr]"),
            check(warmup_steps >= 0, "warmup_steps: must be >= 0"),
@@ -79,6 +81,8 @@ absl::StatusOr<TrainConfig> TrainConfigFromJson(const std::string& text) {
       s = Get(value, key, &c.dataset);
     else if (key == "data_path")
       s = Get(value, key, &c.data_path);
+    else if (key == "frozen_encoder")
+      s = Get(value, key, &c.frozen_encoder);
     else if (key == "dataset_size")
       s = Get(value, key, &c.dataset_size);
     else if (key == "batch_size")
@@ -140,6 +144,7 @@ std::string TrainConfigToJson(const TrainConfig& c) {
             {"log_every", c.log_every},
             {"checkpoint_every", c.checkpoint_every},
             {"sample_every", c.sample_every}};
+  if (!c.frozen_encoder.empty()) j["frozen_encoder"] = c.frozen_encoder;
   return j.dump(2) + "\n";
 }
 

@@ -20,6 +20,10 @@ struct TrainConfig {
   // (`autoencoder`; `model` is then unused).
   model::ModelConfig model;
   std::optional<model::AutoencoderConfig> autoencoder;
+  // Autoencoder runs only: a trained autoencoder folder whose encoder (weights) and calibration
+  // this run keeps, frozen, so only the decoder learns: a decoder of another width for the same
+  // latents (AutoencoderConfig::decoder_base_width), usable with DART models trained on them.
+  std::string frozen_encoder;
   // "fashion_mnist", "image_folder" (data_path), "shapes" (data/shapes.h: the procedural
   // captioned 32x32 scenes) or "scenes64" (data/scenes64.h: the 64x64 world with relations and up
   // to three shapes); the procedural ones make dataset_size scenes from `seed`, held-out

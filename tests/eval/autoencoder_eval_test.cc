@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
+
+#include "data/scenes64.h"
 
 namespace dartserve::eval {
 namespace {
@@ -57,6 +60,40 @@ TEST(AutoencoderEvalTest, RefusesImagesOfAnotherShapeOrType) {
   EXPECT_EQ(EvaluateAutoencoder(ae, torch::zeros({2, 3, 8, 8}, torch::kUInt8)).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(EvaluateAutoencoder(ae, torch::zeros({2, 3, 16, 16})).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(AutoencoderEvalTest, ReadsScenesAgainstTheirSpecs) {
+  torch::set_num_threads(1);
+  torch::manual_seed(5);
+  model::AutoencoderConfig config = model::AutoencoderConfig::Tiny();
+  config.image_size = data::kScene64Size;
+  model::Autoencoder ae(config);
+  const data::Scenes64Dataset scenes = data::MakeScenes64Dataset(6, kHeldOutScenesSeed);
+  std::vector<data::CaptionSpec> specs;
+  for (const data::CaptionedScene64& item : scenes.items) specs.push_back(item.spec);
+  absl::StatusOr<AutoencoderReport> r =
+      EvaluateAutoencoder(ae, scenes.data.images, /*batch=*/4, specs);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->read_scenes, 6);
+  EXPECT_EQ(r->originals_all_correct, 1.0);  // clean renders read as their captions
+  // An untrained decoder draws no scene: its reconstructions read as something else.
+  EXPECT_EQ(r->same_reading, 0.0);
+  EXPECT_EQ(r->differing_scenes, (std::vector<int64_t>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(r->reconstructions_all_correct, 0.0);
+
+  // Without specs nothing is read.
+  r = EvaluateAutoencoder(ae, scenes.data.images, /*batch=*/4);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->read_scenes, 0);
+  EXPECT_TRUE(r->differing_scenes.empty());
+
+  // One spec per image, and only 64x64 scenes.
+  specs.pop_back();
+  EXPECT_EQ(EvaluateAutoencoder(ae, scenes.data.images, 4, specs).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  model::Autoencoder small = TinyAutoencoder();
+  EXPECT_EQ(EvaluateAutoencoder(small, SmoothImages().slice(0, 0, 5), 4, specs).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 

@@ -1,5 +1,6 @@
 #include "train/autoencoder_trainer.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -121,6 +122,59 @@ TEST(AutoencoderTrainerTest, ResumeRefusesADifferentAutoencoder) {
   other.autoencoder->latent_channels = 8;
   auto b = AutoencoderTrainer::Create(other, SyntheticImages(), dir.string());
   EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// A decoder of half the width trained for a frozen encoder: the encoder's weights and the
+// calibration stay exactly those of the source (so latents, and DART models trained on them, are
+// unchanged), the decoder learns, and an autoencoder with another encoder is refused.
+TEST(AutoencoderTrainerTest, TrainsANarrowerDecoderForAFrozenEncoder) {
+  torch::set_num_threads(1);
+  const fs::path root = TestDir();
+  const fs::path source_dir = root / "source";
+  {
+    auto source = MustCreate(TinyAutoencoderTrainConfig(), source_dir);
+    ASSERT_NE(source, nullptr);
+    for (int i = 0; i < 5; ++i) source->TrainStep();
+    ASSERT_TRUE(source->SaveCheckpoint().ok());
+  }
+  absl::StatusOr<model::Autoencoder> source = model::LoadAutoencoder((source_dir / "ema").string());
+  ASSERT_TRUE(source.ok()) << source.status();
+
+  TrainConfig c = TinyAutoencoderTrainConfig();
+  c.autoencoder->decoder_base_width = 8;
+  c.frozen_encoder = (source_dir / "ema").string();
+  absl::StatusOr<TrainConfig> back = TrainConfigFromJson(TrainConfigToJson(c));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->frozen_encoder, c.frozen_encoder);
+  const fs::path dir = root / "decoder";
+  auto trainer = MustCreate(c, dir);
+  ASSERT_NE(trainer, nullptr);
+  std::vector<double> losses;
+  for (int i = 0; i < 30; ++i) losses.push_back(trainer->TrainStep());
+  EXPECT_LT(losses.back() + losses[28] + losses[27], 0.8 * (losses[0] + losses[1] + losses[2]));
+  ASSERT_TRUE(trainer->SaveCheckpoint().ok());
+
+  absl::StatusOr<model::Autoencoder> made = model::LoadAutoencoder((dir / "ema").string());
+  ASSERT_TRUE(made.ok()) << made.status();
+  const auto want = (*source)->encoder()->named_parameters();
+  for (const auto& p : (*made)->encoder()->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), want[p.key()])) << p.key();
+  }
+  const model::AutoencoderConfig &a = (*made)->config(), &b = (*source)->config();
+  EXPECT_EQ(a.latent_shift, b.latent_shift);
+  EXPECT_EQ(a.latent_scale, b.latent_scale);
+  EXPECT_EQ(a.preview_weight, b.preview_weight);
+  EXPECT_EQ(a.decoder_base_width, 8);
+  int64_t decoder = 0, source_decoder = 0;
+  for (const auto& p : (*made)->decoder()->parameters()) decoder += p.numel();
+  for (const auto& p : (*source)->decoder()->parameters()) source_decoder += p.numel();
+  EXPECT_LT(decoder, source_decoder / 3);
+
+  TrainConfig other = c;
+  other.autoencoder->base_width = 24;
+  auto refused = AutoencoderTrainer::Create(other, SyntheticImages(), (root / "x").string());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("frozen_encoder"));
 }
 
 TEST(AutoencoderTrainerTest, RejectsImagesOfAnotherSize) {
