@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
 #include "model/sampler.h"
 
 namespace dartserve::eval {
@@ -12,11 +13,6 @@ using ::dartserve::data::Prompt;
 using ::dartserve::data::ShapeImage;
 
 namespace {
-
-struct TimedImages {
-  torch::Tensor images;
-  double seconds = 0;
-};
 
 // Both evaluations' generation: every request through one Sampler, `batch` stepped together,
 // timed from the first step to the last image.
@@ -33,6 +29,31 @@ absl::StatusOr<TimedImages> GenerateTimed(model::Dart model,
 }
 
 }  // namespace
+
+absl::Status CheckTextModel(const model::ModelConfig& config, int size, const std::string& images) {
+  if (config.conditioning != model::Conditioning::kText) {
+    return absl::InvalidArgumentError("prompt evaluation needs a text-conditioned model");
+  }
+  if (config.pixel_size() != size || config.pixel_channels() != kShapeChannels) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt evaluation needs ", images));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TimedImages> SamplePrompts(model::Dart model, const std::vector<std::string>& texts,
+                                          const TextEvalOptions& options) {
+  if (options.per_prompt < 1) return absl::InvalidArgumentError("per_prompt: must be >= 1");
+  std::vector<model::GenerateParams> params;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    for (int j = 0; j < options.per_prompt; ++j) {
+      params.push_back({.prompt = texts[i],
+                        .seed = options.seed + i * options.per_prompt + j,
+                        .guidance_scale = options.guidance_scale,
+                        .temperature = options.temperature});
+    }
+  }
+  return GenerateTimed(std::move(model), params, options.batch, options.flow_steps);
+}
 
 absl::StatusOr<EvalReport> EvaluateClassModel(model::Dart model, Classifier& classifier,
                                               const torch::Tensor& reference_features,
@@ -86,28 +107,18 @@ absl::StatusOr<TextEvalReport> EvaluateTextModel(model::Dart model,
                                                  const std::vector<Prompt>& prompts,
                                                  const ShapeClassifier& classifier,
                                                  const TextEvalOptions& options) {
-  const model::ModelConfig& config = model->config();
-  if (config.conditioning != model::Conditioning::kText) {
-    return absl::InvalidArgumentError("prompt evaluation needs a text-conditioned model");
+  if (absl::Status s = CheckTextModel(model->config(), kShapeImageSize,
+                                      "32x32 RGB images (the shapes world)");
+      !s.ok()) {
+    return s;
   }
-  if (config.image_size != kShapeImageSize || config.channels != kShapeChannels) {
-    return absl::InvalidArgumentError(
-        "prompt evaluation needs 32x32 RGB images (the shapes world)");
-  }
-  if (options.per_prompt < 1) return absl::InvalidArgumentError("per_prompt: must be >= 1");
-  std::vector<model::GenerateParams> params;
+  std::vector<std::string> texts;
   std::vector<Prompt> asked;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    for (int j = 0; j < options.per_prompt; ++j) {
-      params.push_back({.prompt = prompts[i].text,
-                        .seed = options.seed + i * options.per_prompt + j,
-                        .guidance_scale = options.guidance_scale,
-                        .temperature = options.temperature});
-      asked.push_back(prompts[i]);
-    }
+  for (const Prompt& p : prompts) {
+    texts.push_back(p.text);
+    for (int j = 0; j < options.per_prompt; ++j) asked.push_back(p);
   }
-  absl::StatusOr<TimedImages> generated =
-      GenerateTimed(model, params, options.batch, options.flow_steps);
+  absl::StatusOr<TimedImages> generated = SamplePrompts(model, texts, options);
   if (!generated.ok()) return generated.status();
   TextEvalReport report;
   report.images = generated->images;

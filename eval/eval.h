@@ -55,6 +55,23 @@ struct TextEvalOptions {
   int flow_steps = 0;  // flow head: ODE steps per DART step (0: the model config's)
 };
 
+// Images generated for an evaluation, prompt-major, with the time they took (first step to last
+// image, decoding included).
+struct TimedImages {
+  torch::Tensor images;  // [N, C, H, W] in [-1, 1]: the model's images (latent models: decoded)
+  double seconds = 0;
+};
+
+// OK when `config` is a text model of size x size RGB images; else INVALID_ARGUMENT saying what
+// prompt evaluation needs (`images`, e.g. "32x32 RGB images (the shapes world)").
+absl::Status CheckTextModel(const model::ModelConfig& config, int size, const std::string& images);
+
+// Both text evaluations' generation: options.per_prompt samples of each of `texts` (sample j of
+// text i with seed options.seed + i * per_prompt + j), options.batch stepped together.
+// INVALID_ARGUMENT for per_prompt < 1.
+absl::StatusOr<TimedImages> SamplePrompts(model::Dart model, const std::vector<std::string>& texts,
+                                          const TextEvalOptions& options);
+
 struct TextEvalReport {
   PromptEvalReport adherence;  // results in prompt-major order (per_prompt per prompt)
   torch::Tensor images;        // [N, 3, 32, 32] in [-1, 1], the same order
