@@ -227,24 +227,25 @@ int main(int argc, char** argv) {
       100 * decode_share, 100 * engine.linear.median / engine.step.median);
 
   if (!absl::GetFlag(FLAGS_json).empty()) {
-    nlohmann::json j = {{"config", nlohmann::json::parse(dm::ModelConfigToJson(c))},
-                        {"params", params},
-                        {"threads", torch::get_num_threads()},
-                        {"flow_steps", flow_steps > 0 ? flow_steps : c.flow_steps},
-                        {"model_calls_per_image", c.generation_steps()},
-                        {"full_forward", ToJson(full)},
-                        {"generate_kv_cache", ToJson(kv)},
-                        {"generate_recompute", ToJson(re)},
-                        {"kv_over_full", kv.median / full.median},
-                        {"recompute_over_full", re.median / full.median},
-                        {"engine",
-                         {{"batch", batch},
-                          {"guidance", guidance},
-                          {"step", ToJson(engine.step)},
-                          {"render_linear", ToJson(engine.linear)},
-                          {"render_decoded", ToJson(engine.decoded)},
-                          {"decode_share_of_image", decode_share},
-                          {"linear_preview_over_step", engine.linear.median / engine.step.median}}}};
+    nlohmann::json j = {
+        {"config", nlohmann::json::parse(dm::ModelConfigToJson(c))},
+        {"params", params},
+        {"threads", torch::get_num_threads()},
+        {"flow_steps", flow_steps > 0 ? flow_steps : c.flow_steps},
+        {"model_calls_per_image", c.generation_steps()},
+        {"full_forward", ToJson(full)},
+        {"generate_kv_cache", ToJson(kv)},
+        {"generate_recompute", ToJson(re)},
+        {"kv_over_full", kv.median / full.median},
+        {"recompute_over_full", re.median / full.median},
+        {"engine",
+         {{"batch", batch},
+          {"guidance", guidance},
+          {"step", ToJson(engine.step)},
+          {"render_linear", ToJson(engine.linear)},
+          {"render_decoded", ToJson(engine.decoded)},
+          {"decode_share_of_image", decode_share},
+          {"linear_preview_over_step", engine.linear.median / engine.step.median}}}};
     std::ofstream(absl::GetFlag(FLAGS_json)) << j.dump(2) << "\n";
   }
   return 0;

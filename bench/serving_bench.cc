@@ -162,8 +162,8 @@ RunResult Drive(const std::string& name, dm::Engine& engine, const RequestMaker&
     req->id = absl::StrCat(name, "-", index);
     req->params = make(index);
     req->preview_every = absl::GetFlag(FLAGS_preview_every);
-    req->preview_kind = absl::GetFlag(FLAGS_decoded_previews) ? dm::RenderKind::kDecoded
-                                                              : dm::RenderKind::kLinear;
+    req->preview_kind =
+        absl::GetFlag(FLAGS_decoded_previews) ? dm::RenderKind::kDecoded : dm::RenderKind::kLinear;
     req->sink = std::make_shared<TimingSink>(Clock::now(), [&, rate](const Sample& s) {
       bool more;
       {

@@ -107,8 +107,8 @@ absl::StatusOr<TextEvalReport> EvaluateTextModel(model::Dart model,
                                                  const std::vector<Prompt>& prompts,
                                                  const ShapeClassifier& classifier,
                                                  const TextEvalOptions& options) {
-  if (absl::Status s = CheckTextModel(model->config(), kShapeImageSize,
-                                      "32x32 RGB images (the shapes world)");
+  if (absl::Status s =
+          CheckTextModel(model->config(), kShapeImageSize, "32x32 RGB images (the shapes world)");
       !s.ok()) {
     return s;
   }

@@ -104,6 +104,19 @@ absl::Status WriteGrid(const std::string& out, const std::string& name, const to
   return dartserve::WriteFileAtomically(out + "/" + name + "_grid.png", *png);
 }
 
+// One prompt set's evaluation (a TextEvalReport or Text64EvalReport): its adherence and speed
+// into `j`, its grid into `out`, its summary line on stdout.
+template <typename Report>
+absl::Status RecordSet(nlohmann::json& j, const std::string& out, const std::string& name,
+                       const Report& report, int per_prompt, int scale) {
+  j[name] = nlohmann::json::parse(de::ReportToJson(report.adherence));
+  j[name + "_images_per_second"] = report.images_per_second;
+  if (absl::Status s = WriteGrid(out, name, report.images, per_prompt, scale); !s.ok()) return s;
+  std::cout << name << ": " << de::SummaryLine(report.adherence)
+            << absl::StrFormat("  %.1f images/s\n", report.images_per_second);
+  return absl::OkStatus();
+}
+
 int EvaluateText(dm::Dart model) {
   auto classifier = de::LoadShapeClassifier(absl::GetFlag(FLAGS_shapes_classifier));
   if (!classifier.ok()) return Fail(classifier.status().message());
@@ -118,14 +131,10 @@ int EvaluateText(dm::Dart model) {
         absl::GetFlag(FLAGS_prompts), absl::GetFlag(FLAGS_prompt_seed), held_out);
     auto report = de::EvaluateTextModel(model, prompts, shapes, options);
     if (!report.ok()) return Fail(report.status().message());
-    j[name] = nlohmann::json::parse(de::ReportToJson(report->adherence));
-    j[name + "_images_per_second"] = report->images_per_second;
-    if (absl::Status s = WriteGrid(out, name, report->images, options.per_prompt, /*scale=*/2);
+    if (absl::Status s = RecordSet(j, out, name, *report, options.per_prompt, /*scale=*/2);
         !s.ok()) {
       return Fail(s.message());
     }
-    std::cout << name << ": " << de::SummaryLine(report->adherence)
-              << absl::StrFormat("  %.1f images/s\n", report->images_per_second);
   }
   std::ofstream(out + "/report.json") << j.dump(2) << "\n";
   std::cout << "-> " << out << "\n";
@@ -148,14 +157,10 @@ int EvaluateText64(dm::Dart model) {
         dd::FixedPromptSet64(set, absl::GetFlag(FLAGS_prompts), absl::GetFlag(FLAGS_prompt_seed));
     auto report = de::EvaluateTextModel64(model, prompts, options);
     if (!report.ok()) return Fail(report.status().message());
-    j[name] = nlohmann::json::parse(de::ReportToJson(report->adherence));
-    j[std::string(name) + "_images_per_second"] = report->images_per_second;
-    if (absl::Status s = WriteGrid(out, name, report->images, options.per_prompt, /*scale=*/1);
+    if (absl::Status s = RecordSet(j, out, name, *report, options.per_prompt, /*scale=*/1);
         !s.ok()) {
       return Fail(s.message());
     }
-    std::cout << name << ": " << de::SummaryLine(report->adherence)
-              << absl::StrFormat("  %.1f images/s\n", report->images_per_second);
   }
   std::ofstream(out + "/report.json") << j.dump(2) << "\n";
   std::cout << "-> " << out << "\n";

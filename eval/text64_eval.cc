@@ -15,8 +15,8 @@ using ::dartserve::data::SceneImage64;
 absl::StatusOr<Text64EvalReport> EvaluateTextModel64(model::Dart model,
                                                      const std::vector<CaptionedScene64>& prompts,
                                                      const TextEvalOptions& options) {
-  if (absl::Status s = CheckTextModel(model->config(), kScene64Size,
-                                      "64x64 RGB images (the scenes world)");
+  if (absl::Status s =
+          CheckTextModel(model->config(), kScene64Size, "64x64 RGB images (the scenes world)");
       !s.ok()) {
     return s;
   }

@@ -229,8 +229,7 @@ absl::Status AutoencoderConfig::Validate() const {
            Check(levels_ok, "width_mults", "must have 3 or 4 entries (downsample factor 4 or 8)"),
            Check(mults_ok, "width_mults", "entries must be in [1, 16]"),
            Check(base_width >= 4 && base_width <= 1024, "base_width", "must be in [4, 1024]"),
-           Check(decoder_base_width == 0 ||
-                     (decoder_base_width >= 4 && decoder_base_width <= 1024),
+           Check(decoder_base_width == 0 || (decoder_base_width >= 4 && decoder_base_width <= 1024),
                  "decoder_base_width", "must be 0 (base_width) or in [4, 1024]"),
            Check(image_size >= 1 && image_size <= 4096, "image_size", "must be in [1, 4096]"),
            Check(levels_ok && image_size % downsample_factor() == 0, "image_size",
@@ -349,8 +348,9 @@ AeDecoderImpl::AeDecoderImpl(const AutoencoderConfig& c) : res_blocks_(c.num_res
   mid_ = register_module("mid", AeResBlock(width, width, c.norm_groups));
   for (int l = c.num_levels() - 1; l >= 0; --l) {
     for (int i = 0; i < c.num_res_blocks; ++i) {
-      blocks_.push_back(register_module(absl::StrCat("up", l, "_block", i),
-                                        AeResBlock(width, c.decoder_level_width(l), c.norm_groups)));
+      blocks_.push_back(
+          register_module(absl::StrCat("up", l, "_block", i),
+                          AeResBlock(width, c.decoder_level_width(l), c.norm_groups)));
       width = c.decoder_level_width(l);
     }
     if (l > 0)

@@ -47,7 +47,7 @@ struct AutoencoderConfig {
   // narrower decoder than encoder makes serving cheaper (the encoder only runs in training); it
   // can be trained for a frozen encoder, keeping its latents and calibration (docs/model.md).
   int decoder_base_width = 0;
-  int norm_groups = 32;    // GroupNorm groups; must divide every level's width
+  int norm_groups = 32;  // GroupNorm groups; must divide every level's width
 
   // Weight of the KL term relative to the per-image *summed* pixel loss, as in Stable Diffusion
   // (ComputeAutoencoderLoss divides it by the pixel count to keep that meaning with mean losses).

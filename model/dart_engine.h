@@ -25,7 +25,7 @@ class DartEngine : public Engine {
   absl::StatusOr<std::unique_ptr<EngineRequest>> Start(const GenerateParams& params) override;
   absl::Status Step(std::span<EngineRequest* const> requests) override;
   absl::StatusOr<std::vector<Pixels>> Render(std::span<const RenderJob> jobs,
-                                              RenderKind kind) override;
+                                             RenderKind kind) override;
 
  private:
   Sampler sampler_;

@@ -63,7 +63,7 @@ class Engine {
   // final image once finished), made as `kind` says (model_info.h; final images are kDecoded).
   // FAILED_PRECONDITION when a request has not stepped yet; INTERNAL for a LibTorch failure.
   virtual absl::StatusOr<std::vector<Pixels>> Render(std::span<const RenderJob> jobs,
-                                                      RenderKind kind) = 0;
+                                                     RenderKind kind) = 0;
 };
 
 }  // namespace dartserve::model
