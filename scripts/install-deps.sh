@@ -21,6 +21,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev python3-torch zlib1g-dev prometheus
   # Deployment tests (tests/deploy/): the manifests, rules and dashboard are parsed in Python.
   python3-yaml
+  # The web page's browser test (tests/server/web_page_test.py): headless Chromium via Selenium.
+  chromium chromium-driver python3-selenium
   # Data.
   dataset-fashion-mnist
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job from a fresh Debian 12 machine: install dependencies, build, and start the dartserve
-# server with the shipped model(s): gRPC on port 50051, Prometheus metrics on port 9464.
+# server with the shipped model(s): gRPC on port 50051, the web page and HTTP/JSON API on port 8080,
+# Prometheus metrics on port 9464.
 # Extra arguments go to the server (e.g. --port 50052 --auth_token_file token.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +11,4 @@ scripts/build.sh
 # (requests with a prompt) are served beside it.
 exec "${BUILD_DIR:-build}"/server/dartserve \
   --model fmnist-dart-fm=weights/fmnist-dart-fm,fmnist-dart=weights/fmnist-dart,shapes-dart=weights/shapes-dart \
-  --port 50051 --metrics_port 9464 "$@"
+  --port 50051 --http_port 8080 --metrics_port 9464 "$@"

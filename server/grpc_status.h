@@ -18,8 +18,9 @@ namespace dartserve::server {
 
 inline constexpr size_t kMaxStatusMessageBytes = 1024;
 
-inline grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
+// `status`'s message cut to kMaxStatusMessageBytes (at a UTF-8 character boundary, then "..."),
+// as every front end (gRPC, HTTP) reports it.
+inline std::string CappedStatusMessage(const absl::Status& status) {
   std::string message(status.message());
   if (message.size() > kMaxStatusMessageBytes) {
     size_t cut = kMaxStatusMessageBytes;
@@ -27,7 +28,12 @@ inline grpc::Status ToGrpcStatus(const absl::Status& status) {
     message.resize(cut);
     message += "...";
   }
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::move(message));
+  return message;
+}
+
+inline grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), CappedStatusMessage(status));
 }
 
 // Lower-case code name for metric labels ("ok", "invalid_argument", ...).

@@ -155,6 +155,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   }
   server->SetServing(false);
 
+  if (!options.http_address.empty()) {
+    server->http_api_ = std::make_unique<HttpApi>(
+        server->service_.get(),
+        HttpApiOptions{.max_body_bytes = static_cast<size_t>(options.max_receive_message_bytes)});
+    absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(
+        {.address = options.http_address,
+         .threads = options.http_threads,
+         .tls_cert_pem = options.tls_cert_pem,
+         .tls_key_pem = options.tls_key_pem},
+        [api = server->http_api_.get()](HttpExchange& exchange) { api->Handle(exchange); });
+    if (!http.ok()) return http.status();
+    server->http_server_ = *std::move(http);
+  }
+
   if (!options.metrics_address.empty()) {
     absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
         MetricsEndpoint::Start(options.metrics_address, server->metrics_);
@@ -230,6 +244,8 @@ void Server::Shutdown(absl::Duration grace) {
     grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
     grpc_server_->Wait();
   }
+  // Its streams have ended with their calls; this waits for the handlers to return.
+  http_server_.reset();
   metrics_endpoint_.reset();
 }
 

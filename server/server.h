@@ -1,5 +1,7 @@
-// The dartserve server: gRPC (ImageGenerator, grpc.health.v1, reflection), one scheduler per
-// model, the PNG/write pump, and the metrics endpoint, wired together with one lifecycle:
+// The dartserve server: gRPC (ImageGenerator, grpc.health.v1, reflection), the HTTP front end on
+// the same service (JSON API, OpenAI-compatible images, the web page; server/http_api.h), one
+// scheduler per model, the PNG/write pump, and the metrics endpoint, wired together with one
+// lifecycle:
 //
 //   Start (health NOT_SERVING) -> WarmUp (health SERVING) -> Shutdown(grace) (NOT_SERVING, no new
 //   calls, in-flight calls finish within `grace`, the rest fail with UNAVAILABLE) -> destroyed.
@@ -15,6 +17,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "scheduler/scheduler.h"
+#include "server/http_api.h"
+#include "server/http_server.h"
 #include "server/server_metrics.h"
 #include "server/service.h"
 #include "server/work_queue.h"
@@ -40,8 +44,12 @@ struct ServerOptions {
   // Metrics HTTP listen address; empty: no metrics endpoint. It serves the server's dartserve_*
   // families and the process_* ones (ProcessMetrics, with ServiceOptions::version).
   std::string metrics_address = "0.0.0.0:9464";
+  // HTTP listen address ("<IPv4>:<port>", port 0 picks); empty: no HTTP front end. It takes the
+  // same token (ServiceOptions::auth_token), TLS pair and request size limit as gRPC.
+  std::string http_address;
+  int http_threads = 64;  // HTTP requests served at once (a stream holds one for its length)
   ServiceOptions service;
-  // TLS: both PEM strings set -> TLS; both empty -> plaintext.
+  // TLS (gRPC and HTTP): both PEM strings set -> TLS; both empty -> plaintext.
   std::string tls_cert_pem;
   std::string tls_key_pem;
   int max_receive_message_bytes = 1 << 20;  // requests are small; bounds client-driven memory
@@ -54,8 +62,8 @@ class Server {
   // Starts listening at once (health NOT_SERVING until WarmUp succeeds). `models` must not be
   // empty; the first is the default. Model names must be unique. Errors: INVALID_ARGUMENT for
   // bad options or models; UNAVAILABLE "cannot listen on ADDRESS: REASON" when the gRPC port
-  // cannot be bound ("address in use" when another process holds it), and the metrics
-  // endpoint's errors. A failed start stops whatever it had started.
+  // cannot be bound ("address in use" when another process holds it), and the HTTP server's and
+  // the metrics endpoint's errors. A failed start stops whatever it had started.
   static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options,
                                                        std::vector<ModelSpec> models);
   ~Server();
@@ -63,6 +71,8 @@ class Server {
   int port() const { return port_; }
   // The metrics endpoint's port; 0 when it is off (empty ServerOptions::metrics_address).
   int metrics_port() const { return metrics_endpoint_ ? metrics_endpoint_->port() : 0; }
+  // The HTTP port; 0 when it is off (empty ServerOptions::http_address).
+  int http_port() const { return http_server_ ? http_server_->port() : 0; }
   ServerMetrics& metrics() { return *metrics_; }
   ServedModel& model(size_t i) { return *models_[i]; }
 
@@ -85,6 +95,8 @@ class Server {
   std::vector<std::unique_ptr<ServedModel>> models_;
   std::unique_ptr<ImageGeneratorService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<HttpApi> http_api_;
+  std::unique_ptr<HttpServer> http_server_;  // calls http_api_
   std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
   int port_ = 0;
   bool shut_down_ = false;

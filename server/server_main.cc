@@ -1,6 +1,7 @@
-// dartserve: the gRPC image-generation server.
+// dartserve: the gRPC image-generation server, with an HTTP front end (JSON API, OpenAI-compatible
+// images endpoint, web page) on --http_port.
 //
-//   dartserve --port 50051 --metrics_port 9464   # serves the default --model list (below)
+//   dartserve --port 50051 --http_port 8080 --metrics_port 9464   # the default --model list
 //
 // Loads each model (safetensors + config.json, optional classes.txt with one class name per line)
 // as --replicas engines (or one per --devices entry), starts gRPC with health NOT_SERVING, warms
@@ -29,6 +30,11 @@ ABSL_FLAG(int, port, 50051, "gRPC port (0: pick a free one and print it).");
 ABSL_FLAG(bool, reuse_port, false,
           "Let several dartserve processes listen on one --port (SO_REUSEPORT; the kernel spreads "
           "connections over them). Off: a port another process holds is an error.");
+ABSL_FLAG(int, http_port, -1,
+          "HTTP port of the JSON API, the OpenAI-compatible images endpoint and the web page "
+          "(0: pick one; -1: off). Same --auth_token_file, TLS and --max_request_kb as gRPC.");
+ABSL_FLAG(int, http_threads, 64,
+          "HTTP requests served at once (each streamed generation holds one for its length).");
 ABSL_FLAG(int, metrics_port, 9464, "Prometheus metrics HTTP port (0: pick one; -1: off).");
 ABSL_FLAG(float, guidance, 2.0f, "Default guidance scale for requests that give none.");
 ABSL_FLAG(int, threads, 2, "Torch intra-op threads of each replica's engine.");
@@ -106,6 +112,10 @@ int main(int argc, char** argv) {
   options.metrics_address = absl::GetFlag(FLAGS_metrics_port) < 0
                                 ? ""
                                 : absl::StrCat(host, ":", absl::GetFlag(FLAGS_metrics_port));
+  options.http_address = absl::GetFlag(FLAGS_http_port) < 0
+                             ? ""
+                             : absl::StrCat(host, ":", absl::GetFlag(FLAGS_http_port));
+  options.http_threads = absl::GetFlag(FLAGS_http_threads);
   options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_request_kb) << 10;
   options.service.version = "0.1.0";
   if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
@@ -128,9 +138,12 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<ds::Server>> server =
       ds::Server::Start(std::move(options), std::move(models));
   if (!server.ok()) return Fail(server.status());
+  const auto where = [&](int port) {
+    return port != 0 ? absl::StrCat(host, ":", port) : std::string("(off)");
+  };
+  // Tools read the ports from this line: its start stays "gRPC on H:P, metrics on H:P".
   std::cout << "dartserve: gRPC on " << host << ":" << (*server)->port() << ", metrics on "
-            << ((*server)->metrics_port() ? absl::StrCat(host, ":", (*server)->metrics_port())
-                                          : std::string("(off)"))
+            << where((*server)->metrics_port()) << ", HTTP on " << where((*server)->http_port())
             << "; warming up" << std::endl;
   if (absl::Status s = (*server)->WarmUp(); !s.ok()) return Fail(s);
   std::cout << "dartserve: serving (health SERVING)" << std::endl;

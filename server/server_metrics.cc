@@ -1,10 +1,7 @@
 #include "server/server_metrics.h"
 
 #include <CivetServer.h>
-#include <arpa/inet.h>
 #include <dirent.h>
-#include <dlfcn.h>
-#include <netinet/in.h>
 #include <prometheus/exposer.h>
 #include <prometheus/text_serializer.h>
 #include <pthread.h>
@@ -20,23 +17,17 @@
 #include <thread>
 #include <utility>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
+#include "server/civetweb_util.h"
 #include "server/grpc_status.h"
 
 namespace dartserve::server {
 namespace {
-
-// True while this thread constructs a prometheus::Exposer, which is where civetweb creates all
-// of its threads (master and workers); see pthread_attr_setstacksize at the end of this file.
-thread_local bool starting_exposer = false;
-// While this thread starts an Exposer: civetweb's error messages, for the Status if it fails.
-thread_local std::vector<std::string>* exposer_start_log = nullptr;
 
 // `count` upper bounds start, start*factor, start*factor^2, ...
 std::vector<double> ExponentialBuckets(double start, double factor, int count) {
@@ -68,62 +59,6 @@ template <typename T>
 prometheus::Family<T>& Add(prometheus::Registry& registry, const std::string& name,
                            const std::string& help) {
   return prometheus::detail::Builder<T>().Name(name).Help(help).Register(registry);
-}
-
-// A validated listening address.
-struct ListenAddress {
-  std::string host;  // an IPv4 literal
-  int port = 0;
-};
-
-// civetweb's own parser of "listening_ports" is lenient in surprising ways (in 1.15,
-// "999.1.1.1:0" binds 231.1.1.1), so the address is checked here: an IPv4 literal (Debian's
-// civetweb has no IPv6) or "localhost", and a port.
-absl::StatusOr<ListenAddress> ParseAddress(absl::string_view address) {
-  const size_t colon = address.rfind(':');
-  if (colon == absl::string_view::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics address \"", address, "\" is not <IPv4 address>:<port>"));
-  }
-  ListenAddress parsed;
-  parsed.host = std::string(address.substr(0, colon));
-  const absl::string_view port_text = address.substr(colon + 1);
-  const bool port_ok =
-      !port_text.empty() && port_text.find_first_not_of("0123456789") == absl::string_view::npos &&
-      absl::SimpleAtoi(port_text, &parsed.port) && parsed.port >= 0 && parsed.port <= 65535;
-  if (!port_ok) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics address \"", address, "\": port must be a number in [0, 65535]"));
-  }
-  if (parsed.host == "localhost") parsed.host = "127.0.0.1";
-  in_addr ip;
-  if (inet_pton(AF_INET, parsed.host.c_str(), &ip) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "metrics address \"", address, "\": host must be an IPv4 address or localhost"));
-  }
-  return parsed;
-}
-
-// civetweb's log callback: during an Exposer's start-up on this thread, keeps the message (for
-// instance "cannot bind to 127.0.0.1:9464: 98 (Address already in use)") and tells civetweb it
-// was handled; otherwise leaves it to civetweb's default (no error log file: dropped).
-int CaptureStartLog(const mg_connection* /*connection*/, const char* message) {
-  if (exposer_start_log == nullptr) return 0;
-  exposer_start_log->emplace_back(message);
-  return 1;
-}
-
-// Opens and closes a TCP connection to `ip`:`port`, which wakes civetweb's master thread from
-// its poll() on the listening socket. Errors are irrelevant: the next attempt retries.
-void Poke(uint32_t ip, int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return;
-  sockaddr_in target = {};
-  target.sin_family = AF_INET;
-  target.sin_addr.s_addr = ip;
-  target.sin_port = htons(static_cast<uint16_t>(port));
-  (void)connect(fd, reinterpret_cast<const sockaddr*>(&target), sizeof(target));
-  close(fd);
 }
 
 // /proc/self/stat's fields from the third on ("state" is [0]), or empty when unreadable. The
@@ -319,20 +254,14 @@ std::string ServerMetrics::Serialize() const {
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
     const std::string& address, const std::shared_ptr<prometheus::Collectable>& collectable) {
-  absl::StatusOr<ListenAddress> parsed = ParseAddress(address);
+  absl::StatusOr<ListenAddress> parsed = ParseListenAddress(address, "metrics address");
   if (!parsed.ok()) return parsed.status();
 
   std::unique_ptr<MetricsEndpoint> endpoint(new MetricsEndpoint());
   CivetCallbacks callbacks;  // copied by civetweb
-  callbacks.log_message = &CaptureStartLog;
-  std::vector<std::string> log;
+  callbacks.log_message = &CaptureCivetwebLog;
   {
-    starting_exposer = true;
-    exposer_start_log = &log;
-    absl::Cleanup done = [] {
-      starting_exposer = false;
-      exposer_start_log = nullptr;
-    };
+    CivetwebStartScope scope;
     // civetweb reports a failed start (bind, threads) only as an exception from the Exposer's
     // constructor, with a generic text; the captured log says what actually went wrong.
     try {
@@ -346,7 +275,7 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
     } catch (const std::exception& e) {
       return absl::UnavailableError(
           absl::StrCat("cannot serve metrics on ", address, ": ",
-                       log.empty() ? e.what() : absl::StrJoin(log, "; ")));
+                       scope.log().empty() ? e.what() : absl::StrJoin(scope.log(), "; ")));
     }
   }
   endpoint->exposer_->RegisterCollectable(collectable);
@@ -359,11 +288,7 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
         absl::StrCat("metrics endpoint on ", address, ": civetweb did not report its port"));
   }
   endpoint->port_ = ports[0];
-  // An endpoint on every interface is reachable on loopback, where the destructor pokes it.
-  const std::string wake_host = parsed->host == "0.0.0.0" ? "127.0.0.1" : parsed->host;
-  in_addr wake_ip;
-  inet_pton(AF_INET, wake_host.c_str(), &wake_ip);
-  endpoint->wake_ip_ = wake_ip.s_addr;
+  endpoint->wake_ip_ = parsed->LoopbackReachableIp();
   return endpoint;
 }
 
@@ -373,43 +298,7 @@ void MetricsEndpoint::Add(const std::shared_ptr<prometheus::Collectable>& collec
 
 MetricsEndpoint::~MetricsEndpoint() {
   if (exposer_ == nullptr) return;
-  // civetweb's master thread (1.15) polls its listening socket in 2-second quanta and checks the
-  // stop flag only between them, so destroying the Exposer takes up to 2 s. A connection wakes
-  // it up; as one that arrives before the stop flag is set is just served (and closed), the poke
-  // is repeated every few milliseconds until the Exposer is gone.
-  absl::Mutex mu;
-  bool stopped = false;
-  std::thread waker([&] {
-    absl::MutexLock lock(&mu);
-    while (!mu.AwaitWithTimeout(absl::Condition(&stopped), absl::Milliseconds(5))) {
-      Poke(wake_ip_, port_);
-    }
-  });
-  exposer_.reset();
-  {
-    absl::MutexLock lock(&mu);
-    stopped = true;
-  }
-  waker.join();
+  StopCivetweb(wake_ip_, port_, [this] { exposer_.reset(); });
 }
 
 }  // namespace dartserve::server
-
-// Debian builds civetweb (1.15) with a fixed 100 KiB thread stack (USE_STACK_SIZE=102400). glibc
-// places a thread's static TLS on its stack, and a process that links LibTorch (OpenBLAS, glog:
-// about 108 KiB of static TLS) needs more than that, so every civetweb pthread_create fails with
-// EINVAL and the Exposer's constructor throws ("null context when constructing CivetServer") in
-// the dartserve binary and in tests that link LibTorch. prometheus-cpp uses the system civetweb,
-// so it inherits this, and the stack size is a compile-time choice of the package. The call is
-// therefore intercepted: while this thread constructs an Exposer, the request is ignored and
-// civetweb's threads get glibc's default stack size, like any std::thread. Every other caller in
-// the process goes straight to glibc. (The CMake target exports this symbol from executables so
-// that the dynamic linker binds civetweb's calls to it.)
-extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t stack_size) noexcept {
-  if (dartserve::server::starting_exposer) return 0;
-  using SetStackSize = int (*)(pthread_attr_t*, size_t);
-  static const auto glibc_set_stack_size =
-      reinterpret_cast<SetStackSize>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
-  if (glibc_set_stack_size == nullptr) return ENOSYS;
-  return glibc_set_stack_size(attr, stack_size);
-}

@@ -130,10 +130,11 @@ class ProcessMetrics : public prometheus::Collectable {
 // worker threads of its own, so a scrape never blocks the gRPC server's threads). Any path under
 // /metrics serves the collectables; other paths answer 404.
 //
-// Process-wide effects, both from civetweb as packaged by Debian (see server_metrics.cc):
+// Process-wide effects, both from civetweb as packaged by Debian (see civetweb_util.h):
 //  - the process ignores SIGPIPE from the first Start on (as gRPC servers do anyway);
-//  - this library defines pthread_attr_setstacksize, forwarding to glibc except inside the
-//    Exposer's start-up, whose fixed 100 KiB thread stacks cannot hold LibTorch's static TLS.
+//  - this library defines pthread_attr_setstacksize, forwarding to glibc except inside a
+//    civetweb start-up (the Exposer's), whose fixed 100 KiB thread stacks cannot hold LibTorch's
+//    static TLS.
 class MetricsEndpoint {
  public:
   // `address` is "<IPv4 address>:<port>" ("0.0.0.0:9464", "127.0.0.1:0") or "localhost:<port>";

@@ -1,10 +1,13 @@
-// The ImageGenerator gRPC service (callback API) over one dispatcher (of one or more replicas) per
-// served model.
+// The ImageGenerator service over one dispatcher (of one or more replicas) per served model: the
+// gRPC service (callback API), and the transport-neutral operations under it that the HTTP front
+// end (server/http_api.h) calls too, so both share one copy of authentication, validation and the
+// stream logic (server/stream.h).
 #ifndef DARTSERVE_SERVER_SERVICE_H_
 #define DARTSERVE_SERVER_SERVICE_H_
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +40,7 @@ struct ServiceOptions {
   std::string auth_token;
 };
 
+// Thread-safe: every method may be called from any thread at any time.
 class ImageGeneratorService final : public v1::ImageGenerator::CallbackService {
  public:
   // `models` (the first is the default), `metrics` and `pump` must outlive the service.
@@ -45,6 +49,23 @@ class ImageGeneratorService final : public v1::ImageGenerator::CallbackService {
 
   // New GenerateImage calls fail with UNAVAILABLE from now on.
   void StopAccepting() { draining_ = true; }
+
+  // The operations both front ends share. `authorization` is the call's "authorization" value
+  // (gRPC metadata, HTTP header); nullopt when it has none.
+  //
+  // UNAUTHENTICATED unless `authorization` is "Bearer <token>" (or no token is configured).
+  absl::Status Authenticate(std::optional<absl::string_view> authorization) const;
+  // GenerateImage's checks, in order: token, draining, model, request id, the request against
+  // the API's limits and the model; resolves defaults and picks the id when the client gave
+  // none. A rejection is counted in the metrics (dartserve_requests_total) and returned.
+  absl::StatusOr<PreparedCall> PrepareGenerate(std::optional<absl::string_view> authorization,
+                                               const v1::GenerateImageRequest& request);
+  // CancelGeneration (after Authenticate): INVALID_ARGUMENT for a bad id, NOT_FOUND when no call
+  // with that id is in flight.
+  absl::Status Cancel(const std::string& request_id);
+  // ListModels and GetServerInfo (after Authenticate).
+  void DescribeModels(v1::ListModelsResponse& response) const;
+  void DescribeServer(v1::GetServerInfoResponse& response) const;
 
   grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateImage(
       grpc::CallbackServerContext* context, const v1::GenerateImageRequest* request) override;
@@ -59,8 +80,6 @@ class ImageGeneratorService final : public v1::ImageGenerator::CallbackService {
                                           v1::GetServerInfoResponse* response) override;
 
  private:
-  // UNAUTHENTICATED unless the call carries the configured bearer token (or none is configured).
-  absl::Status Authenticate(const grpc::CallbackServerContext& context) const;
   ServedModel* FindModel(const std::string& name) const;
 
   const std::vector<ServedModel*> models_;

@@ -78,81 +78,77 @@ size_t CallRegistry::size() {
   return calls_.size();
 }
 
-GenerateCall::GenerateCall(const CallContext& deps, std::string request_id,
-                           const ValidatedRequest& request)
-    : deps_(deps),
-      request_id_(std::move(request_id)),
-      request_(request),
+GenerateCall::GenerateCall(const PreparedCall& prepared)
+    : deps_(prepared.deps),
+      request_id_(prepared.request_id),
+      request_(prepared.request),
       arrived_(absl::Now()),
-      images_(static_cast<size_t>(request.num_images)) {}
+      images_(static_cast<size_t>(prepared.request.num_images)) {}
 
-grpc::ServerWriteReactor<v1::GenerateImageResponse>* GenerateCall::Start(
-    grpc::CallbackServerContext* context, const CallContext& deps, std::string request_id,
-    const ValidatedRequest& request) {
-  auto call = std::make_shared<GenerateCall>(deps, std::move(request_id), request);
-  if (!deps.registry->Add(call->request_id_, call)) {
+absl::Status GenerateCall::Start(absl::Time deadline) {
+  if (!deps_.registry->Add(request_id_, weak_from_this())) {
     const absl::Status status = absl::AlreadyExistsError(
-        absl::StrCat("request_id: ", QuoteClientValue(call->request_id_), " is already in flight"));
-    deps.metrics->RecordRequest(std::string(deps.model_name), status, 0);
-    return RejectCall(status);
+        absl::StrCat("request_id: ", QuoteClientValue(request_id_), " is already in flight"));
+    deps_.metrics->RecordRequest(std::string(deps_.model_name), status, 0);
+    return status;
   }
   {
-    absl::MutexLock lock(&call->mu_);
-    call->self_ = call;
+    absl::MutexLock lock(&mu_);
+    self_ = shared_from_this();
   }
 
-  const int queued_before = deps.scheduler->stats().queued;
+  const int queued_before = deps_.scheduler->stats().queued;
   absl::Status submit_status;
-  for (int i = 0; i < request.num_images && submit_status.ok(); ++i) {
+  for (int i = 0; i < request_.num_images && submit_status.ok(); ++i) {
     {
-      absl::MutexLock lock(&call->mu_);
-      if (call->final_set_ && !call->final_status_.ok()) break;  // cancelled meanwhile
+      absl::MutexLock lock(&mu_);
+      if (final_set_ && !final_status_.ok()) break;  // cancelled meanwhile
     }
     auto r = std::make_unique<scheduler::Request>();
-    r->id = call->ImageId(i);
-    r->params = request.params;
-    r->params.seed = request.params.seed + static_cast<uint64_t>(i);
-    r->priority = request.priority;
-    r->deadline = Deadline(context);
-    r->preview_every = request.preview_every;
-    r->preview_max_side = request.preview_max_side;
-    r->preview_kind = request.preview_kind;
-    r->sink = std::make_shared<ImageSink>(call, i);
-    submit_status = deps.scheduler->Submit(r);
+    r->id = ImageId(i);
+    r->params = request_.params;
+    r->params.seed = request_.params.seed + static_cast<uint64_t>(i);
+    r->priority = request_.priority;
+    r->deadline = deadline;
+    r->preview_every = request_.preview_every;
+    r->preview_max_side = request_.preview_max_side;
+    r->preview_kind = request_.preview_kind;
+    r->sink = std::make_shared<ImageSink>(shared_from_this(), i);
+    submit_status = deps_.scheduler->Submit(r);
     if (submit_status.ok()) {
-      absl::MutexLock lock(&call->mu_);
-      ++call->submitted_;
+      absl::MutexLock lock(&mu_);
+      ++submitted_;
     }
   }
 
   bool release = false;
   {
-    absl::MutexLock lock(&call->mu_);
+    absl::MutexLock lock(&mu_);
     // A failed submit ends the call with that error alone (nothing was sent yet).
-    if (!submit_status.ok()) release = call->AbortLocked(submit_status, /*keep_results=*/false);
-    if (call->final_set_ && !call->final_status_.ok()) {
+    if (!submit_status.ok()) release = AbortLocked(submit_status, /*keep_results=*/false);
+    if (final_set_ && !final_status_.ok()) {
       // Ended before it was accepted (a failed submit, a cancel or a failed image meanwhile): no
       // Accepted, and the images submitted so far, including any after the cancel, leave the
       // scheduler before the call ends.
       if (!release) {
-        ++call->releasing_;
+        ++releasing_;
         release = true;
       }
     } else {
-      v1::Accepted& accepted = call->accepted_;
-      accepted.set_request_id(call->request_id_);
-      accepted.set_model(std::string(deps.model_name));
-      accepted.set_seed(request.params.seed);
+      v1::Accepted& accepted = accepted_;
+      accepted.set_request_id(request_id_);
+      accepted.set_model(std::string(deps_.model_name));
+      accepted.set_seed(request_.params.seed);
       accepted.set_queue_position(static_cast<uint32_t>(queued_before));
-      accepted.set_num_images(static_cast<uint32_t>(request.num_images));
-      accepted.set_total_steps(static_cast<uint32_t>(deps.progress_steps));
-      call->accepted_pending_ = true;
+      accepted.set_num_images(static_cast<uint32_t>(request_.num_images));
+      accepted.set_total_steps(static_cast<uint32_t>(deps_.progress_steps));
+      accepted_pending_ = true;
     }
-    call->hold_ = false;
-    call->SchedulePumpLocked();
+    hold_ = false;
+    SchedulePumpLocked();
   }
-  if (release) call->ReleaseImages();
-  return call.get();
+  if (release) ReleaseImages();
+  return absl::OkStatus();
 }
 
 std::string GenerateCall::ImageId(int index) const {
@@ -332,7 +328,7 @@ void GenerateCall::Pump() {
   if (finish.has_value()) {
     deps_.metrics->RecordRequest(std::string(deps_.model_name), *finish,
                                  absl::ToDoubleSeconds(absl::Now() - arrived_));
-    Finish(ToGrpcStatus(*finish));
+    EndCall(*finish);
     return;
   }
 
@@ -359,7 +355,7 @@ void GenerateCall::Pump() {
     if (release) ReleaseImages();
     return;
   }
-  StartWrite(&response_);
+  WriteEvent(&response_);
 }
 
 void GenerateCall::FillProgress(Outgoing& item) {
@@ -402,7 +398,7 @@ absl::Status GenerateCall::FillResult(Outgoing& item) {
   return absl::OkStatus();
 }
 
-void GenerateCall::OnWriteDone(bool ok) {
+void GenerateCall::WriteDone(bool ok) {
   bool release = false;
   {
     absl::MutexLock lock(&mu_);
@@ -418,12 +414,12 @@ void GenerateCall::OnWriteDone(bool ok) {
   if (release) ReleaseImages();
 }
 
-void GenerateCall::OnCancel() {
+void GenerateCall::ClientGone() {
   Abort(absl::CancelledError("the client cancelled the call or its deadline passed"),
         /*keep_results=*/false);
 }
 
-void GenerateCall::OnDone() {
+void GenerateCall::Released() {
   std::shared_ptr<GenerateCall> self;
   {
     absl::MutexLock lock(&mu_);
@@ -433,6 +429,32 @@ void GenerateCall::OnDone() {
   }
   deps_.registry->Remove(request_id_, this);
   // `self` goes out of scope here; sinks still held by the scheduler keep the object alive.
+}
+
+namespace {
+
+// gRPC's reactor callbacks forwarded to the call, and the call's writes to gRPC.
+class GrpcGenerateCall final : public GenerateCall,
+                               public grpc::ServerWriteReactor<v1::GenerateImageResponse> {
+ public:
+  using GenerateCall::GenerateCall;
+
+  void OnWriteDone(bool ok) override { WriteDone(ok); }
+  void OnCancel() override { ClientGone(); }
+  void OnDone() override { Released(); }
+
+ private:
+  void WriteEvent(const v1::GenerateImageResponse* event) override { StartWrite(event); }
+  void EndCall(const absl::Status& status) override { Finish(ToGrpcStatus(status)); }
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::GenerateImageResponse>* StartGrpcCall(
+    grpc::CallbackServerContext* context, const PreparedCall& prepared) {
+  auto call = std::make_shared<GrpcGenerateCall>(prepared);
+  if (absl::Status s = call->Start(Deadline(context)); !s.ok()) return RejectCall(s);
+  return call.get();  // alive until OnDone (the call holds itself)
 }
 
 }  // namespace dartserve::server

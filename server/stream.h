@@ -1,13 +1,16 @@
-// One GenerateImage call: a gRPC server-streaming reactor that submits the call's images to the
-// scheduler and streams Accepted -> Progress -> Result back (docs/service.md).
+// One GenerateImage call: submits the call's images to the scheduler and streams Accepted ->
+// Progress -> Result back (docs/service.md), over a transport: a gRPC server-streaming reactor
+// (GrpcGenerateCall, below) or an HTTP response (server/http_stream.h). The stream's logic lives
+// here once; a transport only writes one message at a time and reports back.
 //
 // Threads and lifetime:
 //  - the scheduler's worker calls the per-image sinks; they only queue events and never block;
-//  - a WorkQueue thread ("pump") encodes PNGs and starts writes, one write in flight at a time;
-//  - gRPC's threads call OnWriteDone/OnCancel/OnDone, which only update state and post to the
-//    pump: nothing blocks or encodes in reactor callbacks;
-//  - the sinks hold the call by shared_ptr, so they may outlive the reactor's OnDone; after
-//    OnDone, events are dropped. Finish is called exactly once, on every path.
+//  - a WorkQueue thread ("pump") encodes PNGs and starts writes (WriteEvent), one write in flight
+//    at a time;
+//  - the transport's threads call WriteDone/ClientGone/Released (gRPC: OnWriteDone/OnCancel/
+//    OnDone), which only update state and post to the pump: nothing blocks or encodes there;
+//  - the sinks hold the call by shared_ptr, so they may outlive the transport's Released; after
+//    it, events are dropped. EndCall is called exactly once, on every path.
 // Backpressure: every step of every image gets its Progress message (the proto promises it), in
 // step order, the last one before the image's Result. What waits per image is counters (steps
 // reached, steps sent), at most one preview image and at most one result: a newer preview
@@ -80,22 +83,41 @@ struct CallContext {
   CallRegistry* registry = nullptr;
 };
 
-class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse>,
-                     public std::enable_shared_from_this<GenerateCall> {
+// What a GenerateImage call needs once the service has checked and resolved its request.
+struct PreparedCall {
+  CallContext deps;
+  std::string request_id;  // never empty: the server picks one when the client did not
+  ValidatedRequest request;
+};
+
+// The transport-neutral call. A transport derives from it, implements WriteEvent and EndCall,
+// and reports writes, a vanished client and its own end through WriteDone, ClientGone and
+// Released. Create it with std::make_shared (the call hands out shared_ptrs to itself).
+class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
  public:
-  // Registers `request_id`, submits the images and returns the reactor for gRPC. Errors
-  // (duplicate id, queue full, draining, ...) finish the call with that status and no Accepted.
-  static grpc::ServerWriteReactor<v1::GenerateImageResponse>* Start(
-      grpc::CallbackServerContext* context, const CallContext& deps, std::string request_id,
-      const ValidatedRequest& request);
+  explicit GenerateCall(const PreparedCall& prepared);
+  virtual ~GenerateCall() = default;
+
+  // Registers the request id and submits the images (each with `deadline`). ALREADY_EXISTS
+  // (counted in the metrics) when the id is live: then nothing started and the transport ends
+  // the call on its own. Otherwise the call runs: it calls WriteEvent for each message and
+  // EndCall once (an error before Accepted, such as a full queue, is an EndCall with no
+  // WriteEvent before it), and stays alive at least until Released.
+  absl::Status Start(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
 
   // CancelGeneration: the call ends with CANCELLED, its images are cancelled in the scheduler
   // (their ids free at once), and unsent messages are dropped.
   void Cancel(const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
 
-  void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_);
-  void OnCancel() override ABSL_LOCKS_EXCLUDED(mu_);
-  void OnDone() override ABSL_LOCKS_EXCLUDED(mu_);
+  // Transport -> call. Any thread; none blocks.
+  // The write WriteEvent started has ended; !ok: the client can take nothing more (the call
+  // ends with CANCELLED).
+  void WriteDone(bool ok) ABSL_LOCKS_EXCLUDED(mu_);
+  // The client went away or its deadline passed: as Cancel.
+  void ClientGone() ABSL_LOCKS_EXCLUDED(mu_);
+  // The transport is done with the call (after EndCall, or when the client is gone for good):
+  // later events are dropped. Called exactly once, after Start succeeded.
+  void Released() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Events from the per-image sinks (scheduler worker thread).
   void ImageStarted(int index, absl::Duration queue_time);
@@ -103,7 +125,14 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse>,
       ABSL_LOCKS_EXCLUDED(mu_);
   void ImageFinished(int index, absl::StatusOr<scheduler::Result> result) ABSL_LOCKS_EXCLUDED(mu_);
 
-  GenerateCall(const CallContext& deps, std::string request_id, const ValidatedRequest& request);
+  const std::string& request_id() const { return request_id_; }
+
+ protected:
+  // Call -> transport, from a pump thread, never under the call's lock. WriteEvent starts sending
+  // `event` (valid until WriteDone) and must not call WriteDone itself before returning; EndCall
+  // ends the call with `status`; no WriteEvent follows it.
+  virtual void WriteEvent(const v1::GenerateImageResponse* event) = 0;
+  virtual void EndCall(const absl::Status& status) = 0;
 
  private:
   // The next message, as the pump takes it out of the call's state.
@@ -164,7 +193,7 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse>,
   const absl::Time arrived_;
 
   absl::Mutex mu_;
-  std::shared_ptr<GenerateCall> self_ ABSL_GUARDED_BY(mu_);  // keeps the reactor alive to OnDone
+  std::shared_ptr<GenerateCall> self_ ABSL_GUARDED_BY(mu_);  // keeps the call alive to Released
   bool accepted_pending_ ABSL_GUARDED_BY(mu_) = false;
   v1::Accepted accepted_ ABSL_GUARDED_BY(mu_);
   std::vector<ImageOutput> images_ ABSL_GUARDED_BY(mu_);  // one per requested image
@@ -175,14 +204,20 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateImageResponse>,
   bool pumping_ ABSL_GUARDED_BY(mu_) = false;    // a pump job is posted or a write is in flight
   bool final_set_ ABSL_GUARDED_BY(mu_) = false;  // the call's outcome is known
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish was called
-  bool done_ ABSL_GUARDED_BY(mu_) = false;      // OnDone ran
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // EndCall was called
+  bool done_ ABSL_GUARDED_BY(mu_) = false;      // Released ran
   int images_done_ ABSL_GUARDED_BY(mu_) = 0;
   int submitted_ ABSL_GUARDED_BY(mu_) = 0;
   // Pump only: `pumping_` lets one pump job or write run at a time, and mu_ orders them.
   bool first_preview_sent_ = false;
   v1::GenerateImageResponse response_;  // the write in flight
 };
+
+// The gRPC transport: a server-streaming reactor over a GenerateCall. Starts `prepared` with the
+// context's deadline and returns the reactor gRPC runs; a call that cannot start (duplicate id)
+// is a reactor that only finishes with that status.
+grpc::ServerWriteReactor<v1::GenerateImageResponse>* StartGrpcCall(
+    grpc::CallbackServerContext* context, const PreparedCall& prepared);
 
 }  // namespace dartserve::server
 
