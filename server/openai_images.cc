@@ -173,7 +173,10 @@ absl::StatusOr<OpenAiImagesRequest> ParseOpenAiImagesRequest(absl::string_view b
   OpenAiImagesRequest out;
   v1::GenerateImageRequest& r = out.request;
   std::string size = "auto";
-  for (const auto& [key, value] : j.items()) {
+  for (const auto& item : j.items()) {
+    // Named, not structured bindings: lambdas below capture them.
+    const std::string& key = item.key();
+    const json& value = item.value();
     if (value.is_null()) continue;  // as absent
     absl::Status s;
     const auto string_field = [&](auto set) {
