@@ -89,7 +89,8 @@ void HttpExchange::Send(int status, absl::string_view content_type, absl::string
   mg_response_header_add(connection_, "Content-Length", length.c_str(), -1);
   mg_response_header_add(connection_, "Cache-Control", "no-store", -1);
   mg_response_header_send(connection_);
-  if (!body.empty()) mg_write(connection_, body.data(), body.size());
+  // A HEAD response has the GET response's headers and no body.
+  if (!body.empty() && method_ != "HEAD") mg_write(connection_, body.data(), body.size());
 }
 
 bool HttpExchange::StartStream(int status, absl::string_view content_type) {

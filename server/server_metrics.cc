@@ -4,9 +4,7 @@
 #include <dirent.h>
 #include <prometheus/exposer.h>
 #include <prometheus/text_serializer.h>
-#include <pthread.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,7 +12,6 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/numbers.h"
