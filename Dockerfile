@@ -1,7 +1,7 @@
 # dartserve, CPU image (Debian 12, Debian's LibTorch 1.13 with OpenBLAS).
 #
 #   docker build -t dartserve:latest .
-#   docker run --rm -p 50051:50051 -p 9464:9464 dartserve:latest
+#   docker run --rm -p 50051:50051 -p 8080:8080 -p 9464:9464 dartserve:latest
 #
 # The build stage installs dependencies with the same script CI runs (scripts/install-deps.sh)
 # and configures with the same script and options (scripts/build.sh: Ninja, Release), so the
@@ -45,8 +45,8 @@ ENV PATH=/opt/dartserve/bin:${PATH} \
 # is relative to this folder.
 WORKDIR /opt/dartserve
 USER 10001:10001
-# gRPC, and Prometheus metrics (/metrics).
-EXPOSE 50051 9464
+# gRPC, HTTP (JSON API and web page), and Prometheus metrics (/metrics).
+EXPOSE 50051 8080 9464
 # grpc.health.v1 Check: exit 0 only when SERVING (models loaded and warmed up). Start-up loads
 # LibTorch and the weights and generates one warm-up image per model, hence the start period.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
@@ -55,4 +55,4 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/opt/dartserve/bin/dartserve"]
 CMD ["--model=fmnist-dart-fm=/opt/dartserve/weights/fmnist-dart-fm,fmnist-dart=/opt/dartserve/weights/fmnist-dart,shapes-dart=/opt/dartserve/weights/shapes-dart", \
-     "--port=50051", "--metrics_port=9464"]
+     "--port=50051", "--http_port=8080", "--metrics_port=9464"]

@@ -119,6 +119,7 @@ class DockerfileTest(unittest.TestCase):
                 user = runtime["USER"][-1]
                 self.assertRegex(user, r"^[1-9][0-9]*:[1-9][0-9]*$", "numeric and not root")
                 self.assertEqual(runtime["EXPOSE"], [f"{self.flags['port']} "
+                                                     f"{self.flags['http_port']} "
                                                      f"{self.flags['metrics_port']}"])
                 health = dt.healthcheck_command(dt.SOURCE_DIR / name)
                 self.assertEqual(health[0], f"{RUNTIME_ROOT}/bin/dartserve-client")
@@ -186,8 +187,8 @@ class ComposeTest(unittest.TestCase):
         self.assertIn(f"./{dt.FLAGS_FILE.relative_to(dt.DEPLOY_DIR)}:{flagfile}:ro", server["volumes"])
         self.assertEqual(server["build"], {"context": "..", "dockerfile": "Dockerfile"})
         self.assertEqual(sorted(server["ports"]),
-                         sorted([f"{self.flags['port']}:{self.flags['port']}",
-                                 f"{self.flags['metrics_port']}:{self.flags['metrics_port']}"]))
+                         sorted(f"{self.flags[p]}:{self.flags[p]}"
+                                for p in ("port", "http_port", "metrics_port")))
         stop = int(server["stop_grace_period"].removesuffix("s"))
         self.assertGreater(stop, float(self.flags["grace_seconds"]))
 

@@ -65,8 +65,9 @@ class ManifestsTest(unittest.TestCase):
 
     def test_ports_are_the_servers(self):
         self.assertEqual(self.ports, {"grpc": int(self.flags["port"]),
+                                      "http": int(self.flags["http_port"]),
                                       "metrics": int(self.flags["metrics_port"])})
-        self.assertEqual(self.ports, {"grpc": 50051, "metrics": 9464})
+        self.assertEqual(self.ports, {"grpc": 50051, "http": 8080, "metrics": 9464})
         services = {o["metadata"]["name"]: o for _, o in self.objects if o["kind"] == "Service"}
         self.assertEqual(services["dartserve-headless"]["spec"]["clusterIP"], "None")
         self.assertNotIn("clusterIP", services["dartserve"]["spec"])

@@ -57,7 +57,7 @@ class LiveServerTest(unittest.TestCase):
                           for name, path in dt.model_specs(flags))
         cls.server = dt.ServerProcess([
             dt.binary("DARTSERVE_SERVER"), f"--flagfile={dt.FLAGS_FILE}", "--host=127.0.0.1",
-            "--port=0", "--metrics_port=0", "--threads=1", f"--model={models}"])
+            "--port=0", "--http_port=0", "--metrics_port=0", "--threads=1", f"--model={models}"])
         try:
             cls.port, cls.metrics_port = cls.server.wait_until_serving(STARTUP_TIMEOUT_S)
         except BaseException:
@@ -133,7 +133,8 @@ class ListenErrorTest(unittest.TestCase):
         name, path = dt.model_specs(flags)[0]
         model = f"{name}={dt.SOURCE_DIR / 'weights' / pathlib.Path(path).name}"
         return [dt.binary("DARTSERVE_SERVER"), f"--flagfile={dt.FLAGS_FILE}", "--host=127.0.0.1",
-                f"--port={port}", "--metrics_port=-1", "--threads=1", f"--model={model}", *extra]
+                f"--port={port}", "--http_port=-1", "--metrics_port=-1", "--threads=1",
+                f"--model={model}", *extra]
 
     def test_busy_port_is_one_clear_line_and_exit_1(self):
         with socket.socket() as held:
