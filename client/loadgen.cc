@@ -12,9 +12,12 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "client/prometheus_scrape.h"
 #include "common/file_io.h"
 #include "dartserve/v1/image_generator.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/alarm.h"
 
 namespace dartserve::client {
 namespace {
@@ -35,17 +38,58 @@ std::string Fixed(double value, int decimals) {
 
 class Runner;
 
+// What a call does besides reading its stream (client/loadgen.h: call kinds).
+struct CallPlan {
+  CallKind kind = CallKind::kNormal;
+  double timeout = 0;  // the call's deadline in seconds; 0: none
+  // client_cancel, cancel_rpc, abandon: where to act, as a fraction in [0, 1) of the points from
+  // right after Accepted to right after the last Progress.
+  double act_at = 0;
+  double hold = 0;  // abandon: seconds the unread stream is held before it is dropped
+};
+
+// Draws the plan of a call of a kind drawn from `options.mix`.
+CallPlan PlanCall(const LoadgenOptions& options, std::mt19937_64& rng) {
+  CallPlan plan{.kind = SampleKind(options.mix, rng), .timeout = options.timeout};
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  switch (plan.kind) {
+    case CallKind::kNormal:
+      break;
+    case CallKind::kShortDeadline:
+      plan.timeout = options.short_timeout * (0.1 + 0.9 * unit(rng));
+      break;
+    case CallKind::kAbandon:
+      plan.hold = options.abandon_seconds * unit(rng);
+      [[fallthrough]];
+    case CallKind::kClientCancel:
+    case CallKind::kCancelRpc:
+      plan.act_at = unit(rng);
+      break;
+  }
+  return plan;
+}
+
+// The deadline of a CancelGeneration call; it only looks the id up.
+constexpr double kCancelRpcTimeoutSeconds = 30;
+
 // One GenerateImage call. Owns itself: deletes itself in OnDone after reporting to the runner.
+// Its reactions run on gRPC's threads one at a time; the CancelGeneration callback and the
+// abandon alarm may run beside them, and each holds the call (AddHold) so that OnDone waits.
 class Call final : public grpc::ClientReadReactor<v1::GenerateImageResponse> {
  public:
-  Call(Runner* runner, v1::GenerateImageRequest request, bool measured)
-      : runner_(runner), request_(std::move(request)), measured_(measured) {}
+  Call(Runner* runner, v1::GenerateImageRequest request, const CallPlan& plan, bool measured)
+      : runner_(runner), request_(std::move(request)), plan_(plan), measured_(measured) {
+    record_.kind = plan.kind;
+    record_.asked_images = std::max<int>(1, static_cast<int>(request_.num_images()));
+  }
 
   // Starts the call; times count from `arrival`. `this` may be deleted any time after (from a
-  // gRPC thread).
+  // gRPC thread). `stub` and `connection` must outlive the call.
   void Start(v1::ImageGenerator::Stub* stub, const ConnectionOptions& connection,
-             double timeout_seconds, Clock::time_point arrival) {
-    PrepareContext(connection, timeout_seconds, &context_);
+             Clock::time_point arrival) {
+    stub_ = stub;
+    connection_ = &connection;
+    PrepareContext(connection, plan_.timeout, &context_);
     start_ = arrival;
     stub->async()->GenerateImage(&context_, &request_, this);
     StartRead(&response_);
@@ -57,12 +101,30 @@ class Call final : public grpc::ClientReadReactor<v1::GenerateImageResponse> {
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // the stream ended; OnDone follows
+    Record();
+    if (!acted_ && ActPointReached()) {
+      acted_ = true;
+      if (Act()) return;  // stops reading
+    }
+    StartRead(&response_);
+  }
+
+  void OnDone(const grpc::Status& status) override;
+
+ private:
+  // Notes the message in response_ in the record.
+  void Record() {
     const double t = Seconds(Clock::now() - start_);
     switch (response_.event_case()) {
-      case v1::GenerateImageResponse::kAccepted:
+      case v1::GenerateImageResponse::kAccepted: {
         if (record_.to_accepted < 0) record_.to_accepted = t;
+        const v1::Accepted& accepted = response_.accepted();
+        const int points = static_cast<int>(accepted.total_steps() * accepted.num_images()) + 1;
+        act_after_ = std::min(points - 1, static_cast<int>(plan_.act_at * points));
         break;
+      }
       case v1::GenerateImageResponse::kProgress:
+        ++progress_seen_;
         if (!response_.progress().preview_png().empty()) {
           if (record_.first_preview < 0) record_.first_preview = t;
           ++record_.previews;
@@ -74,19 +136,67 @@ class Call final : public grpc::ClientReadReactor<v1::GenerateImageResponse> {
       default:
         break;
     }
-    StartRead(&response_);
   }
 
-  void OnDone(const grpc::Status& status) override;
+  bool ActPointReached() const {
+    return plan_.kind != CallKind::kNormal && plan_.kind != CallKind::kShortDeadline &&
+           (record_.to_accepted >= 0 || progress_seen_ > 0) && progress_seen_ >= act_after_;
+  }
 
- private:
+  // Does what the call's kind does mid-stream (in a reaction, where AddHold is allowed). Returns
+  // true when the call stops reading.
+  bool Act() {
+    switch (plan_.kind) {
+      case CallKind::kClientCancel:
+        context_.TryCancel();
+        return false;
+      case CallKind::kCancelRpc:
+        AddHold();
+        cancel_request_.set_request_id(request_.request_id());
+        PrepareContext(*connection_, kCancelRpcTimeoutSeconds, &cancel_context_);
+        stub_->async()->CancelGeneration(&cancel_context_, &cancel_request_, &cancel_response_,
+                                         [this](grpc::Status status) {
+                                           cancel_rpc_code_ = status.error_code();
+                                           RemoveHold();
+                                         });
+        return false;
+      case CallKind::kAbandon:
+        AddHold();
+        abandon_alarm_.Set(std::chrono::system_clock::now() +
+                               std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                                   std::chrono::duration<double>(plan_.hold)),
+                           [this](bool) {
+                             context_.TryCancel();
+                             RemoveHold();
+                           });
+        return true;
+      case CallKind::kNormal:
+      case CallKind::kShortDeadline:
+        break;
+    }
+    return false;
+  }
+
   Runner* runner_;
   v1::GenerateImageRequest request_;
+  const CallPlan plan_;
   const bool measured_;
+  v1::ImageGenerator::Stub* stub_ = nullptr;
+  const ConnectionOptions* connection_ = nullptr;
   grpc::ClientContext context_;
   v1::GenerateImageResponse response_;
   Clock::time_point start_;
   CallRecord record_;
+  // The reactions' own: the act point (in Progress messages seen) and whether it was acted on.
+  int act_after_ = 0;
+  int progress_seen_ = 0;
+  bool acted_ = false;
+  // cancel_rpc: the CancelGeneration call, and its status (set by its callback).
+  grpc::ClientContext cancel_context_;
+  v1::CancelGenerationRequest cancel_request_;
+  v1::CancelGenerationResponse cancel_response_;
+  std::optional<grpc::StatusCode> cancel_rpc_code_;
+  grpc::Alarm abandon_alarm_;
 };
 
 // Starts calls and collects their records. Launch and the waits are called from one thread (the
@@ -95,18 +205,31 @@ class Runner {
  public:
   Runner(v1::ImageGenerator::Stub* stub, const LoadgenOptions& options,
          const std::atomic<bool>& stop)
-      : stub_(stub), options_(options), stop_(stop), rng_(options.seed) {}
+      : stub_(stub),
+        options_(options),
+        stop_(stop),
+        rng_(options.seed),
+        plan_rng_(options.seed ^ 0x5851f42d4c957f2dULL),  // independent of the requests
+        run_tag_(absl::StrCat(absl::Hex(std::random_device()(), absl::kZeroPad8))) {}
 
   bool stopped() const { return stop_.load(); }
 
+  // Warm-up calls are normal ones.
   void Launch(bool measured, Clock::time_point arrival) {
-    auto* call = new Call(this, SampleRequest(options_.mix, rng_), measured);
+    v1::GenerateImageRequest request = SampleRequest(options_.mix, rng_);
+    const CallPlan plan =
+        measured ? PlanCall(options_, plan_rng_) : CallPlan{.timeout = options_.timeout};
+    if (plan.kind == CallKind::kCancelRpc) {
+      // Unique across runs too, so that two load generators never collide on an id.
+      request.set_request_id(absl::StrCat("loadgen-", run_tag_, "-", ++ids_));
+    }
+    auto* call = new Call(this, std::move(request), plan, measured);
     {
       std::lock_guard lock(mu_);
       in_flight_.insert(call);
       if (measured) ++sent_;
     }
-    call->Start(stub_, options_.connection, options_.timeout, arrival);
+    call->Start(stub_, options_.connection, arrival);
   }
 
   void Done(Call* call, bool measured, const CallRecord& record) {
@@ -160,7 +283,11 @@ class Runner {
   v1::ImageGenerator::Stub* const stub_;
   const LoadgenOptions& options_;
   const std::atomic<bool>& stop_;
-  std::mt19937_64 rng_;  // the launching thread only
+  // The launching thread only.
+  std::mt19937_64 rng_;       // requests
+  std::mt19937_64 plan_rng_;  // kinds and their timings
+  const std::string run_tag_;
+  int64_t ids_ = 0;
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -171,6 +298,7 @@ class Runner {
 
 void Call::OnDone(const grpc::Status& status) {
   record_.code = status.error_code();
+  record_.cancel_rpc = cancel_rpc_code_;
   record_.end = Clock::now();
   record_.latency = Seconds(record_.end - start_);
   runner_->Done(this, measured_, record_);
@@ -196,6 +324,63 @@ class Ticker {
   Runner* runner_;
   std::ostream& log_;
   Clock::time_point start_, next_;
+};
+
+// Samples the server's RSS from construction until Stop, on a thread of its own, so that a slow
+// scrape delays neither the calls nor the clock of the loop that starts them.
+class RssSampler {
+ public:
+  RssSampler(std::string address, double every_seconds, Clock::time_point start)
+      : address_(std::move(address)),
+        every_(ToDuration(every_seconds)),
+        start_(start),
+        thread_([this] { Loop(); }) {}
+  ~RssSampler() { Stop(); }
+
+  // Takes one last sample, ends the thread and moves the samples into `run`. Idempotent.
+  void Stop(LoadRun* run = nullptr) {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    if (run == nullptr) return;
+    run->server_rss = std::move(samples_);
+    run->rss_scrape_errors = errors_;
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock lock(mu_);
+    for (bool last = false; !last;) {
+      last = stop_;
+      lock.unlock();
+      Sample();
+      lock.lock();
+      if (!last) cv_.wait_for(lock, every_, [this] { return stop_; });
+    }
+  }
+
+  void Sample() {
+    const absl::StatusOr<double> bytes = ScrapeSample(address_, "process_resident_memory_bytes");
+    if (!bytes.ok()) {
+      ++errors_;
+      return;
+    }
+    samples_.push_back({.seconds = Seconds(Clock::now() - start_), .bytes = *bytes});
+  }
+
+  const std::string address_;
+  const Clock::duration every_;
+  const Clock::time_point start_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;  // guarded by mu_
+  // The sampling thread's until it is joined.
+  std::vector<RssSample> samples_;
+  int64_t errors_ = 0;
+  std::thread thread_;  // last: starts once the rest is initialised
 };
 
 // Closed loop until `end` or `max_calls` calls have started (< 0: no limit).
@@ -315,6 +500,50 @@ std::string ModeText(const LoadgenOptions& options) {
   return absl::StrCat("closed loop, ", options.concurrency, " in flight");
 }
 
+// "CANCELLED 3, OK 1".
+std::string CountsText(const std::map<std::string, int64_t>& counts) {
+  return absl::StrJoin(counts, ", ", [](std::string* out, const auto& entry) {
+    absl::StrAppend(out, entry.first, " ", entry.second);
+  });
+}
+
+// One line per kind, in kAllCallKinds order, when a kind other than normal ran; else nothing.
+std::string OutcomeLines(const LoadSummary& s) {
+  if (s.outcomes.empty() || (s.outcomes.size() == 1 && s.outcomes.contains("normal"))) return "";
+  std::string text;
+  for (const CallKind kind : kAllCallKinds) {
+    const auto it = s.outcomes.find(std::string(CallKindName(kind)));
+    if (it == s.outcomes.end()) continue;
+    const KindOutcome& o = it->second;
+    absl::StrAppend(&text, "  ", it->first, ": ", o.calls, " calls (", CountsText(o.statuses), ")",
+                    o.cancel_rpcs.empty()
+                        ? ""
+                        : absl::StrCat(", CancelGeneration (", CountsText(o.cancel_rpcs), ")"),
+                    ", ", o.lost, " lost\n");
+  }
+  return text;
+}
+
+// The RSS samples, at most eight of them evenly spread, their maximum and second-half growth.
+std::string RssLine(const LoadSummary& s) {
+  if (s.server_rss.empty() && s.rss_scrape_errors == 0) return "";
+  constexpr double kMiB = 1 << 20;
+  constexpr size_t kShown = 8;
+  const size_t n = s.server_rss.size();
+  std::vector<std::string> points;
+  for (size_t i = 0; i < std::min(n, kShown); ++i) {
+    const RssSample& sample = s.server_rss[n <= kShown ? i : i * (n - 1) / (kShown - 1)];
+    points.push_back(absl::StrCat(Fixed(sample.bytes / kMiB, 1), " at ",
+                                  static_cast<int64_t>(sample.seconds), " s"));
+  }
+  return absl::StrCat(
+      "server RSS (MiB): ", absl::StrJoin(points, ", "), "; max ", Fixed(s.rss_max_bytes / kMiB, 1),
+      ", second half ", s.rss_second_half_growth_bytes >= 0 ? "+" : "",
+      Fixed(s.rss_second_half_growth_bytes / kMiB, 1), " (", n, " samples",
+      s.rss_scrape_errors > 0 ? absl::StrCat(", ", s.rss_scrape_errors, " scrapes failed") : "",
+      ")\n");
+}
+
 }  // namespace
 
 absl::Status ValidateLoadgenOptions(const LoadgenOptions& options) {
@@ -324,6 +553,17 @@ absl::Status ValidateLoadgenOptions(const LoadgenOptions& options) {
   if (!(options.duration > 0)) return absl::InvalidArgumentError("--duration must be > 0");
   if (options.warmup < 0) return absl::InvalidArgumentError("--warmup must be >= 0");
   if (!(options.timeout >= 0)) return absl::InvalidArgumentError("--timeout must be >= 0");
+  if (!(options.short_timeout > 0)) {
+    return absl::InvalidArgumentError("--short_timeout must be > 0");
+  }
+  if (!(options.abandon_seconds >= 0)) {
+    return absl::InvalidArgumentError("--abandon_seconds must be >= 0");
+  }
+  if (!(options.rss_every > 0)) return absl::InvalidArgumentError("--rss_every must be > 0");
+  if (options.soak && options.metrics.empty()) {
+    return absl::InvalidArgumentError(
+        "--soak needs --metrics (host:port of the server's metrics endpoint) to follow its RSS");
+  }
   return absl::OkStatus();
 }
 
@@ -334,7 +574,45 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> ConnectForLoad(const LoadgenOptio
       !s.ok()) {
     return s;
   }
+  if (!options.metrics.empty()) {
+    const absl::StatusOr<double> rss =
+        ScrapeSample(options.metrics, "process_resident_memory_bytes");
+    if (!rss.ok()) {
+      return absl::Status(rss.status().code(), absl::StrCat("--metrics: ", rss.status().message()));
+    }
+  }
   return channel;
+}
+
+absl::Status ApplySoakDefaults(const std::shared_ptr<grpc::Channel>& channel,
+                               LoadgenOptions* options) {
+  LoadMix& mix = options->mix;
+  std::vector<std::string> added;
+  if (mix.kinds.empty()) {
+    std::vector<std::string> names;
+    for (const CallKind kind : kAllCallKinds) {
+      mix.kinds.push_back(kind);
+      names.emplace_back(CallKindName(kind));
+    }
+    added.push_back(absl::StrCat("kind:", absl::StrJoin(names, "|")));
+  }
+  if (mix.models.empty()) {
+    grpc::ClientContext context;
+    PrepareContext(options->connection, options->connect_timeout, &context);
+    v1::ListModelsResponse response;
+    const grpc::Status status =
+        v1::ImageGenerator::NewStub(channel)->ListModels(&context, {}, &response);
+    if (!status.ok()) {
+      return absl::UnavailableError(absl::StrCat("ListModels: ", FormatStatus(status)));
+    }
+    for (const v1::ModelInfo& model : response.models()) mix.models.push_back(model.name());
+    if (!mix.models.empty())
+      added.push_back(absl::StrCat("model:", absl::StrJoin(mix.models, "|")));
+  }
+  for (const std::string& entry : added) {
+    absl::StrAppend(&options->mix_text, options->mix_text.empty() ? "" : ",", entry);
+  }
+  return absl::OkStatus();
 }
 
 LoadRun RunLoad(const std::shared_ptr<grpc::Channel>& channel, const LoadgenOptions& options,
@@ -349,6 +627,8 @@ LoadRun RunLoad(const std::shared_ptr<grpc::Channel>& channel, const LoadgenOpti
   }
   LoadRun run;
   run.start = Clock::now();
+  std::optional<RssSampler> rss;
+  if (!options.metrics.empty()) rss.emplace(options.metrics, options.rss_every, run.start);
   const Clock::time_point end = run.start + ToDuration(options.duration);
   if (options.rate > 0) {
     run.max_waiting = RunOpenLoop(runner, options.rate, concurrency, end, options.seed, log);
@@ -356,6 +636,7 @@ LoadRun RunLoad(const std::shared_ptr<grpc::Channel>& channel, const LoadgenOpti
     RunClosedLoop(runner, concurrency, end, -1, /*measured=*/true, log);
   }
   runner.Drain();
+  if (rss) rss->Stop(&run);
   run.interrupted = stop.load();
   run.sent = runner.sent();
   run.records = runner.TakeRecords();
@@ -376,6 +657,11 @@ Distribution Describe(std::vector<double> samples) {
   return d;
 }
 
+bool IsLost(const CallRecord& record) {
+  return record.code == grpc::StatusCode::OK && record.kind != CallKind::kAbandon &&
+         record.images < record.asked_images;
+}
+
 LoadSummary Summarize(const LoadRun& run) {
   LoadSummary s;
   s.interrupted = run.interrupted;
@@ -388,6 +674,14 @@ LoadSummary Summarize(const LoadRun& run) {
     last = std::max(last, r.end);
     s.images += r.images;
     s.previews += r.previews;
+    KindOutcome& outcome = s.outcomes[std::string(CallKindName(r.kind))];
+    ++outcome.calls;
+    ++outcome.statuses[StatusCodeName(r.code)];
+    if (r.cancel_rpc) ++outcome.cancel_rpcs[StatusCodeName(*r.cancel_rpc)];
+    if (IsLost(r)) {
+      ++outcome.lost;
+      ++s.lost;
+    }
     if (r.code != grpc::StatusCode::OK) {
       ++s.errors[StatusCodeName(r.code)];
       continue;
@@ -407,6 +701,14 @@ LoadSummary Summarize(const LoadRun& run) {
   s.time_to_first_preview = Describe(std::move(first_preview));
   s.previews_per_call =
       s.requests > 0 ? static_cast<double>(s.previews) / static_cast<double>(s.requests) : 0.0;
+  s.server_rss = run.server_rss;
+  s.rss_scrape_errors = run.rss_scrape_errors;
+  for (const RssSample& sample : s.server_rss)
+    s.rss_max_bytes = std::max(s.rss_max_bytes, sample.bytes);
+  if (!s.server_rss.empty()) {
+    s.rss_second_half_growth_bytes =
+        s.server_rss.back().bytes - s.server_rss[s.server_rss.size() / 2].bytes;
+  }
   return s;
 }
 
@@ -418,8 +720,8 @@ std::string ReportText(const LoadgenOptions& options, const LoadSummary& s) {
   auto f = [](double seconds) { return Fixed(seconds, 3); };
   std::string text =
       absl::StrCat("calls: ", s.sent, " sent, ", s.requests, " completed, ", s.ok, " ok, ",
-                   s.failed, " failed", errors.empty() ? "" : absl::StrCat(" (", errors, ")"),
-                   s.interrupted ? " [interrupted]" : "", "\n");
+                   s.failed, " failed", errors.empty() ? "" : absl::StrCat(" (", errors, ")"), ", ",
+                   s.lost, " lost", s.interrupted ? " [interrupted]" : "", "\n");
   absl::StrAppend(&text, "throughput: ", Fixed(s.images_per_second, 2), " images/s, ",
                   Fixed(s.requests_per_second, 2), " requests/s over ", Fixed(s.seconds, 2), " s",
                   options.rate > 0 ? absl::StrCat(" (offered ", options.rate, "/s; at most ",
@@ -434,10 +736,22 @@ std::string ReportText(const LoadgenOptions& options, const LoadSummary& s) {
   absl::StrAppend(&text, "time to first preview (s): p50 ", f(s.time_to_first_preview.p50),
                   "  p99 ", f(s.time_to_first_preview.p99), "  (", s.time_to_first_preview.count,
                   " calls with previews, ", Fixed(s.previews_per_call, 1), " previews per call)\n");
+  absl::StrAppend(&text, OutcomeLines(s), RssLine(s));
   return text;
 }
 
 nlohmann::json ReportJson(const LoadgenOptions& options, const LoadSummary& s) {
+  nlohmann::json outcomes = nlohmann::json::object();
+  for (const auto& [kind, outcome] : s.outcomes) {
+    outcomes[kind] = {{"calls", outcome.calls},
+                      {"lost", outcome.lost},
+                      {"statuses", outcome.statuses},
+                      {"cancel_rpcs", outcome.cancel_rpcs}};
+  }
+  nlohmann::json rss = nlohmann::json::array();
+  for (const RssSample& sample : s.server_rss) {
+    rss.push_back({{"t_s", sample.seconds}, {"bytes", sample.bytes}});
+  }
   return {{"config",
            {{"server", options.connection.server},
             {"tls", !options.connection.tls_ca_path.empty()},
@@ -447,7 +761,12 @@ nlohmann::json ReportJson(const LoadgenOptions& options, const LoadSummary& s) {
             {"mix", options.mix_text},
             {"seed", options.seed},
             {"warmup", options.warmup},
-            {"timeout", options.timeout}}},
+            {"timeout", options.timeout},
+            {"short_timeout", options.short_timeout},
+            {"abandon_seconds", options.abandon_seconds},
+            {"metrics", options.metrics},
+            {"rss_every", options.rss_every},
+            {"soak", options.soak}}},
           {"interrupted", s.interrupted},
           {"sent", s.sent},
           {"requests", s.requests},
@@ -471,7 +790,13 @@ nlohmann::json ReportJson(const LoadgenOptions& options, const LoadSummary& s) {
           {"time_to_first_preview_p99_s", s.time_to_first_preview.p99},
           {"calls_with_previews", s.time_to_first_preview.count},
           {"previews_per_call", s.previews_per_call},
-          {"max_waiting_in_client", s.max_waiting_in_client}};
+          {"max_waiting_in_client", s.max_waiting_in_client},
+          {"lost", s.lost},
+          {"outcomes", std::move(outcomes)},
+          {"server_rss", std::move(rss)},
+          {"server_rss_max_bytes", s.rss_max_bytes},
+          {"server_rss_second_half_growth_bytes", s.rss_second_half_growth_bytes},
+          {"rss_scrape_errors", s.rss_scrape_errors}};
 }
 
 absl::Status RunLoadgen(const std::shared_ptr<grpc::Channel>& channel,
@@ -482,11 +807,16 @@ absl::Status RunLoadgen(const std::shared_ptr<grpc::Channel>& channel,
       << (options.warmup ? absl::StrCat(", warm-up ", options.warmup) : "") << "\n";
   const LoadSummary summary = Summarize(RunLoad(channel, options, stop, log));
   out << ReportText(options, summary) << std::flush;
-  if (options.json.empty()) return absl::OkStatus();
-  if (absl::Status s =
-          WriteFileAtomically(options.json, ReportJson(options, summary).dump(2) + "\n");
-      !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("cannot write ", options.json, ": ", s.message()));
+  if (!options.json.empty()) {
+    if (absl::Status s =
+            WriteFileAtomically(options.json, ReportJson(options, summary).dump(2) + "\n");
+        !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("cannot write ", options.json, ": ", s.message()));
+    }
+  }
+  if (summary.lost > 0) {
+    return absl::DataLossError(absl::StrCat(
+        summary.lost, " calls were lost: they ended OK without every image they asked for"));
   }
   return absl::OkStatus();
 }

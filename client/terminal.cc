@@ -371,9 +371,20 @@ absl::Status ParseMixValue(absl::string_view key, absl::string_view v, LoadMix& 
     mix.models.emplace_back(v);
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("mix: unknown key '", key,
-                   "' (keys: class, guidance, preview_every, preview_kind, n, priority, model)"));
+  if (key == "kind") {
+    for (const CallKind kind : kAllCallKinds) {
+      if (v == CallKindName(kind)) {
+        mix.kinds.push_back(kind);
+        return absl::OkStatus();
+      }
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("mix: kind: '", v,
+                     "' is not one of normal, client_cancel, cancel_rpc, short_deadline, abandon"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "mix: unknown key '", key,
+      "' (keys: class, guidance, preview_every, preview_kind, n, priority, model, kind)"));
 }
 
 }  // namespace
@@ -426,6 +437,26 @@ v1::GenerateImageRequest SampleRequest(const LoadMix& mix, std::mt19937_64& rng)
   if (!mix.priorities.empty()) request.set_priority(Pick(mix.priorities, rng));
   if (!mix.models.empty()) request.set_model(Pick(mix.models, rng));
   return request;
+}
+
+CallKind SampleKind(const LoadMix& mix, std::mt19937_64& rng) {
+  return mix.kinds.empty() ? CallKind::kNormal : Pick(mix.kinds, rng);
+}
+
+absl::string_view CallKindName(CallKind kind) {
+  switch (kind) {
+    case CallKind::kNormal:
+      return "normal";
+    case CallKind::kClientCancel:
+      return "client_cancel";
+    case CallKind::kCancelRpc:
+      return "cancel_rpc";
+    case CallKind::kShortDeadline:
+      return "short_deadline";
+    case CallKind::kAbandon:
+      return "abandon";
+  }
+  return "unknown";
 }
 
 double Percentile(const std::vector<double>& sorted, double q) {

@@ -165,6 +165,20 @@ std::string SafeFileStem(absl::string_view request_id);
 std::string PreviewPath(absl::string_view dir, absl::string_view request_id, int image, int step);
 std::string ResultPath(absl::string_view dir, absl::string_view request_id, int image);
 
+// How the load generator treats a call, besides sending it (the mix's `kind` key; what each
+// does and which outcomes it expects: client/loadgen.h):
+//   normal          reads the stream to its end
+//   client_cancel   cancels its own call mid-stream
+//   cancel_rpc      ends its call mid-stream with a CancelGeneration call
+//   short_deadline  has a deadline shorter than a generation
+//   abandon         stops reading mid-stream, then drops the stream
+enum class CallKind { kNormal, kClientCancel, kCancelRpc, kShortDeadline, kAbandon };
+inline constexpr CallKind kAllCallKinds[] = {CallKind::kNormal, CallKind::kClientCancel,
+                                             CallKind::kCancelRpc, CallKind::kShortDeadline,
+                                             CallKind::kAbandon};
+// "normal", "client_cancel", ... as above.
+absl::string_view CallKindName(CallKind kind);
+
 // The load generator's request mix. Syntax: comma-separated `key:values` entries, with the
 // values of one key separated by '|'; integer keys also take inclusive ranges "a-b". Each
 // request picks, for every key independently, one of the listed values uniformly at random
@@ -177,10 +191,11 @@ std::string ResultPath(absl::string_view dir, absl::string_view request_id, int 
 //   n              num_images (ints, ranges)            e.g. n:1-4
 //   priority       interactive|normal|batch             e.g. priority:interactive|batch
 //   model          model name                           e.g. model:fmnist-dart
+//   kind           CallKind names (not a request field) e.g. kind:normal|client_cancel
 //
-// An absent key leaves the field unset (the server's default). The empty string is a valid mix
-// that sets nothing. A repeated key, an unknown key, an empty value list, a bad number or a
-// reversed range is INVALID_ARGUMENT.
+// An absent key leaves the field unset (the server's default; for kind: normal). The empty
+// string is a valid mix that sets nothing. A repeated key, an unknown key, an empty value list,
+// a bad number or a reversed range is INVALID_ARGUMENT.
 struct LoadMix {
   std::vector<int32_t> classes;
   std::vector<float> guidance;
@@ -189,12 +204,16 @@ struct LoadMix {
   std::vector<uint32_t> num_images;
   std::vector<v1::Priority> priorities;
   std::vector<std::string> models;
+  std::vector<CallKind> kinds;
 };
 absl::StatusOr<LoadMix> ParseLoadMix(absl::string_view text);
 
 // Draws one request from `mix`, with a seed from `rng` so that a run is reproducible from the
-// load generator's --seed. Leaves request_id empty (the server picks one).
+// load generator's --seed. Leaves request_id empty (the server picks one). Does not draw a kind
+// (SampleKind does), so the request sequence of a seed is the same whatever the kinds.
 v1::GenerateImageRequest SampleRequest(const LoadMix& mix, std::mt19937_64& rng);
+// One of `mix.kinds`, uniformly from `rng`; kNormal when it lists none.
+CallKind SampleKind(const LoadMix& mix, std::mt19937_64& rng);
 
 // The nearest-rank `q`-quantile (0 < q <= 1) of `sorted` (ascending): the smallest value with at
 // least a fraction q of the values at or below it. 0 for an empty vector.

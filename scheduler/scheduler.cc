@@ -6,8 +6,26 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace dartserve::scheduler {
+namespace {
+
+// Runs `call` (an Engine call returning absl::Status or absl::StatusOr) with whatever it throws
+// as INTERNAL "<what> threw: ...". An exception that escaped would end the worker thread, and
+// with it the process (std::terminate), instead of failing the requests at hand.
+template <typename Call>
+auto CatchingThrows(absl::string_view what, Call&& call) -> decltype(call()) {
+  try {
+    return call();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(what, " threw: ", e.what()));
+  } catch (...) {
+    return absl::InternalError(absl::StrCat(what, " threw a non-standard exception"));
+  }
+}
+
+}  // namespace
 
 struct Scheduler::Entry {
   Request request;
@@ -264,7 +282,8 @@ std::vector<Scheduler::EntryPtr> Scheduler::StartAll(std::vector<EntryPtr> admit
   std::vector<EntryPtr> started;
   std::vector<Departure> failed;
   for (EntryPtr& e : admitted) {
-    absl::StatusOr<std::unique_ptr<model::EngineRequest>> state = engine_->Start(e->request.params);
+    absl::StatusOr<std::unique_ptr<model::EngineRequest>> state =
+        CatchingThrows("starting the request", [&] { return engine_->Start(e->request.params); });
     if (!state.ok()) {
       failed.push_back({std::move(e), state.status()});
       continue;
@@ -288,12 +307,8 @@ absl::Status Scheduler::StepPhase(const std::vector<Entry*>& batch) {
   std::vector<model::EngineRequest*> states;
   states.reserve(batch.size());
   for (Entry* e : batch) states.push_back(e->state.get());
-  absl::Status status;
-  try {
-    status = engine_->Step(states);
-  } catch (const std::exception& e) {
-    status = absl::InternalError(absl::StrCat("denoising step threw: ", e.what()));
-  }
+  const absl::Status status =
+      CatchingThrows("denoising step", [&] { return engine_->Step(states); });
   if (!status.ok()) return status;
   // Progress for the requests that go on; those that finished hear of it in RetirePhase. The
   // previews due at this step are rendered first, one batched Render per kind.
@@ -316,8 +331,8 @@ absl::Status Scheduler::StepPhase(const std::vector<Entry*>& batch) {
     if (jobs.empty()) continue;
     absl::StatusOr<std::vector<Pixels>> rendered = RenderAll(jobs, kind);
     for (size_t j = 0; j < due.size(); ++j) {
-      previews[due[j]] = rendered.ok() ? std::move((*rendered)[j])
-                                       : absl::StatusOr<Pixels>(rendered.status());
+      previews[due[j]] =
+          rendered.ok() ? std::move((*rendered)[j]) : absl::StatusOr<Pixels>(rendered.status());
     }
   }
   for (size_t i = 0; i < going_on.size(); ++i) {
@@ -332,11 +347,7 @@ absl::Status Scheduler::StepPhase(const std::vector<Entry*>& batch) {
 
 absl::StatusOr<std::vector<Pixels>> Scheduler::RenderAll(std::span<const model::RenderJob> jobs,
                                                          model::RenderKind kind) {
-  try {
-    return engine_->Render(jobs, kind);
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("rendering threw: ", e.what()));
-  }
+  return CatchingThrows("rendering", [&] { return engine_->Render(jobs, kind); });
 }
 
 void Scheduler::RetirePhase(const std::vector<Entry*>& batch, const absl::Status& step_status) {

@@ -18,6 +18,9 @@
 //  - Submit never blocks; it takes ownership of `*request` iff it returns OK.
 //  - Every accepted request's sink gets OnFinished exactly once: the image, or an error
 //    (CANCELLED, DEADLINE_EXCEEDED, INTERNAL when a step fails, UNAVAILABLE when drained).
+//  - An Engine call that throws (anything, std::exception or not) is an error, INTERNAL: a Start
+//    fails its request alone, a Step every request of its batch, a Render the images it was for.
+//    The worker goes on; the other requests are not affected.
 //  - Cancellation and deadlines take effect at the next iteration boundary and free the request's
 //    KV memory at once. Cancel frees the request's id at once: a new request may reuse it while
 //    the cancelled one is still on its way out.
@@ -137,7 +140,7 @@ class Scheduler {
   // Returns the batch, every active request; `*changed` is set when any request left or joined.
   std::vector<Entry*> AdmitPhase(absl::Time now, bool* changed) ABSL_LOCKS_EXCLUDED(mu_);
   // Step: one Engine::Step over `batch`, then progress to the requests that go on. Returns the
-  // step's status (a thrown exception becomes INTERNAL).
+  // step's status.
   absl::Status StepPhase(const std::vector<Entry*>& batch) ABSL_LOCKS_EXCLUDED(mu_);
   // Retire: the requests of `batch` that finished (all of them when the step failed) leave with
   // their image (INTERNAL when the step failed). Frees their entries.
@@ -155,14 +158,15 @@ class Scheduler {
   std::vector<EntryPtr> PopAdmissibleLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The class whose head is admitted next: lowest effective class, then oldest. -1 when empty.
   int NextClassLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Engine::Start for each admitted request; those that fail leave at once. Returns the others.
+  // Engine::Start for each admitted request; those that fail (or throw) leave at once. Returns
+  // the others.
   std::vector<EntryPtr> StartAll(std::vector<EntryPtr> admitted, absl::Time now)
       ABSL_LOCKS_EXCLUDED(mu_);
   // The results of the requests that ran all their steps: each gets its last OnProgress, then
   // all their images are rendered in one Engine::Render call.
   void CompleteAll(std::vector<std::pair<Entry*, absl::StatusOr<Result>>>& finished)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Engine::Render, with a thrown exception as INTERNAL.
+  // Engine::Render.
   absl::StatusOr<std::vector<Pixels>> RenderAll(std::span<const model::RenderJob> jobs,
                                                 model::RenderKind kind) ABSL_LOCKS_EXCLUDED(mu_);
 

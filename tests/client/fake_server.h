@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,13 +24,15 @@ namespace dartserve::client {
 // GenerateImage answers Accepted, then per image one Progress without a preview, one with a
 // 1-byte preview and a Result, then OK; a request whose class_id is `fail_class` gets Accepted
 // and then `fail_code`. With `hang`, every call blocks after Accepted until the client cancels
-// it. ListModels returns `models`. Thread-safe: handlers run on gRPC's threads, the accessors on
-// the test's.
+// it or CancelGeneration names its request_id (CANCELLED). With `skip_results`, calls end OK
+// without their Results (a server that loses images). ListModels returns `models`.
+// Thread-safe: handlers run on gRPC's threads, the accessors on the test's.
 class FakeImageGenerator final : public v1::ImageGenerator::Service {
  public:
   int fail_class = -1;
   grpc::StatusCode fail_code = grpc::StatusCode::RESOURCE_EXHAUSTED;
   bool hang = false;
+  bool skip_results = false;
   v1::ListModelsResponse models;
 
   grpc::Status GenerateImage(grpc::ServerContext* context, const v1::GenerateImageRequest* request,
@@ -44,7 +47,20 @@ class FakeImageGenerator final : public v1::ImageGenerator::Service {
     const grpc::Status status = Answer(context, *request, writer);
     std::lock_guard lock(mu_);
     --in_flight_;
+    cancelled_ids_.erase(request->request_id());
     return status;
+  }
+
+  // OK for a hanging call's id (which then ends CANCELLED), NOT_FOUND otherwise.
+  grpc::Status CancelGeneration(grpc::ServerContext*, const v1::CancelGenerationRequest* request,
+                                v1::CancelGenerationResponse*) override {
+    std::lock_guard lock(mu_);
+    ++cancel_calls_;
+    if (!hanging_ids_.contains(request->request_id())) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "not in flight");
+    }
+    cancelled_ids_.insert(request->request_id());
+    return grpc::Status::OK;
   }
 
   grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
@@ -72,6 +88,10 @@ class FakeImageGenerator final : public v1::ImageGenerator::Service {
     std::lock_guard lock(mu_);
     return max_in_flight_;
   }
+  int cancel_calls() {
+    std::lock_guard lock(mu_);
+    return cancel_calls_;
+  }
   std::string last_authorization() {
     std::lock_guard lock(mu_);
     return last_authorization_;
@@ -89,14 +109,24 @@ class FakeImageGenerator final : public v1::ImageGenerator::Service {
     v1::GenerateImageResponse response;
     response.mutable_accepted()->set_request_id("r");
     response.mutable_accepted()->set_num_images(num_images);
+    if (hang && !request.request_id().empty()) {
+      // Before Accepted goes out, so that a CancelGeneration sent on it finds the id.
+      std::lock_guard lock(mu_);
+      hanging_ids_.insert(request.request_id());
+    }
     writer->Write(response);
     if (hang) {
       // The sync API has no cancellation callback; poll, which ends as soon as the client's
-      // cancellation arrives.
-      while (!context->IsCancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      return grpc::Status::CANCELLED;
+      // cancellation or a CancelGeneration arrives.
+      while (!context->IsCancelled() && !CancelledById(request.request_id())) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      std::lock_guard lock(mu_);
+      hanging_ids_.erase(request.request_id());
+      return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
     }
     if (request.class_id() == fail_class) return grpc::Status(fail_code, "scripted failure");
+    if (skip_results) return grpc::Status::OK;
     for (int i = 0; i < num_images; ++i) {
       response.mutable_progress()->set_image_index(i);
       writer->Write(response);
@@ -108,8 +138,16 @@ class FakeImageGenerator final : public v1::ImageGenerator::Service {
     return grpc::Status::OK;
   }
 
+  bool CancelledById(const std::string& id) {
+    std::lock_guard lock(mu_);
+    return cancelled_ids_.contains(id);
+  }
+
   std::mutex mu_;
   std::condition_variable cv_;
+  std::set<std::string> hanging_ids_;
+  std::set<std::string> cancelled_ids_;
+  int cancel_calls_ = 0;
   int calls_ = 0;
   std::map<int, int> calls_by_class_;
   int in_flight_ = 0;

@@ -11,10 +11,13 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "client/prometheus_scrape.h"
 #include "common/file_io.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "server/server_metrics.h"
 #include "tests/client/fake_server.h"
 
 namespace dartserve::client {
@@ -22,6 +25,7 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::Pair;
 using ::testing::StartsWith;
 using Clock = std::chrono::steady_clock;
@@ -209,6 +213,60 @@ TEST(SummarizeTest, AcceptedAndPreviewTimesOnlyFromCallsThatHadThem) {
   EXPECT_EQ(s.previews_per_call, 1);
 }
 
+// A call of `kind` that asked for `asked` images, got `images` and ended with `code`.
+CallRecord KindCall(CallKind kind, grpc::StatusCode code, int asked, int images) {
+  CallRecord r = Failed(code, 1);
+  r.kind = kind;
+  r.asked_images = asked;
+  r.images = images;
+  return r;
+}
+
+TEST(SummarizeTest, LostCallsEndedOkWithoutTheirImages) {
+  using enum grpc::StatusCode;
+  CallRecord cancelled_by_rpc = KindCall(CallKind::kCancelRpc, CANCELLED, 1, 0);
+  cancelled_by_rpc.cancel_rpc = OK;
+  CallRecord late_cancel_rpc = KindCall(CallKind::kCancelRpc, OK, 1, 1);
+  late_cancel_rpc.cancel_rpc = NOT_FOUND;
+  const std::vector<CallRecord> records = {
+      KindCall(CallKind::kNormal, OK, 2, 2),
+      KindCall(CallKind::kNormal, OK, 2, 1),  // lost: OK, one image short
+      KindCall(CallKind::kClientCancel, CANCELLED, 1, 0),
+      KindCall(CallKind::kShortDeadline, DEADLINE_EXCEEDED, 1, 0),
+      KindCall(CallKind::kShortDeadline, OK, 1, 0),  // lost
+      KindCall(CallKind::kAbandon, OK, 1, 0),        // stopped reading: not lost
+      cancelled_by_rpc,
+      late_cancel_rpc,
+  };
+  EXPECT_FALSE(IsLost(records[0]));
+  EXPECT_TRUE(IsLost(records[1]));
+  EXPECT_FALSE(IsLost(Ok(1))) << "a record that does not know what it asked for";
+  const LoadSummary s = Summarize(RunOf(records));
+  EXPECT_EQ(s.lost, 2);
+  EXPECT_THAT(s.outcomes, ::testing::SizeIs(5));
+  const KindOutcome& normal = s.outcomes.at("normal");
+  EXPECT_EQ(normal.calls, 2);
+  EXPECT_EQ(normal.lost, 1);
+  EXPECT_THAT(normal.statuses, ElementsAre(Pair("OK", 2)));
+  EXPECT_THAT(s.outcomes.at("short_deadline").statuses,
+              ElementsAre(Pair("DEADLINE_EXCEEDED", 1), Pair("OK", 1)));
+  EXPECT_EQ(s.outcomes.at("abandon").lost, 0);
+  const KindOutcome& rpc = s.outcomes.at("cancel_rpc");
+  EXPECT_THAT(rpc.statuses, ElementsAre(Pair("CANCELLED", 1), Pair("OK", 1)));
+  EXPECT_THAT(rpc.cancel_rpcs, ElementsAre(Pair("NOT_FOUND", 1), Pair("OK", 1)));
+}
+
+TEST(SummarizeTest, RssMaximumAndSecondHalfGrowth) {
+  LoadRun run = RunOf({Ok(1)});
+  run.server_rss = {{0, 100}, {5, 300}, {10, 250}, {15, 260}, {20, 270}};
+  run.rss_scrape_errors = 1;
+  const LoadSummary s = Summarize(run);
+  EXPECT_EQ(s.server_rss.size(), 5u);
+  EXPECT_EQ(s.rss_max_bytes, 300);
+  EXPECT_EQ(s.rss_second_half_growth_bytes, 20);  // 270 - the middle sample's 250
+  EXPECT_EQ(s.rss_scrape_errors, 1);
+}
+
 LoadgenOptions ReportOptions() {
   LoadgenOptions options;
   options.connection.server = "host:1";
@@ -233,7 +291,8 @@ TEST(ReportTest, Text) {
   run.max_waiting = 5;
   run.interrupted = true;
   EXPECT_EQ(ReportText(ReportOptions(), Summarize(run)),
-            "calls: 4 sent, 3 completed, 2 ok, 1 failed (RESOURCE_EXHAUSTED 1) [interrupted]\n"
+            "calls: 4 sent, 3 completed, 2 ok, 1 failed (RESOURCE_EXHAUSTED 1), 0 lost "
+            "[interrupted]\n"
             "throughput: 1.33 images/s, 2.00 requests/s over 1.50 s (offered 20/s; at most 5 "
             "waited in the client)\n"
             "latency (s): p50 0.500  p90 1.500  p95 1.500  p99 1.500  max 1.500  mean 1.000\n"
@@ -246,8 +305,38 @@ TEST(ReportTest, ClosedLoopTextHasNoOfferedRate) {
   LoadgenOptions options = ReportOptions();
   options.rate = 0;
   const std::string text = ReportText(options, Summarize(RunOf({Ok(1)})));
-  EXPECT_THAT(text, StartsWith("calls: 1 sent, 1 completed, 1 ok, 0 failed\n"
+  EXPECT_THAT(text, StartsWith("calls: 1 sent, 1 completed, 1 ok, 0 failed, 0 lost\n"
                                "throughput: 0.00 images/s, 1.00 requests/s over 1.00 s\n"));
+}
+
+TEST(ReportTest, TextListsOutcomesPerKindAndTheRss) {
+  using enum grpc::StatusCode;
+  CallRecord cancelled_by_rpc = KindCall(CallKind::kCancelRpc, CANCELLED, 1, 0);
+  cancelled_by_rpc.cancel_rpc = OK;
+  LoadRun run = RunOf({KindCall(CallKind::kNormal, OK, 1, 1), cancelled_by_rpc,
+                       KindCall(CallKind::kClientCancel, CANCELLED, 1, 0),
+                       KindCall(CallKind::kClientCancel, OK, 1, 0)});
+  constexpr double kMiB = 1 << 20;
+  run.server_rss = {{0, 100 * kMiB}, {5.2, 110 * kMiB}, {10, 110 * kMiB}};
+  const std::string text = ReportText(ReportOptions(), Summarize(run));
+  EXPECT_THAT(text, HasSubstr(", 1 lost\n"));
+  // In kAllCallKinds order, not alphabetically.
+  EXPECT_THAT(text, HasSubstr("  normal: 1 calls (OK 1), 0 lost\n"
+                              "  client_cancel: 2 calls (CANCELLED 1, OK 1), 1 lost\n"
+                              "  cancel_rpc: 1 calls (CANCELLED 1), CancelGeneration (OK 1), 0 "
+                              "lost\n"
+                              "server RSS (MiB): 100.0 at 0 s, 110.0 at 5 s, 110.0 at 10 s; max "
+                              "110.0, second half +0.0 (3 samples)\n"));
+}
+
+TEST(ReportTest, TextShowsEightRssSamplesOfMany) {
+  LoadRun run = RunOf({Ok(1)});
+  for (int i = 0; i < 50; ++i) run.server_rss.push_back({i * 10.0, (100.0 + i) * (1 << 20)});
+  const std::string text = ReportText(ReportOptions(), Summarize(run));
+  EXPECT_THAT(text, HasSubstr("server RSS (MiB): 100.0 at 0 s, 107.0 at 70 s,"));
+  EXPECT_THAT(text, HasSubstr(", 149.0 at 490 s; max 149.0, second half +24.0 (50 samples)\n"));
+  // Normal calls alone get no outcome lines.
+  EXPECT_THAT(text, Not(HasSubstr("  normal:")));
 }
 
 TEST(ReportTest, JsonEchoesTheConfigAndHasFlatKeys) {
@@ -272,6 +361,11 @@ TEST(ReportTest, JsonEchoesTheConfigAndHasFlatKeys) {
   EXPECT_EQ(json.at("seconds"), 60.0);
   EXPECT_EQ(json.at("calls_with_previews"), 0);
   EXPECT_EQ(json.at("max_waiting_in_client"), 3);
+  EXPECT_EQ(json.at("lost"), 0);
+  EXPECT_EQ(json.at("outcomes").at("normal").at("calls"), 3);
+  EXPECT_EQ(json.at("outcomes").at("normal").at("statuses"),
+            nlohmann::json({{"OK", 2}, {"DEADLINE_EXCEEDED", 1}}));
+  EXPECT_EQ(json.at("server_rss"), nlohmann::json::array());
   for (const char* key :
        {"interrupted", "images", "requests_per_second", "ok_per_second", "images_per_second",
         "latency_p90_s", "latency_p95_s", "time_to_accepted_p50_s", "time_to_accepted_p99_s",
@@ -295,6 +389,44 @@ TEST(OptionsTest, ValidateNamesTheFlag) {
   EXPECT_THAT(message_of([](LoadgenOptions& o) { o.duration = 0; }), HasSubstr("--duration"));
   EXPECT_THAT(message_of([](LoadgenOptions& o) { o.warmup = -1; }), HasSubstr("--warmup"));
   EXPECT_THAT(message_of([](LoadgenOptions& o) { o.timeout = -1; }), HasSubstr("--timeout"));
+  EXPECT_THAT(message_of([](LoadgenOptions& o) { o.short_timeout = 0; }),
+              HasSubstr("--short_timeout"));
+  EXPECT_THAT(message_of([](LoadgenOptions& o) { o.abandon_seconds = -1; }),
+              HasSubstr("--abandon_seconds"));
+  EXPECT_THAT(message_of([](LoadgenOptions& o) { o.rss_every = 0; }), HasSubstr("--rss_every"));
+  EXPECT_THAT(message_of([](LoadgenOptions& o) { o.soak = true; }), HasSubstr("--metrics"));
+}
+
+// --- scraping the server's metrics ---------------------------------------------------------------
+
+TEST(ScrapeTest, SampleValueReadsOneSeries) {
+  const std::string exposition =
+      "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+      "# TYPE process_resident_memory_bytes gauge\n"
+      "process_resident_memory_bytes 1.5e+08\n"
+      "process_resident_memory_bytes_total 7\n"
+      "dartserve_images_total{model=\"a\"} 3 1700000000000\n"
+      "broken NaNx\n";
+  EXPECT_EQ(SampleValue(exposition, "process_resident_memory_bytes"), 1.5e8);
+  EXPECT_EQ(SampleValue(exposition, "dartserve_images_total{model=\"a\"}"), 3);
+  EXPECT_EQ(SampleValue(exposition, "process_resident"), std::nullopt);
+  EXPECT_EQ(SampleValue(exposition, "dartserve_images_total"), std::nullopt);
+  EXPECT_EQ(SampleValue(exposition, "broken"), std::nullopt);
+}
+
+TEST(ScrapeTest, ScrapeSampleReadsAnEndpointAndNamesWhatIsMissing) {
+  // The endpoint holds what it serves weakly.
+  const auto process = std::make_shared<server::ProcessMetrics>("t");
+  absl::StatusOr<std::unique_ptr<server::MetricsEndpoint>> endpoint =
+      server::MetricsEndpoint::Start("127.0.0.1:0", process);
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  const std::string address = absl::StrCat("127.0.0.1:", (*endpoint)->port());
+  absl::StatusOr<double> rss = ScrapeSample(address, "process_resident_memory_bytes");
+  ASSERT_TRUE(rss.ok()) << rss.status();
+  EXPECT_GT(*rss, 1 << 20);
+  EXPECT_EQ(ScrapeSample(address, "no_such_metric").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ScrapeSample("127.0.0.1", "x").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ScrapeSample("127.0.0.1:1", "x").status().code(), absl::StatusCode::kUnavailable);
 }
 
 // --- the runner, against an in-process server ---------------------------------------------------
@@ -396,6 +528,86 @@ TEST_F(RunLoadTest, RequestsAreDrawnFromTheSeed) {
   EXPECT_EQ(seen, expected);
 }
 
+TEST_F(RunLoadTest, EachKindEndsTheWayItActs) {
+  // The server holds every call after Accepted, so only what the client does ends it.
+  service_.hang = true;
+  const struct {
+    const char* kind;
+    grpc::StatusCode code;
+  } kCases[] = {
+      {"client_cancel", grpc::StatusCode::CANCELLED},
+      {"cancel_rpc", grpc::StatusCode::CANCELLED},
+      {"short_deadline", grpc::StatusCode::DEADLINE_EXCEEDED},
+      {"abandon", grpc::StatusCode::CANCELLED},
+  };
+  for (const auto& c : kCases) {
+    SCOPED_TRACE(c.kind);
+    LoadgenOptions options = Options(absl::StrCat("class:1,kind:", c.kind));
+    options.short_timeout = 0.1;
+    options.abandon_seconds = 0.05;
+    const LoadRun run = Run(options);
+    ASSERT_GT(run.sent, 0);
+    ASSERT_EQ(static_cast<int64_t>(run.records.size()), run.sent);
+    for (const CallRecord& r : run.records) {
+      EXPECT_EQ(CallKindName(r.kind), c.kind);
+      EXPECT_EQ(r.code, c.code);
+      EXPECT_GE(r.to_accepted, 0);
+      EXPECT_FALSE(IsLost(r));
+      if (r.kind == CallKind::kShortDeadline) {
+        EXPECT_LE(r.latency, 5) << "its own deadline";
+      }
+      // The CancelGeneration call found the call it named.
+      EXPECT_EQ(r.cancel_rpc, r.kind == CallKind::kCancelRpc ? std::optional(grpc::StatusCode::OK)
+                                                             : std::nullopt);
+    }
+  }
+  EXPECT_GT(service_.cancel_calls(), 0);
+}
+
+TEST_F(RunLoadTest, AServerThatLosesImagesFailsTheRun) {
+  service_.skip_results = true;  // every call ends OK right after Accepted, without its image
+  LoadgenOptions options = Options("class:2,kind:normal|abandon");
+  const LoadSummary s = Summarize(Run(options));
+  ASSERT_GT(s.outcomes.at("normal").calls, 0);
+  EXPECT_EQ(s.outcomes.at("normal").lost, s.outcomes.at("normal").calls);
+  // An abandoned stream's images are the client's to lose.
+  if (s.outcomes.contains("abandon")) {
+    EXPECT_EQ(s.outcomes.at("abandon").lost, 0);
+  }
+  EXPECT_EQ(s.lost, s.outcomes.at("normal").calls);
+
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = ConnectForLoad(options);
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  std::ostringstream out;
+  const absl::Status status = RunLoadgen(*channel, options, stop_, out, log_);
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("calls were lost"));
+  EXPECT_THAT(out.str(), HasSubstr("  normal: "));
+}
+
+TEST_F(RunLoadTest, SamplesTheServersRss) {
+  // The endpoint holds what it serves weakly.
+  const auto process = std::make_shared<server::ProcessMetrics>("t");
+  absl::StatusOr<std::unique_ptr<server::MetricsEndpoint>> endpoint =
+      server::MetricsEndpoint::Start("127.0.0.1:0", process);
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  LoadgenOptions options = Options("class:1");
+  options.metrics = absl::StrCat("127.0.0.1:", (*endpoint)->port());
+  options.rss_every = 0.05;
+  options.duration = 0.3;
+  const LoadRun run = Run(options);
+  EXPECT_EQ(run.rss_scrape_errors, 0);
+  // One at the start, one every 50 ms, one at the end: a loaded machine may skip some.
+  ASSERT_GE(run.server_rss.size(), 2u);
+  for (size_t i = 0; i < run.server_rss.size(); ++i) {
+    EXPECT_GT(run.server_rss[i].bytes, 1 << 20);
+    if (i > 0) {
+      EXPECT_GE(run.server_rss[i].seconds, run.server_rss[i - 1].seconds);
+    }
+  }
+  EXPECT_GE(run.server_rss.back().seconds, 0.3);
+}
+
 TEST_F(RunLoadTest, StopBeforeTheRunStartsNothing) {
   stop_ = true;
   LoadgenOptions options = Options("class:0");
@@ -460,6 +672,44 @@ TEST(ConnectForLoadTest, UnreachableServerIsUnavailable) {
   const absl::Status status = ConnectForLoad(options).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(status.message()), HasSubstr("unreachable"));
+}
+
+TEST(ConnectForLoadTest, MetricsEndpointMustAnswer) {
+  FakeImageGenerator service;
+  InProcessServer server(&service, /*health=*/true);
+  ASSERT_TRUE(server.ok());
+  LoadgenOptions options;
+  options.connection.server = server.address();
+  options.metrics = "127.0.0.1:1";  // nothing listens there
+  const absl::Status status = ConnectForLoad(options).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(status.message()), StartsWith("--metrics: "));
+}
+
+TEST(ApplySoakDefaultsTest, AddsEveryKindAndEveryServedModel) {
+  FakeImageGenerator service;
+  service.models.add_models()->set_name("a");
+  service.models.add_models()->set_name("b");
+  InProcessServer server(&service, /*health=*/true);
+  ASSERT_TRUE(server.ok());
+  LoadgenOptions options;
+  options.connection.server = server.address();
+  options.mix_text = "n:1";
+  options.mix = *ParseLoadMix(options.mix_text);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = ConnectForLoad(options);
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  ASSERT_TRUE(ApplySoakDefaults(*channel, &options).ok());
+  EXPECT_EQ(options.mix_text,
+            "n:1,kind:normal|client_cancel|cancel_rpc|short_deadline|abandon,model:a|b");
+  EXPECT_THAT(options.mix.models, ElementsAre("a", "b"));
+  EXPECT_EQ(options.mix.kinds.size(), std::size(kAllCallKinds));
+
+  // What the mix names stays.
+  options.mix_text = "kind:abandon,model:b";
+  options.mix = *ParseLoadMix(options.mix_text);
+  ASSERT_TRUE(ApplySoakDefaults(*channel, &options).ok());
+  EXPECT_EQ(options.mix_text, "kind:abandon,model:b");
+  EXPECT_THAT(options.mix.kinds, ElementsAre(CallKind::kAbandon));
 }
 
 TEST(ConnectForLoadTest, MissingCaFileIsNotFound) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/file_io.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -294,7 +295,8 @@ TEST(RequestTest, OutputPathsAreConfinedToTheFolder) {
 TEST(LoadMixTest, ParsesEveryKey) {
   absl::StatusOr<LoadMix> mix = ParseLoadMix(
       "class:0-2|7, guidance:1|2.5,preview_every:0|1,n:1-2,priority:interactive|batch,"
-      "model:a|b,preview_kind:linear|decoded");
+      "model:a|b,preview_kind:linear|decoded,kind:normal|client_cancel|cancel_rpc|short_deadline|"
+      "abandon");
   ASSERT_TRUE(mix.ok()) << mix.status();
   EXPECT_THAT(mix->classes, ElementsAre(0, 1, 2, 7));
   EXPECT_THAT(mix->guidance, ElementsAre(1.0f, 2.5f));
@@ -303,6 +305,26 @@ TEST(LoadMixTest, ParsesEveryKey) {
   EXPECT_THAT(mix->priorities, ElementsAre(v1::PRIORITY_INTERACTIVE, v1::PRIORITY_BATCH));
   EXPECT_THAT(mix->models, ElementsAre("a", "b"));
   EXPECT_THAT(mix->preview_kinds, ElementsAre(v1::PREVIEW_KIND_LINEAR, v1::PREVIEW_KIND_DECODED));
+  EXPECT_THAT(mix->kinds,
+              ElementsAre(CallKind::kNormal, CallKind::kClientCancel, CallKind::kCancelRpc,
+                          CallKind::kShortDeadline, CallKind::kAbandon));
+  for (const CallKind kind : kAllCallKinds) {
+    EXPECT_EQ(ParseLoadMix(absl::StrCat("kind:", CallKindName(kind)))->kinds,
+              std::vector<CallKind>{kind});
+  }
+}
+
+TEST(LoadMixTest, KindsAreDrawnApartFromRequests) {
+  absl::StatusOr<LoadMix> mix = ParseLoadMix("kind:client_cancel|abandon");
+  ASSERT_TRUE(mix.ok());
+  std::mt19937_64 rng(3);
+  int abandon = 0;
+  for (int i = 0; i < 1000; ++i) abandon += SampleKind(*mix, rng) == CallKind::kAbandon;
+  EXPECT_NEAR(abandon, 500, 80);
+  // Without kinds every call is normal, and nothing is drawn.
+  std::mt19937_64 a(9), b(9);
+  EXPECT_EQ(SampleKind(LoadMix(), a), CallKind::kNormal);
+  EXPECT_EQ(a(), b());
 }
 
 TEST(LoadMixTest, EmptyMixSetsNothing) {
@@ -318,10 +340,9 @@ TEST(LoadMixTest, EmptyMixSetsNothing) {
 }
 
 TEST(LoadMixTest, RejectsBadInput) {
-  for (const char* text :
-       {"class", "class:", "class:a", "class:5-3", "colour:red", "n:-1", "guidance:x",
-        "priority:urgent", "preview_kind:sharp", "class:1,class:2", "class:1||2",
-        "class:0-100000000"}) {
+  for (const char* text : {"class", "class:", "class:a", "class:5-3", "colour:red", "n:-1",
+                           "guidance:x", "priority:urgent", "preview_kind:sharp", "class:1,class:2",
+                           "class:1||2", "class:0-100000000", "kind:sometimes"}) {
     absl::StatusOr<LoadMix> mix = ParseLoadMix(text);
     EXPECT_EQ(mix.status().code(), absl::StatusCode::kInvalidArgument) << text;
   }

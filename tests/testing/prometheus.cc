@@ -1,6 +1,5 @@
 #include "tests/testing/prometheus.h"
 
-#include <civetweb.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -29,18 +28,6 @@ constexpr char kPrometheusBinary[] = "/usr/bin/prometheus";
 constexpr char kPromtoolBinary[] = "/usr/bin/promtool";
 // Generous for a loaded 2-core CI machine; Prometheus is usually ready in about a second.
 constexpr absl::Duration kReadyTimeout = absl::Seconds(30);
-constexpr int kHttpTimeoutMs = 10000;
-
-void InitCivetwebOnce() {
-  // Reference-counted process-wide state, shared with the civetweb under the metrics endpoint
-  // (prometheus-cpp's Exposer); never torn down. The return value (initialised features) is 0
-  // for MG_FEATURES_DEFAULT, so it is not checked.
-  static const bool initialized = [] {
-    mg_init_library(MG_FEATURES_DEFAULT);
-    return true;
-  }();
-  (void)initialized;
-}
 
 absl::Status ErrnoError(absl::string_view what) {
   return absl::InternalError(absl::StrCat(what, ": ", std::strerror(errno)));
@@ -153,56 +140,7 @@ absl::StatusOr<int> PickFreePort() {
   return static_cast<int>(ntohs(address.sin_port));
 }
 
-absl::Status HttpStatusToError(int code, absl::string_view message) {
-  switch (code) {
-    case 400:
-      return absl::InvalidArgumentError(message);
-    case 404:
-      return absl::NotFoundError(message);
-    case 503:
-      return absl::UnavailableError(message);
-    default:
-      return absl::UnknownError(message);
-  }
-}
-
 }  // namespace
-
-absl::StatusOr<std::string> HttpGet(const std::string& host, int port,
-                                    const std::string& path_and_query) {
-  InitCivetwebOnce();
-  const std::string url = absl::StrCat("http://", host, ":", port, path_and_query);
-  char error[256] = {0};
-  mg_connection* connection = mg_connect_client(host.c_str(), port, 0, error, sizeof(error));
-  if (connection == nullptr) {
-    return absl::UnavailableError(absl::StrCat("GET ", url, ": cannot connect: ", error));
-  }
-  // HTTP/1.0 so that the server closes the connection after the body and never sends chunks.
-  mg_printf(connection, "GET %s HTTP/1.0\r\nHost: %s:%d\r\n\r\n", path_and_query.c_str(),
-            host.c_str(), port);
-  if (mg_get_response(connection, error, sizeof(error), kHttpTimeoutMs) < 0) {
-    mg_close_connection(connection);
-    return absl::UnavailableError(absl::StrCat("GET ", url, ": no response: ", error));
-  }
-  const mg_response_info* response = mg_get_response_info(connection);
-  const int code = response->status_code;
-  const long long content_length = response->content_length;
-  std::string body;
-  char buffer[8192];
-  int read = 0;
-  while ((read = mg_read(connection, buffer, sizeof(buffer))) > 0) body.append(buffer, read);
-  mg_close_connection(connection);
-  // Without a Content-Length the body ends when the server closes the connection, which
-  // civetweb's client reports as -1 rather than 0; with one, the body must be complete.
-  if (content_length >= 0 && body.size() != static_cast<size_t>(content_length)) {
-    return absl::UnavailableError(
-        absl::StrCat("GET ", url, ": read ", body.size(), " of ", content_length, " bytes"));
-  }
-  if (code != 200) {
-    return HttpStatusToError(code, absl::StrCat("GET ", url, ": HTTP ", code, ": ", body));
-  }
-  return body;
-}
 
 absl::Status PromtoolCheckMetrics(const std::string& exposition) {
   absl::StatusOr<std::string> dir = MakeTempDir("dartserve-promtool");

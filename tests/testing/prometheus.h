@@ -1,5 +1,7 @@
-// Test helpers that check metrics with Debian's real Prometheus tools: an HTTP GET, `promtool
-// check metrics`, and a throw-away Prometheus server that scrapes an endpoint under test.
+// Test helpers that check metrics with Debian's real Prometheus tools: `promtool check metrics`
+// and a throw-away Prometheus server that scrapes an endpoint under test. The HTTP GET and the
+// sample parser are the client's (client/prometheus_scrape.h), which dartserve-loadgen scrapes
+// the server with; they are named here too, so that tests say testing::HttpGet.
 //
 // Child processes are started with fork/exec and an argument vector (no shell), get their
 // output captured in a temporary file for error messages, and are killed if the thread that
@@ -16,15 +18,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/prometheus_scrape.h"
 #include "nlohmann/json.hpp"
 
 namespace dartserve::testing {
 
-// HTTP GET http://host:port/path with civetweb's client API; returns the body. UNAVAILABLE when
-// it cannot connect or read; on a status other than 200 an error carrying the status code and
-// body (NOT_FOUND for 404, INVALID_ARGUMENT for 400, UNAVAILABLE for 503, UNKNOWN otherwise).
-absl::StatusOr<std::string> HttpGet(const std::string& host, int port,
-                                    const std::string& path_and_query);
+using ::dartserve::client::HttpGet;
+using ::dartserve::client::SampleValue;
 
 // Pipes `exposition` into `promtool check metrics`; OK iff promtool accepts it. Lint warnings
 // are errors too; the INVALID_ARGUMENT message includes promtool's output.
