@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Configures and builds dartserve (Release) into ${BUILD_DIR:-build}. Extra args go to CMake's
-# configure step; TARGET=<name> builds one target instead of all.
+# configure step; TARGET="<name> ..." builds those targets instead of all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
@@ -11,4 +11,6 @@ if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
 elif [ $# -gt 0 ]; then
   cmake -S . -B "$BUILD_DIR" "$@"
 fi
-cmake --build "$BUILD_DIR" --parallel "$(nproc)" ${TARGET:+--target "$TARGET"}
+targets=()
+read -r -d '' -a targets <<< "${TARGET:-}" || true  # split on blanks and newlines
+cmake --build "$BUILD_DIR" --parallel "${BUILD_JOBS:-$(nproc)}" ${TARGET:+--target "${targets[@]}"}
