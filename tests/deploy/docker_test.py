@@ -146,7 +146,7 @@ class DockerfileTest(unittest.TestCase):
                 with self.subTest(dockerfile=name, model=source.name):
                     runs = " ".join(
                         a for k, a in stages(dt.SOURCE_DIR / name)["build"] if k == "RUN")
-                    copied = re.search(r"cp -r ((?:weights/\S+ )+)/stage/weights/", runs)
+                    copied = re.search(r"cp -r ((?:weights/\S+\s+)+)/stage/weights/", runs)
                     self.assertIsNotNone(copied, runs)
                     self.assertIn(f"weights/{source.name}", copied.group(1).split())
 
