@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/client_value.h"
 
 namespace dartserve::scheduler {
 namespace {
@@ -100,7 +101,8 @@ absl::Status Scheduler::Submit(std::unique_ptr<Request>& request) {
           absl::StrCat("queue is full (", options_.max_queued, " waiting requests)"));
     }
     if (live_ids_.contains(request->id)) {
-      return absl::AlreadyExistsError(absl::StrCat("request_id: ", request->id, " is in flight"));
+      return absl::AlreadyExistsError(
+          absl::StrCat("request_id: ", QuoteClientValue(request->id), " is in flight"));
     }
     entry->submitted = clock_->Now();
     live_ids_[request->id] = entry.get();

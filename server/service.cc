@@ -110,7 +110,12 @@ absl::Status ImageGeneratorService::Cancel(const std::string& request_id) {
     return absl::NotFoundError(
         absl::StrCat("request_id: no request ", QuoteClientValue(request_id), " in flight"));
   }
-  call->Cancel("cancelled by CancelGeneration");
+  // The call may have finished since Find (its last write done, its id about to be freed): then
+  // the client gets every image and OK, and saying OK here would claim a cancel that never was.
+  if (!call->Cancel("cancelled by CancelGeneration")) {
+    return absl::NotFoundError(
+        absl::StrCat("request_id: request ", QuoteClientValue(request_id), " has already ended"));
+  }
   return absl::OkStatus();
 }
 

@@ -61,7 +61,8 @@ class ImageGeneratorService final : public v1::ImageGenerator::CallbackService {
   absl::StatusOr<PreparedCall> PrepareGenerate(std::optional<absl::string_view> authorization,
                                                const v1::GenerateImageRequest& request);
   // CancelGeneration (after Authenticate): INVALID_ARGUMENT for a bad id, NOT_FOUND when no call
-  // with that id is in flight.
+  // with that id is in flight or the call found ended some other way first (finished with its
+  // images, or already failing); OK only when the call's stream ends with CANCELLED.
   absl::Status Cancel(const std::string& request_id);
   // ListModels and GetServerInfo (after Authenticate).
   void DescribeModels(v1::ListModelsResponse& response) const;

@@ -164,8 +164,10 @@ void GenerateCall::CancelImages() {
   for (int i = 0; i < submitted; ++i) deps_.scheduler->Cancel(ImageId(i));
 }
 
-void GenerateCall::Cancel(const std::string& why) {
-  Abort(absl::CancelledError(why), /*keep_results=*/false);
+bool GenerateCall::Cancel(const std::string& why) {
+  // AbortLocked decides under mu_, where the pump also decides to finish: exactly one of them
+  // sets the call's outcome, so a true here means the client sees CANCELLED.
+  return Abort(absl::CancelledError(why), /*keep_results=*/false);
 }
 
 bool GenerateCall::AbortLocked(const absl::Status& status, bool keep_results) {
@@ -184,13 +186,14 @@ bool GenerateCall::AbortLocked(const absl::Status& status, bool keep_results) {
   return false;
 }
 
-void GenerateCall::Abort(const absl::Status& status, bool keep_results) {
+bool GenerateCall::Abort(const absl::Status& status, bool keep_results) {
   bool release;
   {
     absl::MutexLock lock(&mu_);
     release = AbortLocked(status, keep_results);
   }
   if (release) ReleaseImages();
+  return release;
 }
 
 void GenerateCall::ReleaseImages() {

@@ -106,8 +106,11 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   absl::Status Start(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
 
   // CancelGeneration: the call ends with CANCELLED, its images are cancelled in the scheduler
-  // (their ids free at once), and unsent messages are dropped.
-  void Cancel(const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
+  // (their ids free at once), and unsent messages are dropped. Returns whether it took effect:
+  // false when the call had already finished (its status sent, or about to be: a call found in
+  // the registry can finish before this runs) or was already ending with another error (the
+  // client gone, its deadline, a failed image); then it changes nothing the client will see.
+  bool Cancel(const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Transport -> call. Any thread; none blocks.
   // The write WriteEvent started has ended; !ok: the client can take nothing more (the call
@@ -165,7 +168,8 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   // released; until it has, the call does not finish.
   bool AbortLocked(const absl::Status& status, bool keep_results)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Abort(const absl::Status& status, bool keep_results) ABSL_LOCKS_EXCLUDED(mu_);
+  // AbortLocked, then ReleaseImages when it asks for it. Returns AbortLocked's result.
+  bool Abort(const absl::Status& status, bool keep_results) ABSL_LOCKS_EXCLUDED(mu_);
   // After AbortLocked returned true: cancels the images, then lets the pump finish the call.
   void ReleaseImages() ABSL_LOCKS_EXCLUDED(mu_);
   void SchedulePumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -80,14 +80,6 @@ absl::StatusOr<int> ResolvePriority(v1::Priority priority) {
 
 }  // namespace
 
-std::string QuoteClientValue(absl::string_view value) {
-  if (value.size() <= kMaxQuotedBytes) return absl::StrCat("'", value, "'");
-  size_t cut = kMaxQuotedBytes;
-  // Back off to the start of a UTF-8 character (continuation bytes are 10xxxxxx).
-  while (cut > 0 && (static_cast<unsigned char>(value[cut]) & 0xC0) == 0x80) --cut;
-  return absl::StrCat("'", value.substr(0, cut), "...' (", value.size(), " bytes)");
-}
-
 absl::Status ValidateRequestId(const std::string& id) {
   if (id.size() > kMaxRequestIdLength) {
     return Invalid("request_id", absl::StrCat("at most ", kMaxRequestIdLength, " characters"));

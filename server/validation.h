@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/client_value.h"
 #include "dartserve/v1/image_generator.pb.h"
 #include "model/model_info.h"
 
@@ -30,11 +31,9 @@ struct ValidatedRequest {
 };
 
 // How every error message quotes a value the client sent (model name, request id, prompt, ...):
-// in single quotes, cut to its first kMaxQuotedBytes bytes (at a UTF-8 character boundary) with
-// "..." and its length when longer, e.g. 'xxxx...' (10000 bytes). An error about a huge field
-// stays a short error about that field, never a trailer over the client's metadata limit.
-inline constexpr size_t kMaxQuotedBytes = 64;
-std::string QuoteClientValue(absl::string_view value);
+// common/client_value.h, shared with the scheduler.
+using ::dartserve::kMaxQuotedBytes;
+using ::dartserve::QuoteClientValue;
 
 // INVALID_ARGUMENT naming the field, or OK. Empty ids are valid (the server picks one).
 absl::Status ValidateRequestId(const std::string& id);

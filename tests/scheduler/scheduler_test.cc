@@ -3,12 +3,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-
 #include "tests/testing/fake_engine.h"
 
 namespace dartserve::scheduler {
@@ -87,6 +87,14 @@ TEST_F(SchedulerTest, InvalidRequestsAreRejected) {
   Submit(*s, "x", 100, 1, &st);
   Submit(*s, "x", 100, 1, &st);
   EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(st.message(), "request_id: 'x' is in flight");
+  // A client's id is echoed quoted and cut, however long.
+  const std::string long_id(5000, 'y');
+  Submit(*s, long_id, 100, 1, &st);
+  Submit(*s, long_id, 100, 1, &st);
+  EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr("...' (5000 bytes) is in flight"));
+  EXPECT_LT(st.message().size(), 200u);
   engine_.kv_per_row = 1 << 20;
   auto big = Make({.kv_budget_bytes = 1000});
   Submit(*big, "huge", 100, 1, &st);
