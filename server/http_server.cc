@@ -61,15 +61,26 @@ std::optional<absl::string_view> HttpExchange::header(const char* name) const {
 
 absl::StatusOr<std::string> HttpExchange::ReadBody(size_t limit) {
   const long long declared = mg_get_request_info(connection_)->content_length;
+  char buffer[16384];
   const auto too_large = [&] {
     // The unread rest of the body must not be taken for the next request.
     mg_disable_connection_keep_alive(connection_);
+    // Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    // error response before the client reads it. So read and drop a moderately oversized body
+    // (up to 4x the limit) and only cut off a client that sends more.
+    const size_t drain_limit = 4 * limit;
+    if (declared <= static_cast<long long>(drain_limit)) {
+      for (size_t drained = 0; drained <= drain_limit;) {
+        const int n = mg_read(connection_, buffer, sizeof(buffer));
+        if (n <= 0) break;
+        drained += static_cast<size_t>(n);
+      }
+    }
     return absl::InvalidArgumentError(
         absl::StrCat("body: larger than the limit of ", limit, " bytes"));
   };
   if (declared > static_cast<long long>(limit)) return too_large();
   std::string body;
-  char buffer[16384];
   while (true) {
     const int n = mg_read(connection_, buffer, sizeof(buffer));
     if (n < 0) return absl::InvalidArgumentError("body: could not be read");

@@ -38,7 +38,8 @@ class HttpExchange {
   std::optional<absl::string_view> header(const char* name) const;
 
   // The whole request body. INVALID_ARGUMENT "body: ..." when it is longer than `limit` bytes
-  // (nothing beyond limit + 1 bytes is read) or cannot be read.
+  // or cannot be read. The rest of a body up to 4x `limit` is read and dropped, so that the
+  // error response reaches the client; a longer one is cut off.
   absl::StatusOr<std::string> ReadBody(size_t limit);
 
   void Send(int status, absl::string_view content_type, absl::string_view body);

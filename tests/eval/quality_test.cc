@@ -15,8 +15,8 @@ namespace dartserve::eval {
 
 using ::dartserve::data::FixedPromptSet;
 using ::dartserve::data::FixedPromptSet64;
-using ::dartserve::data::PromptSet64;
 using ::dartserve::data::LoadFashionMnist;
+using ::dartserve::data::PromptSet64;
 
 namespace {
 
@@ -111,12 +111,12 @@ TEST(QualityGateTest, TextModelPromptAdherence) {
 }
 
 // The shipped 64x64 latent text model (DART on its autoencoder's latents, decoded by the
-// autoencoder in the checkpoint) on the 100 prompts of three fixed 64x64 sets (FixedPromptSet64(set,
-// 100, 1234), one sample each at the served default guidance 2), checked by the 64x64 scene
-// analysis: one object of a seen or a held-out colour-shape pair must come out all-correct, two
-// objects in their stated relation. The bounds sit a few points under what docs/quality.md
-// records for these very samples; a pixel model, an autoencoder that does not match or broken
-// weights land far below them.
+// autoencoder in the checkpoint) on the 100 prompts of three fixed 64x64 sets
+// (FixedPromptSet64(set, 100, 1234), one sample each at the served default guidance 2), checked by
+// the 64x64 scene analysis: one object of a seen or a held-out colour-shape pair must come out
+// all-correct, two objects in their stated relation. The bounds sit a few points under what
+// docs/quality.md records for these very samples; a pixel model, an autoencoder that does not match
+// or broken weights land far below them.
 struct LatentGate {
   PromptSet64 set;
   const char* name;
@@ -141,12 +141,11 @@ TEST_P(ShippedLatentModelTest, PromptAdherence) {
             << "\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shipped, ShippedLatentModelTest,
-    ::testing::Values(LatentGate{PromptSet64::kSeen, "Seen", 0.55, 0},
-                      LatentGate{PromptSet64::kHeldOut, "HeldOut", 0.60, 0},
-                      LatentGate{PromptSet64::kRelation, "Relation", 0, 0.45}),
-    [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Shipped, ShippedLatentModelTest,
+                         ::testing::Values(LatentGate{PromptSet64::kSeen, "Seen", 0.55, 0},
+                                           LatentGate{PromptSet64::kHeldOut, "HeldOut", 0.60, 0},
+                                           LatentGate{PromptSet64::kRelation, "Relation", 0, 0.45}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
 }  // namespace dartserve::eval

@@ -162,20 +162,11 @@ struct Harness {
   }
 };
 
-v1::GenerateImageRequest Request(uint64_t seed, int num_images = 1) {
-  v1::GenerateImageRequest r;
-  r.set_class_id(3);
-  r.set_seed(seed);
-  r.set_num_images(static_cast<uint32_t>(num_images));
-  return r;
-}
-
 // One GenerateImage call, read message by message.
 class Call {
  public:
   Call(v1::ImageGenerator::Stub& stub, const v1::GenerateImageRequest& request)
       : num_images_(static_cast<int>(request.num_images())) {
-    context_.set_deadline(std::chrono::system_clock::now() + kBound);
     reader_ = stub.GenerateImage(&context_, request);
   }
 
@@ -202,7 +193,7 @@ class Call {
 
  private:
   const int num_images_;
-  grpc::ClientContext context_;
+  BoundedContext context_;
   std::unique_ptr<grpc::ClientReader<v1::GenerateImageResponse>> reader_;
   int results_ = 0;
   int progress_ = 0;
@@ -233,17 +224,17 @@ TEST_P(StepFaultTest, FailsItsBatchAndTheQueueBehindCompletes) {
   ASSERT_NE(h.server, nullptr);
   h.engine->Arm(2000, GetParam());
   h.engine->Close();
-  Call x(*h.stub, Request(1000));
+  Call x(*h.stub, ClassRequest(3, 1000));
   x.ReadAccepted();
   h.engine->WaitEntered(1);
   // One after the other, so that they queue in this order.
-  Call p(*h.stub, Request(2000));
+  Call p(*h.stub, ClassRequest(3, 2000));
   p.ReadAccepted();
-  Call a(*h.stub, Request(3000));
+  Call a(*h.stub, ClassRequest(3, 3000));
   a.ReadAccepted();
-  Call b(*h.stub, Request(4000));
+  Call b(*h.stub, ClassRequest(3, 4000));
   b.ReadAccepted();
-  Call c(*h.stub, Request(5000));
+  Call c(*h.stub, ClassRequest(3, 5000));
   c.ReadAccepted();
   h.engine->Open();
 
@@ -251,7 +242,7 @@ TEST_P(StepFaultTest, FailsItsBatchAndTheQueueBehindCompletes) {
   for (Call* call : {&b, &c}) ExpectCompleted(*call, call->Finish());
   EXPECT_EQ(h.engine->failed_batches(), (std::vector<std::vector<uint64_t>>{{1000, 2000, 3000}}));
   // The server goes on serving.
-  Call d(*h.stub, Request(6000));
+  Call d(*h.stub, ClassRequest(3, 6000));
   ExpectCompleted(d, d.Finish());
 
   EXPECT_EQ(h.Metric(kInternal), 3);
@@ -272,12 +263,12 @@ TEST(StartFaultTest, FailsOnlyItsRequest) {
   ASSERT_NE(h.server, nullptr);
   h.engine->Arm(2000, Fault::kStartThrows);
   h.engine->Close();
-  Call x(*h.stub, Request(1000));
+  Call x(*h.stub, ClassRequest(3, 1000));
   x.ReadAccepted();
   h.engine->WaitEntered(1);
-  Call p(*h.stub, Request(2000));
+  Call p(*h.stub, ClassRequest(3, 2000));
   p.ReadAccepted();
-  Call a(*h.stub, Request(3000));
+  Call a(*h.stub, ClassRequest(3, 3000));
   a.ReadAccepted();
   h.engine->Open();
 
@@ -317,7 +308,7 @@ TEST(ConcurrentFaultTest, OnlyTheFailedBatchesCallsFail) {
   for (int c = 0; c < kClients; ++c) {
     clients.emplace_back([&, c] {
       for (int i = 0; i < kCallsPerClient; ++i) {
-        Call call(*h.stub, Request(seed_of(c, i), images_of(c, i)));
+        Call call(*h.stub, ClassRequest(3, seed_of(c, i), images_of(c, i)));
         outcomes[c][i].status = call.Finish();
         outcomes[c][i].results = call.results();
         outcomes[c][i].progress = call.progress();

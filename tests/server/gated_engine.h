@@ -1,8 +1,9 @@
 // Test doubles shared by the server's tests: a FakeEngine whose steps the test lets run one by
-// one (or all), and a model spec over it.
+// one (or all), a model spec over it, a request for it and a bounded client context.
 #ifndef DARTSERVE_TESTS_SERVER_GATED_ENGINE_H_
 #define DARTSERVE_TESTS_SERVER_GATED_ENGINE_H_
 
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "dartserve/v1/image_generator.pb.h"
 #include "server/server.h"
 #include "tests/testing/fake_engine.h"
 
@@ -125,6 +127,22 @@ inline ModelSpec FakeSpec(std::string name, std::unique_ptr<model::Engine> engin
   spec.engines.push_back(std::move(engine));
   return spec;
 }
+
+// A request for `n` images of class `class_id` (FakeInfo() has classes 0-9).
+inline v1::GenerateImageRequest ClassRequest(int class_id, uint64_t seed, int n = 1) {
+  v1::GenerateImageRequest r;
+  r.set_class_id(class_id);
+  r.set_seed(seed);
+  r.set_num_images(static_cast<uint32_t>(n));
+  return r;
+}
+
+// A client context whose calls fail with DEADLINE_EXCEEDED after kBound (tests that want another
+// deadline set their own).
+class BoundedContext : public grpc::ClientContext {
+ public:
+  BoundedContext() { set_deadline(std::chrono::system_clock::now() + kBound); }
+};
 
 }  // namespace dartserve::server
 

@@ -144,7 +144,9 @@ HttpResult HttpRequest(int port, const std::string& method, const std::string& p
                        const std::string& body, const std::vector<std::string>& headers) {
   HttpClient client(port);
   HttpResult result;
-  if (!client.connected() || !client.Send(method, path, body, headers)) return result;
+  if (!client.connected()) return result;
+  // A server may answer (an error) before it has read the whole body; read the answer anyway.
+  client.Send(method, path, body, headers);
   result.status = client.ReadHead();
   result.content_type = client.header("content-type");
   result.body = client.ReadBody();

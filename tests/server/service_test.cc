@@ -1,11 +1,7 @@
 // The gRPC service end to end: an in-process Server on a free port, driven through the real
 // generated stub. A gated fake engine lets tests hold requests mid-run without sleeps.
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <condition_variable>
 #include <cstdlib>
@@ -31,13 +27,6 @@ namespace {
 
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
-
-// A client context whose calls fail with DEADLINE_EXCEEDED after kBound (tests that want another
-// deadline set their own).
-class BoundedContext : public grpc::ClientContext {
- public:
-  BoundedContext() { set_deadline(std::chrono::system_clock::now() + kBound); }
-};
 
 // The value of one sample line of a Prometheus exposition (0 when absent).
 double MetricValue(const std::string& exposition, const std::string& series) {
@@ -109,14 +98,6 @@ CallResult Generate(v1::ImageGenerator::Stub& stub, const v1::GenerateImageReque
   while (reader->Read(&m)) out.messages.push_back(m);
   out.status = reader->Finish();
   return out;
-}
-
-v1::GenerateImageRequest ClassRequest(int class_id, uint64_t seed, int n = 1) {
-  v1::GenerateImageRequest r;
-  r.set_class_id(class_id);
-  r.set_seed(seed);
-  r.set_num_images(static_cast<uint32_t>(n));
-  return r;
 }
 
 // A server (no metrics endpoint) over one real tiny model with random weights, guidance 2.
@@ -677,85 +658,6 @@ TEST(ServiceTest, MetricsPassPromtoolAndPrometheusScrapesThem) {
   EXPECT_LT(median, 10);
 }
 
-// A TCP socket listening on `ip`:0 (an ephemeral port), as a process that is not a gRPC server
-// would hold it; closed on destruction.
-class HeldPort {
- public:
-  explicit HeldPort(const char* ip) {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in address = {};
-    address.sin_family = AF_INET;
-    inet_pton(AF_INET, ip, &address.sin_addr);
-    socklen_t size = sizeof(address);
-    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&address), size) != 0 ||
-        listen(fd_, 1) != 0 ||
-        getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &size) != 0) {
-      ADD_FAILURE() << "cannot hold a port on " << ip;
-      return;
-    }
-    port_ = ntohs(address.sin_port);
-  }
-  ~HeldPort() {
-    if (fd_ >= 0) close(fd_);
-  }
-  int port() const { return port_; }
-
- private:
-  int fd_ = -1;
-  int port_ = 0;
-};
-
-absl::StatusOr<std::unique_ptr<Server>> StartFakeServer(ServerOptions options) {
-  std::vector<ModelSpec> models;
-  models.push_back(FakeSpec("fake", OpenGatedEngine()));
-  return Server::Start(std::move(options), std::move(models));
-}
-
-// A port held by another process: Start fails with a message that says so (and the half-built
-// server is torn down without crashing).
-TEST(ServerTest, BusyPortIsAClearError) {
-  HeldPort held("0.0.0.0");
-  ASSERT_GT(held.port(), 0);
-  const std::string address = absl::StrCat("0.0.0.0:", held.port());
-  absl::StatusOr<std::unique_ptr<Server>> server =
-      StartFakeServer({.address = address, .metrics_address = ""});
-  ASSERT_FALSE(server.ok());
-  EXPECT_EQ(server.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(server.status().message(),
-            absl::StrCat("cannot listen on ", address, ": address in use"));
-}
-
-// gRPC would let a second server bind the same port (SO_REUSEPORT) and the kernel would split
-// connections between the two; dartserve refuses that unless asked.
-TEST(ServerTest, SecondServerOnAPortIsRefused) {
-  absl::StatusOr<std::unique_ptr<Server>> first =
-      StartFakeServer({.address = "127.0.0.1:0", .metrics_address = ""});
-  ASSERT_TRUE(first.ok()) << first.status();
-  const std::string address = absl::StrCat("127.0.0.1:", (*first)->port());
-  absl::StatusOr<std::unique_ptr<Server>> second =
-      StartFakeServer({.address = address, .metrics_address = ""});
-  ASSERT_FALSE(second.ok()) << "two servers share " << address;
-  EXPECT_EQ(second.status().message(),
-            absl::StrCat("cannot listen on ", address, ": address in use"));
-
-  // Servers that all opt in share a port, and both answer.
-  absl::StatusOr<std::unique_ptr<Server>> shared_a =
-      StartFakeServer({.address = "127.0.0.1:0", .reuse_port = true, .metrics_address = ""});
-  ASSERT_TRUE(shared_a.ok()) << shared_a.status();
-  const std::string shared = absl::StrCat("127.0.0.1:", (*shared_a)->port());
-  absl::StatusOr<std::unique_ptr<Server>> shared_b =
-      StartFakeServer({.address = shared, .reuse_port = true, .metrics_address = ""});
-  ASSERT_TRUE(shared_b.ok()) << shared_b.status();
-  EXPECT_EQ((*shared_b)->port(), (*shared_a)->port());
-  auto stub =
-      v1::ImageGenerator::NewStub(grpc::CreateChannel(shared, grpc::InsecureChannelCredentials()));
-  BoundedContext ctx;
-  v1::ListModelsResponse response;
-  EXPECT_TRUE(stub->ListModels(&ctx, v1::ListModelsRequest(), &response).ok());
-  // One that does not opt in is still refused.
-  EXPECT_FALSE(StartFakeServer({.address = shared, .metrics_address = ""}).ok());
-}
-
 // A cancelled, disconnected or expired call's request id is free once the client has seen the
 // stream end (here: once the server has finished the call), although its images are still in
 // the scheduler (the engine is held mid-step): a retry with the same id is accepted and runs.
@@ -910,122 +812,6 @@ TEST(ServiceTest, ErrorsQuoteClientValuesShortened) {
   EXPECT_LT(cancelled.error_message().size(), 400u);
   EXPECT_TRUE(absl::StartsWith(cancelled.error_message(), "request_id:"))
       << cancelled.error_message().substr(0, 200);
-}
-
-// A GenerateCall over a transport that only records: the call's logic without gRPC, driven by a
-// scheduler the test steps itself, so the test picks the moments a network would pick.
-class RecordingCall final : public GenerateCall {
- public:
-  RecordingCall(const PreparedCall& prepared, WorkQueue* network)
-      : GenerateCall(prepared), network_(network) {}
-
-  // The status EndCall gave (bounded wait: a call that never ends fails the test).
-  absl::Status WaitEnded() {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!cv_.wait_for(lock, kBound, [this] { return ends_ > 0; })) {
-      return absl::DeadlineExceededError("EndCall was never called");
-    }
-    return status_;
-  }
-  int ends() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return ends_;
-  }
-  int results() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return results_;
-  }
-
- private:
-  void WriteEvent(const v1::GenerateImageResponse* event) override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (event->has_result()) ++results_;
-    }
-    // The write completes later, on another thread, as a transport's would.
-    network_->Post([self = shared_from_this()] { self->WriteDone(true); });
-  }
-  void EndCall(const absl::Status& status) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++ends_;
-    status_ = status;
-    cv_.notify_all();
-  }
-
-  WorkQueue* const network_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int ends_ = 0;
-  int results_ = 0;
-  absl::Status status_;
-};
-
-// CancelGeneration finds a call by id, then cancels it; the call can finish in between (its last
-// write done, its id freed). Cancel must then say it did nothing, so that CancelGeneration
-// answers NOT_FOUND rather than OK for a stream that ends OK with all its images.
-TEST(GenerateCallTest, CancelReportsWhetherItTookEffect) {
-  ServerMetrics metrics;
-  CallRegistry registry;
-  WorkQueue network(1);
-  WorkQueue pump(1);
-  testing::FakeEngine engine;
-  engine.model_info = FakeInfo();
-  scheduler::Scheduler replica({}, &engine);  // stepped here: RunIteration, no worker
-  scheduler::Dispatcher dispatcher;
-  dispatcher.AddReplica(&replica);
-  absl::StatusOr<ValidatedRequest> request =
-      ValidateGenerateRequest(ClassRequest(1, 5, 2), FakeInfo(), "fake", 0);
-  ASSERT_TRUE(request.ok()) << request.status();
-  auto prepare = [&](const std::string& id) {
-    return PreparedCall{.deps = {.scheduler = &dispatcher,
-                                 .model_name = "fake",
-                                 .progress_steps = FakeInfo().progress_steps,
-                                 .model_metrics = &metrics.ForModel("fake"),
-                                 .metrics = &metrics,
-                                 .pump = &pump,
-                                 .registry = &registry},
-                        .request_id = id,
-                        .request = *request};
-  };
-  auto run_to_idle = [&] {
-    for (int i = 0; i < 1000 && replica.RunIteration(); ++i) {
-    }
-  };
-
-  // Finished: the client got OK and both images; a late Cancel changes nothing and says so,
-  // before the transport has released the call and after.
-  auto finished = std::make_shared<RecordingCall>(prepare("finished"), &network);
-  ASSERT_TRUE(finished->Start(absl::InfiniteFuture()).ok());
-  run_to_idle();
-  EXPECT_TRUE(finished->WaitEnded().ok());
-  EXPECT_FALSE(finished->Cancel("cancelled by CancelGeneration"));
-  finished->Released();
-  EXPECT_FALSE(finished->Cancel("cancelled by CancelGeneration"));
-  EXPECT_EQ(finished->ends(), 1);
-  EXPECT_EQ(finished->results(), 2);
-
-  // Mid-stream: the cancel takes effect once; a second one finds the call already ending.
-  auto running = std::make_shared<RecordingCall>(prepare("running"), &network);
-  ASSERT_TRUE(running->Start(absl::InfiniteFuture()).ok());
-  ASSERT_TRUE(replica.RunIteration());
-  EXPECT_TRUE(running->Cancel("cancelled by CancelGeneration"));
-  EXPECT_FALSE(running->Cancel("cancelled by CancelGeneration"));
-  const absl::Status cancelled = running->WaitEnded();
-  EXPECT_EQ(cancelled.code(), absl::StatusCode::kCancelled);
-  EXPECT_EQ(cancelled.message(), "cancelled by CancelGeneration");
-  running->Released();
-
-  // Already ending another way (the client went away): the cancel does not take it over.
-  auto gone = std::make_shared<RecordingCall>(prepare("gone"), &network);
-  ASSERT_TRUE(gone->Start(absl::InfiniteFuture()).ok());
-  gone->ClientGone();
-  EXPECT_FALSE(gone->Cancel("cancelled by CancelGeneration"));
-  const absl::Status client_gone = gone->WaitEnded();
-  EXPECT_EQ(client_gone.code(), absl::StatusCode::kCancelled);
-  EXPECT_NE(client_gone.message(), "cancelled by CancelGeneration");
-  gone->Released();
-  run_to_idle();  // the scheduler retires the cancelled images
-  EXPECT_EQ(replica.stats().active + replica.stats().queued, 0);
 }
 
 }  // namespace
