@@ -26,6 +26,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "common/file_io.h"
+#include "common/malloc_policy.h"
 #include "model/checkpoint.h"
 #include "model/dart_engine.h"
 #include "model/sampler.h"
@@ -116,6 +117,10 @@ EngineCosts TimeEngine(dm::Dart model, int batch, float guidance, int flow_steps
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (absl::Status s = dartserve::TuneMallocForTensors(); !s.ok()) {
+    std::cerr << "dartserve-model-bench: " << s.message() << "\n";
+    return 1;
+  }
   torch::set_num_threads(absl::GetFlag(FLAGS_threads));
   const int reps = std::max(1, absl::GetFlag(FLAGS_reps));
 

@@ -12,11 +12,17 @@
 //   poisson@r    open-loop Poisson arrivals at rate r (fractions of the continuous saturation rate)
 // and reports images/s, latency p50/p95/p99, time to first preview, mean batch size, achieved
 // FLOP/s and its ratio to the matrix-multiply peak measured at the start of the run. Request i
-// asks for class i % 10, or for a text model prompt i % n of --prompts.
+// asks for class i % 10, or for a text model prompt i % n of --prompts. With --peer, the plain
+// PyTorch peer (bench/reference/dart_reference.py) then runs on the same checkpoint and load, and
+// the ratios against it are printed: every claim against the peer is one command, one sitting.
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -25,9 +31,11 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/malloc_policy.h"
 #include "model/checkpoint.h"
 #include "model/dart_engine.h"
 #include "nlohmann/json.hpp"
@@ -51,6 +59,15 @@ ABSL_FLAG(std::string, prompts,
           "a large green triangle in the center on a black background|yellow ring, top right, "
           "grey background",
           "Text models: the prompts requests cycle through, separated by |.");
+ABSL_FLAG(bool, peer, false,
+          "After its own runs, run the plain PyTorch peer (--peer_command) on the same checkpoint, "
+          "guidance, threads and image counts, one image at a time and in static batches of "
+          "--batch, and print the ratios (class-conditioned pixel models only).");
+ABSL_FLAG(std::string, peer_command, "/usr/bin/python3 bench/reference/dart_reference.py",
+          "How to start the peer, from the working directory.");
+ABSL_FLAG(bool, tune_malloc, true,
+          "TuneMallocForTensors() as every dartserve binary does; false: glibc's defaults, to "
+          "measure the difference (docs/performance.md, \"Allocator\").");
 ABSL_FLAG(std::string, runs, "sequential,static,continuous,recompute,poisson",
           "Which runs to do (profiling one of them); poisson needs continuous.");
 
@@ -258,10 +275,66 @@ nlohmann::json Report(const RunResult& r, double flops_per_image, double peak) {
           {"errors", errors}};
 }
 
+// The plain PyTorch peer's images/s at static batches of `batch` (1: one image after another), run
+// as a child process on the same checkpoint, guidance and threads.
+absl::StatusOr<double> RunPeer(int batch, int images) {
+  const std::string out = (std::filesystem::temp_directory_path() /
+                           absl::StrCat("dartserve-bench-peer-", getpid(), ".json"))
+                              .string();
+  const std::string command = absl::StrFormat(
+      "%s --checkpoint '%s' --bench --batch %d --images %d --threads %d --guidance %g --json '%s' "
+      ">/dev/null",
+      absl::GetFlag(FLAGS_peer_command), absl::GetFlag(FLAGS_checkpoint), batch, images,
+      torch::get_num_threads(), absl::GetFlag(FLAGS_guidance), out);
+  if (std::system(command.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("the peer failed: ", command));
+  }
+  std::ifstream file(out);
+  const nlohmann::json result = nlohmann::json::parse(file, nullptr, /*allow_exceptions=*/false);
+  std::filesystem::remove(out);
+  if (!result.is_object() || !result.contains("images_per_second")) {
+    return absl::InternalError(absl::StrCat("the peer wrote no result: ", command));
+  }
+  return result["images_per_second"].get<double>();
+}
+
+// The peer one image at a time and at static batch `batch`, against this process's runs of the
+// same kind; null when --peer is off.
+nlohmann::json ComparePeer(const RunResult& sequential, const RunResult& stat,
+                           const RunResult& continuous, int batch, int total) {
+  if (!absl::GetFlag(FLAGS_peer)) return nullptr;
+  const absl::StatusOr<double> one = RunPeer(1, std::max(8, total / 8));
+  const absl::StatusOr<double> batched = RunPeer(batch, total);
+  if (!one.ok() || !batched.ok()) {
+    std::cerr << "dartserve-bench: " << (one.ok() ? batched : one).status().message() << "\n";
+    return {{"error", std::string((one.ok() ? batched : one).status().message())}};
+  }
+  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+  const nlohmann::json j = {
+      {"sequential_images_per_second", *one},
+      {"static_images_per_second", *batched},
+      {"batch", batch},
+      {"sequential_over_peer", ratio(sequential.images_per_second, *one)},
+      {"static_over_peer", ratio(stat.images_per_second, *batched)},
+      {"continuous_over_peer_static", ratio(continuous.images_per_second, *batched)}};
+  std::cout << absl::StrFormat(
+      "peer           %7.2f img/s one at a time, %.2f at static batch %d; ours: sequential "
+      "%.2fx, static %.2fx, continuous %.2fx its static\n",
+      *one, *batched, batch, j["sequential_over_peer"].get<double>(),
+      j["static_over_peer"].get<double>(), j["continuous_over_peer_static"].get<double>());
+  return j;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (absl::Status s =
+          absl::GetFlag(FLAGS_tune_malloc) ? dartserve::TuneMallocForTensors() : absl::OkStatus();
+      !s.ok()) {
+    std::cerr << "dartserve-bench: " << s.message() << "\n";
+    return 1;
+  }
   torch::set_num_threads(absl::GetFlag(FLAGS_threads));
   auto model = dm::LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
   if (!model.ok()) {
@@ -269,6 +342,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   const dm::ModelConfig& config = (*model)->config();
+  if (absl::GetFlag(FLAGS_peer) &&
+      (config.conditioning != dm::Conditioning::kClass || config.latent() ||
+       config.head != dm::OutputHead::kMean || config.autoregressive())) {
+    std::cerr << "dartserve-bench: --peer: the peer runs class-conditioned pixel DART with the "
+                 "mean head only\n";
+    return 1;
+  }
   const bool guided = absl::GetFlag(FLAGS_guidance) != 1.0;
   const double flops_per_image = dm::FlopsPerImage(config, guided);
   const double peak = MeasureMatmulPeak();
@@ -298,9 +378,9 @@ int main(int argc, char** argv) {
     runs.push_back(Report(seq, flops_per_image, peak));
   }
   if (want("static")) {
-    // On a worker thread, like the scheduler's: a server never runs the model on main(). With
-    // LibTorch 1.13 + OpenMP, the same loop on the process's main thread measures up to ~15%
-    // faster on this machine; that is a property of the thread, not of the batching.
+    // On a worker thread, like the scheduler's: a server never runs the model on main(). (Worker
+    // threads used to be slower only because of glibc's per-thread arenas: docs/performance.md,
+    // "Allocator".)
     std::thread worker([&] { stat = Static(*model, make, total, absl::GetFlag(FLAGS_batch)); });
     worker.join();
     runs.push_back(Report(stat, flops_per_image, peak));
@@ -337,6 +417,9 @@ int main(int argc, char** argv) {
       ratio(cont.images_per_second, stat.images_per_second),
       ratio(cont.images_per_second, re.images_per_second));
 
+  const nlohmann::json peer =
+      ComparePeer(seq, stat, cont, absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_images));
+
   if (!absl::GetFlag(FLAGS_json).empty()) {
     nlohmann::json j = {{"checkpoint", absl::GetFlag(FLAGS_checkpoint)},
                         {"threads", torch::get_num_threads()},
@@ -345,7 +428,8 @@ int main(int argc, char** argv) {
                         {"guidance", absl::GetFlag(FLAGS_guidance)},
                         {"unloaded_latency_s", unloaded},
                         {"runs", runs},
-                        {"poisson", poisson}};
+                        {"poisson", poisson},
+                        {"peer", peer}};
     std::ofstream(absl::GetFlag(FLAGS_json)) << j.dump(2) << "\n";
   }
   return 0;

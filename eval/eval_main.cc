@@ -30,6 +30,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "common/file_io.h"
+#include "common/malloc_policy.h"
 #include "data/scenes64.h"
 #include "eval/attribute_classifier.h"
 #include "eval/autoencoder_eval.h"
@@ -215,6 +216,10 @@ int EvaluateAutoencoderFlag() {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (absl::Status s = dartserve::TuneMallocForTensors(); !s.ok()) {
+    std::cerr << "dartserve-eval: " << s.message() << "\n";
+    return 1;
+  }
   torch::set_num_threads(std::max(1, absl::GetFlag(FLAGS_threads)));
   if (!absl::GetFlag(FLAGS_autoencoder).empty()) return EvaluateAutoencoderFlag();
   if (!absl::GetFlag(FLAGS_train_classifier)) {

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/file_io.h"
+#include "common/malloc_policy.h"
 #include "eval/attribute_classifier.h"
 #include "eval/prompt_eval.h"
 #include "model/safetensors.h"
@@ -50,6 +51,10 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Train and check the shapes-world shape classifier: dartserve-shapes-classifier [--out DIR]");
   absl::ParseCommandLine(argc, argv);
+  if (absl::Status s = dartserve::TuneMallocForTensors(); !s.ok()) {
+    std::cerr << "dartserve-shapes-classifier: " << s.message() << "\n";
+    return 1;
+  }
   torch::set_num_threads(std::max(1, absl::GetFlag(FLAGS_threads)));
   const std::string dir = absl::GetFlag(FLAGS_out);
 

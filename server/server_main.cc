@@ -7,21 +7,19 @@
 // as --replicas engines (or one per --devices entry), starts gRPC with health NOT_SERVING, warms
 // every model up, then reports SERVING. SIGTERM or SIGINT: stop accepting, let in-flight requests
 // finish within --grace_seconds, fail the rest with UNAVAILABLE, exit 0.
-#include <malloc.h>
 #include <signal.h>
 
 #include <iostream>
 #include <optional>
-#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/file_io.h"
+#include "common/malloc_policy.h"
 #include "model/engine_factory.h"
 #include "server/server.h"
 
@@ -85,39 +83,6 @@ absl::StatusOr<ds::ModelSpec> LoadModel(const std::string& name, const std::stri
   return spec;
 }
 
-// Hands the free memory of glibc's malloc arenas back to the system every `period` until
-// destroyed. Why: tensor buffers are allocated by the replicas' workers, and freed by them, the
-// pump and gRPC's threads, in several per-thread arenas; once glibc has raised its mmap threshold
-// (it does after the first large frees) they all come from those arenas, and the freed ones stay
-// there as free memory in fragments, resident. In a soak the bytes in use stayed flat (~130 MiB)
-// while the arenas' free memory kept growing (to 170 MiB in 12 minutes) and RSS with it, not
-// levelling off (docs/reliability.md, Soak). malloc_trim(0) releases the free pages inside every
-// arena (madvise), not only at their tops. The alternatives measured side by side on the same
-// host: a fixed 128 KiB mmap threshold (every large buffer its own mmap) kept RSS flat but cut
-// throughput about 25-fold (a page-faulting mmap and a munmap per buffer); capping the arenas at
-// 2 did not stop the growth. A trim is one pass over the arenas, each locked in turn, which stalls
-// the threads allocating from it (1.2-1.6 s per trim on the busy 2-core host): every 10 s cost 23%
-// of the calls/s; every 60 s, in a 30-minute soak beside an untrimmed server, RSS levelled off and
-// the trimmed server made 8% fewer calls (within the 30% by which side-by-side servers differ
-// there) with a p99 latency of 30 s against 20 s.
-class MallocTrimmer {
- public:
-  explicit MallocTrimmer(absl::Duration period)
-      : thread_([this, period] {
-          while (!stop_.WaitForNotificationWithTimeout(period)) malloc_trim(0);
-        }) {}
-  ~MallocTrimmer() {
-    stop_.Notify();
-    thread_.join();
-  }
-  MallocTrimmer(const MallocTrimmer&) = delete;
-  MallocTrimmer& operator=(const MallocTrimmer&) = delete;
-
- private:
-  absl::Notification stop_;
-  std::thread thread_;  // last: starts once stop_ exists
-};
-
 int Fail(const absl::Status& status) {
   std::cerr << "dartserve: " << status.message() << "\n";
   return 1;
@@ -127,6 +92,7 @@ int Fail(const absl::Status& status) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (absl::Status s = dartserve::TuneMallocForTensors(); !s.ok()) return Fail(s);
 
   // Block the stop signals in every thread; the main thread waits for them with sigwait.
   sigset_t stop_signals;
@@ -191,7 +157,7 @@ int main(int argc, char** argv) {
   std::cout << "dartserve: serving (health SERVING)" << std::endl;
 
   const double trim_seconds = absl::GetFlag(FLAGS_malloc_trim_seconds);
-  std::optional<MallocTrimmer> trimmer;
+  std::optional<dartserve::MallocTrimmer> trimmer;
   if (trim_seconds > 0) trimmer.emplace(absl::Seconds(trim_seconds));
 
   int signal = 0;

@@ -14,6 +14,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/file_io.h"
+#include "common/malloc_policy.h"
 #include "model/safetensors.h"
 #include "train/autoencoder_trainer.h"
 #include "train/trainer.h"
@@ -38,6 +39,10 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Train a DART model or an autoencoder: dartserve-train --config FILE --out DIR");
   absl::ParseCommandLine(argc, argv);
+  if (absl::Status s = dartserve::TuneMallocForTensors(); !s.ok()) {
+    std::cerr << "dartserve-train: " << s.message() << "\n";
+    return 1;
+  }
   if (absl::GetFlag(FLAGS_config).empty() || absl::GetFlag(FLAGS_out).empty()) {
     return Fail("--config and --out are required");
   }

@@ -226,6 +226,7 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--guidance", type=float, default=1.0, help="guidance scale of --bench's requests")
     ap.add_argument("--json", help="write benchmark results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -253,10 +254,11 @@ def main():
         for first in range(0, args.images, args.batch):
             t0 = time.perf_counter()
             n = min(args.batch, args.images - first)
-            generate(model, [i % n_cls for i in range(first, first + n)], list(range(first, first + n)))
+            generate(model, [i % n_cls for i in range(first, first + n)], list(range(first, first + n)),
+                     args.guidance)
             latencies += [time.perf_counter() - t0] * n
         secs = time.perf_counter() - start
-        result = {"images": args.images, "batch": args.batch, "seconds": secs,
+        result = {"images": args.images, "batch": args.batch, "guidance": args.guidance, "seconds": secs,
                   "images_per_second": args.images / secs,
                   "mean_latency_s": sum(latencies) / len(latencies)}
         print(json.dumps(result))
