@@ -4,8 +4,10 @@
 
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/client_value.h"
 #include "nlohmann/json.hpp"
 #include "server/grpc_status.h"
 
@@ -147,12 +149,27 @@ std::string NdjsonEncoder::Finish(const absl::Status& status) {
   return absl::StrCat(R"({"error":)", JsonError(status), "}\n");
 }
 
+absl::StatusOr<absl::Time> RequestDeadline(const HttpExchange& exchange) {
+  const std::optional<absl::string_view> header = exchange.header(kTimeoutHeader);
+  if (!header.has_value()) return absl::InfiniteFuture();
+  double seconds = 0;
+  if (!absl::SimpleAtod(*header, &seconds) || !(seconds > 0) || seconds > 1e9) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kTimeoutHeader, ": must be a positive number of seconds, got ", QuoteClientValue(*header)));
+  }
+  return absl::Now() + absl::Seconds(seconds);
+}
+
 void ServeGenerateCall(HttpExchange& exchange, const PreparedCall& prepared,
                        std::unique_ptr<EventEncoder> encoder) {
   EventEncoder& answer = *encoder;
+  const absl::StatusOr<absl::Time> deadline = RequestDeadline(exchange);
+  if (!deadline.ok()) {
+    return exchange.Send(answer.ErrorStatus(deadline.status()), "application/json",
+                         answer.ErrorBody(deadline.status()));
+  }
   auto call = std::make_shared<HttpGenerateCall>(prepared, std::move(encoder));
-  // HTTP requests carry no deadline; a client that wants one disconnects.
-  if (absl::Status s = call->Start(absl::InfiniteFuture()); !s.ok()) {
+  if (absl::Status s = call->Start(*deadline); !s.ok()) {
     exchange.Send(answer.ErrorStatus(s), "application/json", answer.ErrorBody(s));
     return;
   }

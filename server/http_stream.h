@@ -10,7 +10,9 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "dartserve/v1/image_generator.pb.h"
 #include "server/http_server.h"
 #include "server/stream.h"
@@ -53,11 +55,21 @@ class NdjsonEncoder final : public EventEncoder {
   std::string Finish(const absl::Status& status) override;
 };
 
+// The header that gives an HTTP generation a deadline, in seconds from its arrival (as Google's
+// HTTP APIs name it); the call then ends DEADLINE_EXCEEDED (HTTP 504) like a gRPC call whose
+// deadline passed, queue time included. Without it a call has no deadline; its client can always
+// disconnect.
+inline constexpr char kTimeoutHeader[] = "X-Server-Timeout";
+
+// The deadline `exchange` asks for with kTimeoutHeader (InfiniteFuture without one);
+// INVALID_ARGUMENT naming the header when it is not a positive number of seconds.
+absl::StatusOr<absl::Time> RequestDeadline(const HttpExchange& exchange);
+
 // Runs `prepared` on this HTTP handler thread and answers `exchange` with it, returning when the
 // call has ended: the response starts (200) with the first bytes `encoder` makes, each write is
 // flushed, and a call that ends before any is answered as the encoder says. A client that
 // disconnects or stops reading cancels the call, as a gRPC client does. An id already in flight
-// is answered 409.
+// is answered 409, a bad kTimeoutHeader 400.
 void ServeGenerateCall(HttpExchange& exchange, const PreparedCall& prepared,
                        std::unique_ptr<EventEncoder> encoder);
 

@@ -13,6 +13,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/png.h"
 #include "nlohmann/json.hpp"
 #include "server/server.h"
@@ -213,6 +215,36 @@ TEST(HttpApiTest, CancelEndsAStartedStreamWithAnErrorLine) {
   EXPECT_TRUE(absl::StartsWith(Parse(unknown.body)["message"].get<std::string>(), "request_id:"));
   EXPECT_EQ(HttpRequest(h.port, "POST", "/v1/requests/bad%20id:cancel").status, 400);
   h.engine->Open();  // the cancelled images' held step ends; the server can stop
+}
+
+// X-Server-Timeout is the call's deadline, as a gRPC deadline is: the stream, already started,
+// ends with DEADLINE_EXCEEDED at the first step boundary after it; a bad value is a 400.
+TEST(HttpApiTest, TimeoutHeaderIsTheCallsDeadline) {
+  HttpHarness h = StartHttp({.open_gate = false});
+  const HttpResult bad =
+      HttpRequest(h.port, "POST", "/v1/images:generate", "{}", {"X-Server-Timeout: soon"});
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_TRUE(absl::StartsWith(Parse(bad.body)["message"].get<std::string>(),
+                               "X-Server-Timeout: must be a positive number of seconds"))
+      << bad.body;
+  EXPECT_EQ(
+      HttpRequest(h.port, "POST", "/v1/images:generate", "{}", {"X-Server-Timeout: -1"}).status,
+      400);
+
+  HttpClient client(h.port);
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(200);
+  ASSERT_TRUE(
+      client.Send("POST", "/v1/images:generate", R"({"numImages": 2})", {"X-Server-Timeout: 0.2"}));
+  ASSERT_EQ(client.ReadHead(), 200);
+  ASSERT_TRUE(client.ReadLine().has_value());  // Accepted
+  h.engine->WaitEntered(1);                    // the first step runs (held at the gate)
+  absl::SleepFor(deadline - absl::Now() + absl::Milliseconds(50));  // let the deadline pass
+  h.engine->Allow(1);
+  std::optional<std::string> line, last;
+  while ((line = client.ReadLine()).has_value()) last = line;
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(Parse(*last)["error"]["code"], "DEADLINE_EXCEEDED") << *last;
+  h.engine->Open();
 }
 
 TEST(HttpApiTest, ModelsAndInfoMirrorTheProto) {
