@@ -142,9 +142,9 @@ TEST_P(ShippedLatentModelTest, PromptAdherence) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shipped, ShippedLatentModelTest,
-                         ::testing::Values(LatentGate{PromptSet64::kSeen, "Seen", 0.55, 0},
-                                           LatentGate{PromptSet64::kHeldOut, "HeldOut", 0.60, 0},
-                                           LatentGate{PromptSet64::kRelation, "Relation", 0, 0.45}),
+                         ::testing::Values(LatentGate{PromptSet64::kSeen, "Seen", 0.78, 0},
+                                           LatentGate{PromptSet64::kHeldOut, "HeldOut", 0.87, 0},
+                                           LatentGate{PromptSet64::kRelation, "Relation", 0, 0.66}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
