@@ -50,6 +50,8 @@ ABSL_FLAG(std::optional<uint64_t>, seed, std::nullopt,
 ABSL_FLAG(int, steps, 0, "generate: denoising steps (0: the model's own).");
 ABSL_FLAG(std::optional<float>, guidance, std::nullopt,
           "generate: classifier-free guidance scale in [0, 20] (absent: the model's default).");
+ABSL_FLAG(int, flow_steps, 0,
+          "generate: flow-head models: ODE steps per denoising step (0: the model's default).");
 ABSL_FLAG(std::optional<float>, temperature, std::nullopt,
           "generate: sampling temperature in (0, 2] (absent: 1).");
 ABSL_FLAG(int, n, 1, "generate: number of images, 1 .. 16.");
@@ -75,7 +77,7 @@ constexpr char kUsage[] =
     "\n"
     "Commands:\n"
     "  generate (--prompt TEXT | --class N) [--model NAME] [--seed S] [--steps N]\n"
-    "           [--guidance G] [--temperature T] [--n N] [--preview_every N]\n"
+    "           [--guidance G] [--temperature T] [--flow_steps S] [--n N] [--preview_every N]\n"
     "           [--preview_max_side N] [--preview_kind linear|decoded]\n"
     "           [--priority interactive|normal|batch]\n"
     "           [--request_id ID] [--timeout SECONDS] [--out DIR]\n"
@@ -239,6 +241,7 @@ absl::StatusOr<v1::GenerateImageRequest> BuildRequest() {
   if (const auto seed = absl::GetFlag(FLAGS_seed)) request.set_seed(*seed);
   if (const auto g = absl::GetFlag(FLAGS_guidance)) request.set_guidance_scale(*g);
   if (const auto t = absl::GetFlag(FLAGS_temperature)) request.set_temperature(*t);
+  if (const int f = absl::GetFlag(FLAGS_flow_steps); f > 0) request.set_flow_steps(f);
   // Negative values cannot be expressed on the wire (unsigned fields); range checks beyond that
   // are the server's, so that its messages are the single source of truth.
   const std::pair<const char*, int> counts[] = {

@@ -300,6 +300,7 @@ ModelInfo DescribeModel(const Dart& model) {
   info.latent = c.latent();
   info.denoising_steps = c.num_steps;
   info.progress_steps = c.generation_steps();
+  info.default_flow_steps = c.head == OutputHead::kFlow ? c.flow_steps : 0;
   for (const torch::Tensor& p : model->parameters()) info.parameters += p.numel();
   return info;
 }

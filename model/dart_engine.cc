@@ -23,7 +23,12 @@ class DartRequest : public EngineRequest {
 }  // namespace
 
 DartEngine::DartEngine(Dart model, ModelInfo info, SamplerOptions options)
-    : sampler_(std::move(model), options), options_(options), info_(std::move(info)) {}
+    : sampler_(std::move(model), options), options_(options), info_(std::move(info)) {
+  // A server-wide ODE step count is what requests that name none get.
+  if (info_.default_flow_steps > 0 && options_.flow_steps > 0) {
+    info_.default_flow_steps = options_.flow_steps;
+  }
+}
 
 DartEngine::DartEngine(Dart model, SamplerOptions options)
     : DartEngine(model, DescribeModel(model), options) {}

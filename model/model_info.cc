@@ -61,6 +61,13 @@ absl::Status CheckParams(const GenerateParams& params, const ModelInfo& model) {
       params.temperature > limits.max_temperature) {
     return Invalid("temperature", absl::StrCat("must be in (0, ", limits.max_temperature, "]"));
   }
+  if (params.flow_steps != 0 && model.default_flow_steps == 0) {
+    return Invalid("flow_steps", "the model has no flow head; use 0");
+  }
+  if (params.flow_steps < 0 || params.flow_steps > limits.max_flow_steps) {
+    return Invalid("flow_steps", absl::StrCat("must be in [0, ", limits.max_flow_steps,
+                                              "] (0: the model's ", model.default_flow_steps, ")"));
+  }
   return absl::OkStatus();
 }
 

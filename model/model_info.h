@@ -38,6 +38,10 @@ struct GenerateParams {
   // Scales every noise the sampler draws: each re-noising step's fresh noise and a flow head's
   // starting noise (docs/model.md, "Flow head"); 1 is the model's distribution.
   float temperature = 1.0f;
+  // Flow-head models: ODE steps per DART step, in [1, ParamLimits::max_flow_steps]; 0: the
+  // model's default (ModelInfo::default_flow_steps). Must be 0 for other models. Trades quality
+  // for latency per request; requests with different values share a batch.
+  int flow_steps = 0;
 };
 
 // How an image is made from a request's x_0 estimate (Engine::Render). Pixel models render both
@@ -55,6 +59,7 @@ struct ParamLimits {
   float max_guidance = 20.0f;       // guidance_scale in [0, max_guidance]
   float max_temperature = 2.0f;     // temperature in (0, max_temperature]
   int64_t max_prompt_bytes = 2000;  // checked before tokenizing, so tokenizing stays cheap
+  int max_flow_steps = 32;          // flow_steps in [0, max_flow_steps] (flow-head models)
 };
 
 struct ModelInfo {
@@ -72,6 +77,9 @@ struct ModelInfo {
   // unit of the preview cadence): T, or T x tokens per block for token-level DART-AR.
   int progress_steps = 0;
   float default_guidance = 1.0f;  // for requests that give none; 1 for unconditional models
+  // Flow-head models: the ODE steps per DART step of requests that give none; 0: the model has
+  // no flow head (a request's flow_steps must then be 0).
+  int default_flow_steps = 0;
   int64_t parameters = 0;
   ParamLimits limits;
 };

@@ -190,8 +190,43 @@ std::vector<torch::Tensor> Sampler::MeanX0(std::span<GenerationState* const> sta
   return out;
 }
 
+int Sampler::FlowSteps(const GenerationState& state) const {
+  if (state.params_.flow_steps > 0) return state.params_.flow_steps;
+  return options_.flow_steps > 0 ? options_.flow_steps : model_->config().flow_steps;
+}
+
 std::vector<torch::Tensor> Sampler::SampleFlow(std::span<GenerationState* const> states,
                                                const torch::Tensor& features) {
+  std::map<int, std::vector<size_t>> by_steps;  // ODE steps -> the states asking for them
+  for (size_t i = 0; i < states.size(); ++i) by_steps[FlowSteps(*states[i])].push_back(i);
+  if (by_steps.size() == 1) return SampleFlowGroup(states, features, by_steps.begin()->first);
+  // Requests that ask for different step counts share the backbone pass; each count integrates
+  // its own states' rows ([cond, (uncond)] per state). Every state draws its noise from its own
+  // generator, so the split changes no image.
+  std::vector<int64_t> first_row(states.size());
+  for (int64_t i = 0, row = 0; i < static_cast<int64_t>(states.size()); ++i) {
+    first_row[i] = row;
+    row += states[i]->guided_ ? 2 : 1;
+  }
+  std::vector<torch::Tensor> out(states.size());
+  for (const auto& [steps, members] : by_steps) {
+    std::vector<GenerationState*> group;
+    std::vector<int64_t> rows;
+    for (size_t i : members) {
+      group.push_back(states[i]);
+      rows.push_back(first_row[i]);
+      if (states[i]->guided_) rows.push_back(first_row[i] + 1);
+    }
+    const torch::Tensor index = torch::tensor(rows, torch::kLong).to(features.device());
+    std::vector<torch::Tensor> sampled =
+        SampleFlowGroup(group, features.index_select(0, index), steps);
+    for (size_t j = 0; j < members.size(); ++j) out[members[j]] = std::move(sampled[j]);
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> Sampler::SampleFlowGroup(std::span<GenerationState* const> states,
+                                                    const torch::Tensor& features, int steps) {
   const ModelConfig& c = model_->config();
   const int64_t k = features.size(1), d = c.token_dim();  // k: tokens predicted per row
   const int64_t n_states = static_cast<int64_t>(states.size()), rows = features.size(0);
@@ -228,7 +263,6 @@ std::vector<torch::Tensor> Sampler::SampleFlow(std::span<GenerationState* const>
       torch::tensor(scale, torch::kFloat).repeat_interleave(k).unsqueeze(1).to(device);
   FlowHead& head = model_->flow_head();
   const torch::Tensor modulation = head->Modulation(features.reshape({rows * k, -1}));
-  const int steps = options_.flow_steps > 0 ? options_.flow_steps : c.flow_steps;
   const FlowSolver solver = options_.flow_solver.value_or(c.flow_solver);
   // The solvers only evaluate at s = i / steps: embed that grid once for the whole step.
   const torch::Tensor times =
@@ -313,8 +347,8 @@ torch::Tensor Sampler::Images(std::span<const GenerationState* const> states,
   if (!c.latent()) return grid.clamp(-1, 1);
   // A latent model's x_0 is a normalized latent (docs/model.md, "Latent DART").
   Autoencoder autoencoder = model_->autoencoder();
-  const torch::Tensor images =
-      kind == RenderKind::kDecoded ? autoencoder->Decode(autoencoder->Denormalize(grid))
+  const torch::Tensor images = kind == RenderKind::kDecoded
+                                   ? autoencoder->Decode(autoencoder->Denormalize(grid))
                                    : autoencoder->PreviewImage(grid, PreviewUpsample::kNearest);
   return images.clamp(-1, 1);
 }

@@ -142,6 +142,11 @@ class Sampler {
                                     const torch::Tensor& features);
   std::vector<torch::Tensor> SampleFlow(std::span<GenerationState* const> states,
                                         const torch::Tensor& features);
+  // SampleFlow for states that all integrate with `steps` ODE steps; `features` holds their rows.
+  std::vector<torch::Tensor> SampleFlowGroup(std::span<GenerationState* const> states,
+                                             const torch::Tensor& features, int steps);
+  // The ODE steps `state` integrates with: its request's, else the sampler's, else the config's.
+  int FlowSteps(const GenerationState& state) const;
   // Moves a state past the step that produced `x0` ([tokens_per_step, d]): the next noisy block
   // (dart), or the next token (dart_ar).
   void AdvanceBlock(GenerationState& s, const torch::Tensor& x0) const;

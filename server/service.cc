@@ -131,6 +131,10 @@ void ImageGeneratorService::DescribeModels(v1::ListModelsResponse& response) con
     info->set_steps(static_cast<uint32_t>(m->info.denoising_steps));
     info->set_progress_steps(static_cast<uint32_t>(m->info.progress_steps));
     info->set_latent(m->info.latent);
+    info->set_default_flow_steps(static_cast<uint32_t>(m->info.default_flow_steps));
+    if (m->info.default_flow_steps > 0) {
+      info->set_max_flow_steps(static_cast<uint32_t>(m->info.limits.max_flow_steps));
+    }
     info->set_default_guidance_scale(m->info.default_guidance);
     info->set_is_default(m == models_.front());
     info->set_parameters(static_cast<uint64_t>(m->info.parameters));

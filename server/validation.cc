@@ -107,6 +107,8 @@ absl::StatusOr<ValidatedRequest> ValidateGenerateRequest(const v1::GenerateImage
   out.params.guidance_scale =
       request.has_guidance_scale() ? request.guidance_scale() : model.default_guidance;
   out.params.temperature = request.has_temperature() ? request.temperature() : 1.0f;
+  // Clamped so that a huge uint32 stays out of range once an int.
+  out.params.flow_steps = static_cast<int>(std::min<uint32_t>(request.flow_steps(), 1u << 20));
   if (absl::Status s = model::CheckParams(out.params, model); !s.ok()) return s;
   out.num_images = request.num_images() == 0 ? 1 : static_cast<int>(request.num_images());
   if (request.num_images() > kMaxImagesPerRequest) {

@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <memory>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "model/checkpoint.h"
 #include "model/flow_head.h"
 #include "model/loss.h"
@@ -152,6 +155,52 @@ TEST(FlowSamplerTest, TemperatureScalesTheFlowHeadsStartingNoise) {
       EXPECT_EQ(diff, 0) << "a one-step mean-head model draws no noise";
     }
   }
+}
+
+// A request's flow_steps picks its own ODE step count; requests asking for different counts (and
+// for the default) share one batch and each still gets exactly its image alone.
+TEST(FlowSamplerTest, RequestsWithDifferentFlowStepsShareABatch) {
+  Sampler sampler(MakeTinyModel(TinyFlowConfig()));
+  const std::vector<GenerateParams> params = {
+      {.class_id = 1, .seed = 3, .flow_steps = 1},
+      {.class_id = 2, .seed = 4, .guidance_scale = 2.0f, .flow_steps = 8},
+      {.class_id = 3, .seed = 5},  // the model's default
+      {.class_id = 1, .seed = 3, .flow_steps = 8},
+  };
+  std::vector<std::unique_ptr<GenerationState>> states;
+  std::vector<GenerationState*> batch;
+  for (const GenerateParams& p : params) {
+    auto state = sampler.Start(p);
+    ASSERT_TRUE(state.ok());
+    batch.push_back(state->get());
+    states.push_back(*std::move(state));
+  }
+  while (!batch.front()->finished()) ASSERT_TRUE(sampler.Step(batch).ok());
+  for (size_t i = 0; i < params.size(); ++i) {
+    auto alone = sampler.Generate(params[i]);
+    ASSERT_TRUE(alone.ok());
+    EXPECT_LE((sampler.Image(*states[i]) - *alone).abs().max().item<double>(), 1e-5) << i;
+  }
+  // The step count matters: the same request with 1 and with 8 ODE steps.
+  EXPECT_GT((sampler.Image(*states[0]) - sampler.Image(*states[3])).abs().max().item<double>(),
+            1e-3);
+}
+
+TEST(FlowSamplerTest, FlowStepsAreCheckedAgainstTheModel) {
+  const ModelConfig config = TinyFlowConfig();
+  const ModelInfo flow = DescribeModel(MakeTinyModel(config));
+  EXPECT_EQ(flow.default_flow_steps, config.flow_steps);
+  for (const int ok : {0, 1, flow.limits.max_flow_steps}) {
+    EXPECT_TRUE(CheckParams({.class_id = 1, .flow_steps = ok}, flow).ok()) << ok;
+  }
+  for (const int bad : {-1, flow.limits.max_flow_steps + 1}) {
+    const absl::Status s = CheckParams({.class_id = 1, .flow_steps = bad}, flow);
+    EXPECT_TRUE(absl::StartsWith(s.message(), "flow_steps: must be in [0, ")) << s;
+  }
+  const ModelInfo mean = DescribeModel(MakeTinyModel(ModelConfig::Tiny()));
+  EXPECT_EQ(mean.default_flow_steps, 0);
+  EXPECT_TRUE(absl::StartsWith(CheckParams({.class_id = 1, .flow_steps = 2}, mean).message(),
+                               "flow_steps: the model has no flow head"));
 }
 
 TEST(FlowTrainingTest, LossFallsAndCheckpointsRoundTrip) {

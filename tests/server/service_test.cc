@@ -312,6 +312,7 @@ TEST(ServiceTest, EachInvalidFieldIsNamed) {
       {"guidance_scale", [](auto& r) { r.set_guidance_scale(-1); }},
       {"temperature", [](auto& r) { r.set_temperature(0); }},
       {"temperature", [](auto& r) { r.set_temperature(3); }},
+      {"flow_steps", [](auto& r) { r.set_flow_steps(4); }},  // the fake model has no flow head
       {"num_images", [](auto& r) { r.set_num_images(17); }},
       {"steps", [](auto& r) { r.set_steps(3); }},
       {"preview.max_side", [](auto& r) { r.mutable_preview()->set_max_side(5000); }},
