@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "model/json_message.h"
 #include "nlohmann/json.hpp"
 
 namespace dartserve::model {
@@ -101,6 +102,23 @@ int MlpHidden(double mlp_ratio, int width) {
   return (raw + 31) / 32 * 32;
 }
 
+// Longest teacher-forced sequence a config may describe: keeps every token count (the int
+// accessors sequence_length(), generation_steps(), ...) and every KV byte count far from
+// overflow. Far beyond any model that fits in memory (a KV cache of 2^24 tokens at width 256 and
+// depth 6 is 192 GiB per row).
+constexpr int64_t kMaxSequenceTokens = int64_t{1} << 24;
+
+// num_blocks() x tokens_per_block() in 64 bits, for Validate: it runs before the fields are known
+// to be in range, so it must not overflow whatever they hold. Saturates at kMaxSequenceTokens + 1.
+int64_t SequenceTokens(const ModelConfig& c) {
+  if (c.image_size < 1 || c.patch_size < 1 || c.num_steps < 1) return 0;
+  const int64_t grid = c.image_size / c.patch_size;
+  const int64_t per_block = grid * grid;  // grid < 2^31, so this fits
+  const int64_t blocks = int64_t{c.num_steps} + (c.autoregressive() ? 1 : 0);
+  if (per_block > kMaxSequenceTokens || blocks > kMaxSequenceTokens) return kMaxSequenceTokens + 1;
+  return std::min(per_block * blocks, kMaxSequenceTokens + 1);
+}
+
 }  // namespace
 
 int ModelConfig::mlp_hidden() const { return MlpHidden(mlp_ratio, width); }
@@ -168,6 +186,9 @@ absl::Status ModelConfig::Validate() const {
            Check(patch_size >= 1 && image_size % patch_size == 0, "patch_size",
                  "must divide image_size"),
            Check(num_steps >= 1 && num_steps <= 1024, "num_steps", "must be in [1, 1024]"),
+           Check(SequenceTokens(*this) <= kMaxSequenceTokens, "num_steps",
+                 "the sequence (num_steps blocks of (image_size / patch_size)^2 tokens) must be at "
+                 "most 2^24 tokens"),
            Check(snr_shift > 0 && snr_shift < 1e6, "snr_shift", "must be in (0, 1e6)"),
            Check(loss_weight_min > 0, "loss_weight_min", "must be > 0"),
            Check(loss_weight_max >= loss_weight_min, "loss_weight_max",
@@ -330,12 +351,13 @@ absl::StatusOr<ModelConfig> ModelConfigFromJson(const std::string& text) {
   // Other model kinds (the autoencoder, model/autoencoder.h) say what they are; DART's does not.
   if (j.contains("kind")) {
     return absl::InvalidArgumentError(
-        absl::StrCat("kind: ", j["kind"].dump().substr(0, 40), " is not a DART model's config"));
+        absl::StrCat("kind: ", ShowJsonValue(j["kind"]), " is not a DART model's config"));
   }
   ModelConfig c;
   for (const auto& [key, value] : j.items()) {
+    // An init-capture: clang before 16 cannot capture a structured binding itself.
     const auto field = std::find_if(Fields().begin(), Fields().end(),
-                                    [&key](const Field& f) { return key == f.name; });
+                                    [&wanted = key](const Field& f) { return wanted == f.name; });
     if (field == Fields().end()) {
       return absl::InvalidArgumentError(absl::StrCat(key, ": unknown config field"));
     }

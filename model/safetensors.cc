@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_io.h"
+#include "model/json_message.h"
 #include "nlohmann/json.hpp"
 
 namespace dartserve::model {
@@ -97,7 +98,7 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
     TensorInfo info;
     if (!entry["dtype"].is_string() ||
         !ParseDType(entry["dtype"].get<std::string>(), &info.dtype)) {
-      return Corrupt(absl::StrCat(where, "unsupported dtype ", entry["dtype"].dump(),
+      return Corrupt(absl::StrCat(where, "unsupported dtype ", ShowJsonValue(entry["dtype"]),
                                   " (supported: F32, F16, BF16)"));
     }
     const Json& shape = entry["shape"];

@@ -4,8 +4,10 @@
 set -euo pipefail
 
 PACKAGES=(
-  # Toolchain. clang: scripts/test.sh checks the lock annotations with -Wthread-safety.
-  g++ clang cmake ninja-build pkg-config
+  # Toolchain. clang: scripts/test.sh checks the lock annotations with -Wthread-safety;
+  # libclang-rt-14-dev: clang's libFuzzer and sanitizer runtimes (scripts/fuzz.sh), which apt
+  # installs with clang only as a recommendation.
+  g++ clang libclang-rt-14-dev cmake ninja-build pkg-config
   # Model: LibTorch (CPU) and an OpenMP BLAS (without it LibTorch falls back to reference BLAS).
   libtorch-dev libopenblas0-openmp
   # Common libraries.

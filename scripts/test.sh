@@ -33,3 +33,17 @@ BUILD_DIR=${CLANG_BUILD_DIR:-build-clang} TARGET=scheduler_test scripts/build.sh
   "-DCMAKE_CXX_FLAGS=-Wthread-safety -Werror=thread-safety"
 BUILD_DIR=${CLANG_BUILD_DIR:-build-clang} TARGET=dartserve_server scripts/build.sh
 "${CLANG_BUILD_DIR:-build-clang}"/tests/scheduler_test
+
+# The parsers' libFuzzer targets (docs/reliability.md, "Fuzzing"), built by clang with
+# AddressSanitizer and UndefinedBehaviorSanitizer as scripts/fuzz.sh builds them, replay their
+# checked-in corpora: every seed and every input that once failed (regress_*) must pass again.
+# -runs=0 runs each corpus file once and no new inputs, so this is deterministic and quick;
+# fuzzing itself is scripts/fuzz.sh's.
+FUZZ_TARGETS="safetensors model_config generate_request tokenizer"
+BUILD_DIR=${FUZZ_BUILD_DIR:-build-fuzz} \
+  TARGET="fuzz_safetensors fuzz_model_config fuzz_generate_request fuzz_tokenizer" \
+  scripts/build.sh -DCMAKE_CXX_COMPILER="$(command -v clang++)" -DCMAKE_BUILD_TYPE=Debug \
+  -DDARTSERVE_FUZZ=ON -DDARTSERVE_BUILD_TESTS=OFF
+for t in $FUZZ_TARGETS; do
+  "${FUZZ_BUILD_DIR:-build-fuzz}/fuzz/fuzz_$t" -runs=0 "fuzz/corpus/$t"
+done

@@ -7,6 +7,7 @@
 #include <sentencepiece_trainer.h>
 
 #include <cstddef>
+#include <exception>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -16,6 +17,21 @@ namespace {
 
 std::string Message(const sentencepiece::util::Status& status) {
   return status.ok() ? std::string() : std::string(status.error_message());
+}
+
+// Runs a SentencePiece call, turning what it throws into an error message: exceptions must not
+// cross the module boundary. SentencePiece 0.1.97 lets some escape: loading a unigram model with
+// a piece that starts with a NUL byte throws darts-clone's "zero-length key" (found by
+// fuzz/tokenizer_fuzzer.cc).
+template <typename Call>
+std::string Guarded(Call call) {
+  try {
+    return call();
+  } catch (const std::exception& e) {
+    return std::string("SentencePiece failed: ") + e.what();
+  } catch (...) {
+    return "SentencePiece failed with an unknown exception";
+  }
 }
 
 // Feeds in-memory sentences to the trainer, so training needs no temporary file.
@@ -36,13 +52,13 @@ class VectorSentenceIterator : public sentencepiece::SentenceIterator {
 class Backend : public SentencePieceBackend {
  public:
   std::string Load(std::string_view serialized_model) override {
-    return Message(processor_.LoadFromSerializedProto(serialized_model));
+    return Guarded([&] { return Message(processor_.LoadFromSerializedProto(serialized_model)); });
   }
   std::string Encode(std::string_view text, std::vector<int>* ids) const override {
-    return Message(processor_.Encode(text, ids));
+    return Guarded([&] { return Message(processor_.Encode(text, ids)); });
   }
   std::string Decode(const std::vector<int>& ids, std::string* text) const override {
-    return Message(processor_.Decode(ids, text));
+    return Guarded([&] { return Message(processor_.Decode(ids, text)); });
   }
   int PieceSize() const override { return processor_.GetPieceSize(); }
   std::vector<int> SpecialIds() const override {
@@ -53,7 +69,9 @@ class Backend : public SentencePieceBackend {
                     std::string* model) override {
     const std::unordered_map<std::string, std::string> kwargs(args.begin(), args.end());
     VectorSentenceIterator iterator(sentences);
-    return Message(sentencepiece::SentencePieceTrainer::Train(kwargs, &iterator, model));
+    return Guarded([&] {
+      return Message(sentencepiece::SentencePieceTrainer::Train(kwargs, &iterator, model));
+    });
   }
 
  private:

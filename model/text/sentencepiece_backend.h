@@ -19,8 +19,9 @@
 namespace dartserve::model {
 
 // One SentencePiece processor (after Load) plus the stateless trainer. Every method that can fail
-// returns "" on success and SentencePiece's error message otherwise. Const methods are safe to
-// call concurrently once Load has succeeded.
+// returns "" on success and SentencePiece's error message otherwise; none throws (what
+// SentencePiece throws becomes the message). Const methods are safe to call concurrently once Load
+// has succeeded.
 class SentencePieceBackend {
  public:
   virtual ~SentencePieceBackend() = default;

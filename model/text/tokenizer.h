@@ -54,7 +54,9 @@ class Tokenizer {
   static constexpr int kEosId = 3;
 
   // Reads a serialized SentencePiece model from `path`. NOT_FOUND when the file is absent,
-  // DATA_LOSS when it does not parse or lacks the special ids above; errors name the file.
+  // DATA_LOSS when it does not parse, lacks the special ids above, or carries normalization rules
+  // (a precompiled charsmap) that SentencePiece would read out of bounds with; errors name the
+  // file. Never crashes on a corrupt file (fuzz/tokenizer_fuzzer.cc).
   static absl::StatusOr<Tokenizer> Load(const std::string& path);
   // The same from the model's bytes (e.g. the contents of tokenizer.model).
   static absl::StatusOr<Tokenizer> FromSerialized(std::string_view serialized);

@@ -66,6 +66,32 @@ TEST(ModelConfigTest, OtherKindsAreRefusedByKind) {
             "kind: \"autoencoder\" is not a DART model's config");
 }
 
+// A kind nested a million levels deep parses, but dump() recurses once per level: quoting it in
+// the error overflowed the stack.
+TEST(ModelConfigTest, DeeplyNestedKindIsAnErrorNotAStackOverflow) {
+  constexpr int kDepth = 1'000'000;
+  absl::StatusOr<ModelConfig> c = ModelConfigFromJson(R"({"kind": )" + std::string(kDepth, '[') +
+                                                      std::string(kDepth, ']') + "}");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(std::string(c.status().message()), "kind: an array is not a DART model's config");
+}
+
+// Every field in range, but T x (image_size / patch_size)^2 tokens overflowed the int token counts
+// (sequence_length() = 1024 x 4096^2; UndefinedBehaviorSanitizer in fuzz/model_config_fuzzer.cc).
+TEST(ModelConfigTest, SequenceLongerThanTheTokenCountsHoldIsRefused) {
+  absl::StatusOr<ModelConfig> c =
+      ModelConfigFromJson(R"({"image_size": 4096, "patch_size": 1, "num_steps": 1024})");
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("num_steps: the sequence"));
+  // 2^24 tokens is the most accepted.
+  c = ModelConfigFromJson(R"({"image_size": 4096, "patch_size": 1, "num_steps": 1})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sequence_length(), 1 << 24);
+  c = ModelConfigFromJson(
+      R"({"image_size": 4096, "patch_size": 1, "num_steps": 1, "variant": "dart_ar"})");
+  ASSERT_FALSE(c.ok());
+}
+
 struct BadCase {
   const char* json;
   const char* field;

@@ -122,6 +122,16 @@ TEST(SafetensorsTest, OverlappingTensors) {
                 "overlap");
 }
 
+// A value nested a million levels deep parses (nlohmann's parser is iterative), but dump()
+// recurses once per level: quoting it in the error overflowed the stack.
+TEST(SafetensorsTest, DeeplyNestedDtypeIsAnErrorNotAStackOverflow) {
+  constexpr int kDepth = 1'000'000;
+  const std::string dtype = std::string(kDepth, '[') + std::string(kDepth, ']');
+  ExpectCorrupt(RawFile(R"({"x":{"dtype":)" + dtype + R"(,"shape":[1],"data_offsets":[0,4]}})",
+                        std::string(4, '\0')),
+                "tensor 'x': unsupported dtype an array");
+}
+
 TEST(SafetensorsTest, MissingFile) {
   absl::StatusOr<SafetensorsFile> f = SafetensorsFile::Read("/nonexistent/model.safetensors");
   EXPECT_EQ(f.status().code(), absl::StatusCode::kNotFound);

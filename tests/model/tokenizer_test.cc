@@ -4,8 +4,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdint>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/file_io.h"
@@ -147,6 +151,88 @@ TEST_F(TokenizerTest, LoadErrorsNameTheFile) {
   auto junk = Tokenizer::Load(Path("junk.model"));
   EXPECT_EQ(junk.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(std::string(junk.status().message()), HasSubstr("junk.model"));
+}
+
+// Where the normalizer's precompiled_charsmap lies in a model TrainTokenizer wrote: protobuf writes
+// the normalizer spec's name "nmt_nfkc" (field 1) and then the charsmap (field 2, after its
+// varint length). {0, 0} when not found.
+std::pair<size_t, size_t> FindCharsMap(const std::string& model) {
+  const std::string marker("\x0a\x08nmt_nfkc\x12", 11);
+  size_t pos = model.find(marker);
+  if (pos == std::string::npos) return {0, 0};
+  pos += marker.size();
+  uint64_t size = 0;
+  for (int shift = 0; pos < model.size(); shift += 7) {
+    const uint8_t b = static_cast<uint8_t>(model[pos++]);
+    size |= static_cast<uint64_t>(b & 0x7F) << shift;
+    if ((b & 0x80) == 0) return {pos, size};
+  }
+  return {0, 0};
+}
+
+void PutUnit(char* at, uint32_t unit) { std::memcpy(at, &unit, sizeof(unit)); }
+
+// Found by fuzz/tokenizer_fuzzer.cc: SentencePiece 0.1.97 walks a model's normalization trie
+// without bounds checks, so a tokenizer.model with a corrupt trie loaded and then crashed the
+// process at its first Encode. It is now refused when it is loaded.
+TEST_F(TokenizerTest, CorruptNormalizationRulesAreRefusedAtLoad) {
+  absl::StatusOr<std::string> model = ReadFile(Path("a.model"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  const std::pair<size_t, size_t> charsmap = FindCharsMap(*model);
+  ASSERT_GT(charsmap.second, 1024u) << "no nmt_nfkc charsmap found";
+  // The charsmap: a 4-byte trie size, the trie's 32-bit units (darts-clone), the strings. Each
+  // edit gets the charsmap's first byte and its size.
+  using Edit = std::function<void(char* blob, size_t size)>;
+  const std::vector<std::pair<std::string, Edit>> cases = {
+      {"root unit sends the search outside the trie",
+       [](char* blob, size_t) { PutUnit(blob + 4, 0xFFFFFC00u); }},
+      {"trie size runs past the charsmap (SentencePiece accepts up to 3 bytes past)",
+       [](char* blob, size_t size) { PutUnit(blob, static_cast<uint32_t>(size - 1)); }},
+      {"every rule's replacement points past the strings",
+       [](char* blob, size_t) {
+         uint32_t trie_bytes = 0;
+         std::memcpy(&trie_bytes, blob, 4);
+         char* units = blob + 4;
+         for (size_t i = 0; i < trie_bytes / 4; ++i) {
+           uint32_t u = 0;
+           std::memcpy(&u, units + 4 * i, 4);
+           const bool transition = (u & ((1u << 31) | 0xFF)) <= 0xFF;
+           const bool leaf = ((u >> 8) & 1) == 1;
+           const size_t child = i ^ ((u >> 10) << ((u & (1u << 9)) >> 6));
+           if (transition && leaf && child < trie_bytes / 4) PutUnit(units + 4 * child, ~0u);
+         }
+       }},
+  };
+  for (const auto& [what, edit] : cases) {
+    std::string edited = *model;
+    edit(edited.data() + charsmap.first, charsmap.second);
+    absl::StatusOr<Tokenizer> tokenizer = Tokenizer::FromSerialized(edited);
+    ASSERT_FALSE(tokenizer.ok()) << what;
+    EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kDataLoss) << what;
+    EXPECT_THAT(std::string(tokenizer.status().message()), HasSubstr("precompiled_charsmap"))
+        << what;
+  }
+  // The untouched model loads: the checks accept SentencePiece's own nmt_nfkc rules.
+  EXPECT_TRUE(Tokenizer::FromSerialized(*model).ok());
+}
+
+// Found by fuzz/tokenizer_fuzzer.cc: loading a unigram model with a piece that starts with a NUL
+// byte makes SentencePiece 0.1.97 throw (darts-clone: "zero-length key"); the exception crossed
+// the module boundary and out of FromSerialized, and in dartserve (which catches none) ended the
+// process in std::terminate.
+TEST_F(TokenizerTest, ModelThatMakesSentencePieceThrowIsRefused) {
+  absl::StatusOr<std::string> model = ReadFile(Path("a.model"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  // Appended protobuf fields merge into the model: trainer_spec (2) { model_type (3): UNIGRAM },
+  // and one more piece (1) { piece (1): "\0" }.
+  const std::string unigram("\x12\x02\x18\x01", 4);
+  const std::string nul_piece("\x0a\x03\x0a\x01\x00", 5);
+  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::FromSerialized(*model + unigram + nul_piece);
+  ASSERT_FALSE(tokenizer.ok());
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(tokenizer.status().message()), HasSubstr("zero-length key"));
+  // The same model without the NUL piece loads (as a unigram model).
+  EXPECT_TRUE(Tokenizer::FromSerialized(*model + unigram).ok());
 }
 
 TEST(TrainTokenizerTest, RejectsBadArguments) {
