@@ -306,8 +306,9 @@ nlohmann::json ComparePeer(const RunResult& sequential, const RunResult& stat,
   const absl::StatusOr<double> one = RunPeer(1, std::max(8, total / 8));
   const absl::StatusOr<double> batched = RunPeer(batch, total);
   if (!one.ok() || !batched.ok()) {
-    std::cerr << "dartserve-bench: " << (one.ok() ? batched : one).status().message() << "\n";
-    return {{"error", std::string((one.ok() ? batched : one).status().message())}};
+    const std::string error((one.ok() ? batched : one).status().message());
+    std::cerr << "dartserve-bench: " << error << "\n";
+    return {{"error", error}};
   }
   auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
   const nlohmann::json j = {
