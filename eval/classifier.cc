@@ -141,16 +141,25 @@ torch::Tensor SqrtPsd(const torch::Tensor& m) {
 
 }  // namespace
 
-double FrechetDistance(const torch::Tensor& a, const torch::Tensor& b) {
+FeatureStats ComputeFeatureStats(const torch::Tensor& features) {
   torch::NoGradGuard no_grad;
-  const torch::Tensor x = a.to(torch::kDouble), y = b.to(torch::kDouble);
-  const torch::Tensor mu1 = x.mean(0), mu2 = y.mean(0);
-  const torch::Tensor xc = x - mu1, yc = y - mu2;
-  const torch::Tensor s1 = xc.transpose(0, 1).matmul(xc) / (x.size(0) - 1);
-  const torch::Tensor s2 = yc.transpose(0, 1).matmul(yc) / (y.size(0) - 1);
+  const torch::Tensor x = features.to(torch::kDouble);
+  const torch::Tensor mean = x.mean(0);
+  const torch::Tensor centred = x - mean;
+  return {.mean = mean, .covariance = centred.transpose(0, 1).matmul(centred) / (x.size(0) - 1)};
+}
+
+double FrechetDistance(const FeatureStats& a, const FeatureStats& b) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor mu1 = a.mean.to(torch::kDouble), mu2 = b.mean.to(torch::kDouble);
+  const torch::Tensor s1 = a.covariance.to(torch::kDouble), s2 = b.covariance.to(torch::kDouble);
   const torch::Tensor r1 = SqrtPsd(s1);
   const torch::Tensor cross = SqrtPsd(r1.matmul(s2).matmul(r1));
   return ((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * cross.trace()).item<double>();
+}
+
+double FrechetDistance(const torch::Tensor& a, const torch::Tensor& b) {
+  return FrechetDistance(ComputeFeatureStats(a), ComputeFeatureStats(b));
 }
 
 }  // namespace dartserve::eval

@@ -55,8 +55,20 @@ torch::Tensor ExtractFeatures(Classifier& classifier, const torch::Tensor& image
 absl::Status SaveClassifier(const std::string& dir, Classifier& classifier, double test_accuracy);
 absl::StatusOr<Classifier> LoadClassifier(const std::string& dir, double* test_accuracy = nullptr);
 
-// Fréchet distance between Gaussians fitted to two feature sets ([N, F] each, N > 1):
+// A Gaussian fitted to a feature set: what FID compares, and what a classifier folder can store
+// instead of the features themselves.
+struct FeatureStats {
+  torch::Tensor mean;        // [F] double
+  torch::Tensor covariance;  // [F, F] double, unbiased (divided by N - 1)
+};
+
+// The mean and covariance of `features` ([N, F], N > 1; any floating dtype).
+FeatureStats ComputeFeatureStats(const torch::Tensor& features);
+
+// Fréchet distance between two Gaussians:
 // |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2).
+double FrechetDistance(const FeatureStats& a, const FeatureStats& b);
+// The same between Gaussians fitted to two feature sets ([N, F] each, N > 1).
 double FrechetDistance(const torch::Tensor& a, const torch::Tensor& b);
 
 }  // namespace dartserve::eval

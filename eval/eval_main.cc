@@ -4,6 +4,7 @@
 //   dartserve-eval --checkpoint weights/fmnist-dart --per_class 1000 --out out/eval
 //   dartserve-eval --checkpoint weights/shapes-dart --guidance 2 --out out/eval-text
 //   dartserve-eval --autoencoder runs/scenes64-autoencoder/ema --out out/eval-ae
+//   dartserve-eval --task emoji --checkpoint runs/emoji-dart/ema --guidance 2 --out out/eval-emoji
 //
 // Class models (Fashion-MNIST): conditional accuracy, FID on the classifier's penultimate
 // features against the test split (with the real-train-vs-test FID as the floor) and generation
@@ -15,6 +16,10 @@
 // Text models of 64x64 images (the scenes world, latent models): the same on the four
 // PromptSet64 sets (seen, held_out, relation, count), checked against what each prompt states
 // (eval/scene64_eval.h); report.json and <set>_grid.png.
+// Emoji text models (--task emoji): concept (top-1, top-5) and style accuracy of one image per
+// prompt on the seen, held_out and concept_only sets (eval/emoji_eval.h), judged by the emoji
+// classifier (--emoji_classifier, made by dartserve-emoji-classifier), and the seen set's FID
+// against the real training images; report.json and <set>_grid.png.
 // Autoencoders (--autoencoder): reconstruction PSNR on --scenes held-out 64x64 scenes, the latent
 // previews' PSNR and the decoder's cost, and how often the prompt evaluator reads the same scene
 // from a reconstruction as from its original; writes autoencoder_report.json to --out.
@@ -34,6 +39,8 @@
 #include "data/scenes64.h"
 #include "eval/attribute_classifier.h"
 #include "eval/autoencoder_eval.h"
+#include "eval/emoji_classifier.h"
+#include "eval/emoji_eval.h"
 #include "eval/eval.h"
 #include "eval/scene64_eval.h"
 #include "eval/text64_eval.h"
@@ -62,6 +69,10 @@ ABSL_FLAG(uint64_t, prompt_seed, 1234, "Text models: seed of the fixed prompt se
 ABSL_FLAG(std::string, autoencoder, "",
           "Evaluate this autoencoder folder instead of a DART checkpoint.");
 ABSL_FLAG(int, scenes, 1000, "Autoencoders: held-out 64x64 scenes to reconstruct.");
+ABSL_FLAG(std::string, task, "auto",
+          "What to evaluate: auto (from the checkpoint's conditioning and size) or emoji.");
+ABSL_FLAG(std::string, emoji_classifier, dartserve::eval::kEmojiClassifierDir,
+          "--task emoji: the emoji classifier folder (dartserve-emoji-classifier).");
 
 namespace dd = dartserve::data;
 namespace de = dartserve::eval;
@@ -168,6 +179,38 @@ int EvaluateText64(dm::Dart model) {
   return 0;
 }
 
+// An emoji text model: the seen, held_out and concept_only sets judged by the emoji classifier.
+int EvaluateEmoji() {
+  auto model = dm::LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
+  if (!model.ok()) return Fail(model.status().message());
+  auto classifier = de::LoadEmojiClassifier(absl::GetFlag(FLAGS_emoji_classifier));
+  if (!classifier.ok()) return Fail(classifier.status().message());
+  const de::TextEvalOptions options = TextOptions();
+  auto report = de::EvaluateEmojiModel(*model, *classifier, absl::GetFlag(FLAGS_prompts),
+                                       absl::GetFlag(FLAGS_prompt_seed), options);
+  if (!report.ok()) return Fail(report.status().message());
+  const std::string out = absl::GetFlag(FLAGS_out);
+  std::filesystem::create_directories(out);
+  nlohmann::json j = TextSettings(options);
+  j["task"] = "emoji";
+  j["emoji_classifier"] = absl::GetFlag(FLAGS_emoji_classifier);
+  j.update(nlohmann::json::parse(de::EmojiReportToJson(*report)));
+  for (const de::EmojiSetReport& set : report->sets) {
+    if (absl::Status s = WriteGrid(out, set.name, set.images, options.per_prompt, /*scale=*/1);
+        !s.ok()) {
+      return Fail(s.message());
+    }
+    std::cout << set.name << ": " << de::EmojiSummaryLine(set, report->classifier.fid_floor)
+              << absl::StrFormat("  %.1f images/s\n", set.images_per_second);
+  }
+  if (absl::Status s = dartserve::WriteFileAtomically(out + "/report.json", j.dump(2) + "\n");
+      !s.ok()) {
+    return Fail(s.message());
+  }
+  std::cout << "-> " << out << "\n";
+  return 0;
+}
+
 int EvaluateAutoencoderFlag() {
   absl::StatusOr<dm::Autoencoder> model = dm::LoadAutoencoder(absl::GetFlag(FLAGS_autoencoder));
   if (!model.ok()) return Fail(model.status().message());
@@ -222,6 +265,9 @@ int main(int argc, char** argv) {
   }
   torch::set_num_threads(std::max(1, absl::GetFlag(FLAGS_threads)));
   if (!absl::GetFlag(FLAGS_autoencoder).empty()) return EvaluateAutoencoderFlag();
+  const std::string task = absl::GetFlag(FLAGS_task);
+  if (task == "emoji") return EvaluateEmoji();
+  if (task != "auto") return Fail("--task: expected auto or emoji");
   if (!absl::GetFlag(FLAGS_train_classifier)) {
     auto model = dm::LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
     if (!model.ok()) return Fail(model.status().message());

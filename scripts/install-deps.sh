@@ -25,8 +25,9 @@ PACKAGES=(
   python3-yaml
   # The web page's browser test (tests/server/web_page_test.py): headless Chromium via Selenium.
   chromium chromium-driver python3-selenium
-  # Data.
-  dataset-fashion-mnist
+  # Data. librsvg2-dev: the emoji data preparation rasterises SVG icons (data/emoji_prep.h); npm
+  # fetches those icons, at training time only (scripts/prepare-emoji-data.sh).
+  dataset-fashion-mnist librsvg2-dev
 )
 
 # DARTSERVE_DEPS_SKIP: space-separated packages to leave out. Dockerfile.cuda builds against a

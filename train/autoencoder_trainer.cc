@@ -25,7 +25,8 @@ absl::Status FreezeEncoder(const std::string& dir, dm::Autoencoder& model) {
   const dm::AutoencoderConfig& from = (*source)->config();
   if (!from.SameEncoder(model->config())) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "frozen_encoder: ", dir, " has another encoder (image_size, channels, latent_channels, "
+        "frozen_encoder: ", dir,
+        " has another encoder (image_size, channels, latent_channels, "
         "base_width, width_mults, num_res_blocks and norm_groups must match the model's)"));
   }
   if (from.latent_shift.empty() || from.preview_weight.empty()) {
@@ -71,6 +72,18 @@ absl::StatusOr<std::unique_ptr<AutoencoderTrainer>> AutoencoderTrainer::Create(
   trainer->model_ = dm::Autoencoder(ac);
   if (!config.frozen_encoder.empty()) {
     if (absl::Status s = FreezeEncoder(config.frozen_encoder, trainer->model_); !s.ok()) return s;
+  }
+  if (!config.init_from.empty()) {
+    absl::StatusOr<dm::Autoencoder> source = dm::LoadAutoencoder(config.init_from);
+    if (!source.ok()) {
+      return absl::Status(source.status().code(),
+                          absl::StrCat("init_from: ", source.status().message()));
+    }
+    if (absl::Status s =
+            CopyWeights(**source, *trainer->model_, absl::StrCat("init_from ", config.init_from));
+        !s.ok()) {
+      return s;
+    }
   }
   trainer->ema_ = dm::Autoencoder(trainer->model_->config());  // with the calibration, if any
   trainer->model_->train();

@@ -162,6 +162,28 @@ absl::StatusOr<int64_t> AdamWEma::Load(const std::string& out_dir,
   return j["step"].get<int64_t>();
 }
 
+absl::Status CopyWeights(torch::nn::Module& from, torch::nn::Module& to, const std::string& what) {
+  torch::NoGradGuard no_grad;
+  const auto copy = [&what](const torch::OrderedDict<std::string, torch::Tensor>& src,
+                            torch::OrderedDict<std::string, torch::Tensor> dst) -> absl::Status {
+    if (src.size() != dst.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": another architecture (", src.size(),
+                                                     " tensors, the model has ", dst.size(), ")"));
+    }
+    for (auto& item : dst) {
+      const torch::Tensor* s = src.find(item.key());
+      if (s == nullptr || !s->sizes().equals(item.value().sizes())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(what, ": another architecture (", item.key(), " differs)"));
+      }
+      item.value().copy_(*s);
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status s = copy(from.named_parameters(), to.named_parameters()); !s.ok()) return s;
+  return copy(from.named_buffers(), to.named_buffers());
+}
+
 absl::Status RunTraining(TrainingRun& run, const TrainConfig& config, const std::atomic<bool>& stop,
                          int64_t max_steps) {
   const int64_t end =

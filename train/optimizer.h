@@ -52,6 +52,10 @@ class AdamWEma {
   std::vector<torch::Tensor> adam_m_, adam_v_;
 };
 
+// Copies every parameter and buffer of `from` into `to` (the same architecture: the same names and
+// shapes), for TrainConfig::init_from. INVALID_ARGUMENT naming `what` and the first mismatch.
+absl::Status CopyWeights(torch::nn::Module& from, torch::nn::Module& to, const std::string& what);
+
 // One run of some model kind, as RunTraining drives it.
 class TrainingRun {
  public:

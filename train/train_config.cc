@@ -24,20 +24,24 @@ absl::Status TrainConfig::Validate() const {
   if (absl::Status s = autoencoder ? autoencoder->Validate() : model.Validate(); !s.ok()) return s;
   // An autoencoder learns images alone, from any dataset; DART's conditioning must match its data.
   const bool text_matches_data =
-      autoencoder.has_value() || (dataset == "shapes" || dataset == "scenes64") ==
-                                     (model.conditioning == model::Conditioning::kText);
+      autoencoder.has_value() ||
+      (dataset == "shapes" || dataset == "scenes64" || dataset == "emoji") ==
+          (model.conditioning == model::Conditioning::kText);
   const auto check = [](bool ok, const char* what) {
     return ok ? absl::OkStatus() : absl::InvalidArgumentError(what);
   };
   for (const absl::Status& s : {
            check(dataset == "fashion_mnist" || dataset == "image_folder" || dataset == "shapes" ||
-                     dataset == "scenes64",
-                 "dataset: must be \"fashion_mnist\", \"image_folder\", \"shapes\" or "
-                 "\"scenes64\""),
+                     dataset == "scenes64" || dataset == "emoji",
+                 "dataset: must be \"fashion_mnist\", \"image_folder\", \"shapes\", "
+                 "\"scenes64\" or \"emoji\""),
+           check(captions_per_image >= 1 && captions_per_image <= 64,
+                 "captions_per_image: must be in [1, 64]"),
            check(dataset_size >= 1 && dataset_size <= 10'000'000,
                  "dataset_size: must be in [1, 10^7]"),
            check(text_matches_data,
-                 "dataset: text conditioning needs captions (\"shapes\", \"scenes64\"), and "
+                 "dataset: text conditioning needs captions (\"shapes\", \"scenes64\", "
+                 "\"emoji\"), and "
                  "captioned data a text model"),
            check(batch_size >= 1 && batch_size <= 65536, "batch_size: must be in [1, 65536]"),
            check(total_steps >= 1, "total_steps: must be >= 1"),
@@ -83,6 +87,10 @@ absl::StatusOr<TrainConfig> TrainConfigFromJson(const std::string& text) {
       s = Get(value, key, &c.data_path);
     else if (key == "frozen_encoder")
       s = Get(value, key, &c.frozen_encoder);
+    else if (key == "init_from")
+      s = Get(value, key, &c.init_from);
+    else if (key == "captions_per_image")
+      s = Get(value, key, &c.captions_per_image);
     else if (key == "dataset_size")
       s = Get(value, key, &c.dataset_size);
     else if (key == "batch_size")
@@ -145,6 +153,8 @@ std::string TrainConfigToJson(const TrainConfig& c) {
             {"checkpoint_every", c.checkpoint_every},
             {"sample_every", c.sample_every}};
   if (!c.frozen_encoder.empty()) j["frozen_encoder"] = c.frozen_encoder;
+  if (!c.init_from.empty()) j["init_from"] = c.init_from;
+  if (c.dataset == "emoji") j["captions_per_image"] = c.captions_per_image;
   return j.dump(2) + "\n";
 }
 

@@ -24,13 +24,20 @@ struct TrainConfig {
   // this run keeps, frozen, so only the decoder learns: a decoder of another width for the same
   // latents (AutoencoderConfig::decoder_base_width), usable with DART models trained on them.
   std::string frozen_encoder;
+  // A checkpoint folder whose weights start a fresh run (resuming reads state/ instead): a DART
+  // checkpoint (config.json + model.safetensors) for DART configs, an autoencoder folder for
+  // autoencoder configs. Its architecture must be the config's; the optimiser starts afresh. How a
+  // model is fine-tuned on new data, or trained on past a finished run whose state is gone.
+  std::string init_from;
   // "fashion_mnist", "image_folder" (data_path), "shapes" (data/shapes.h: the procedural
-  // captioned 32x32 scenes) or "scenes64" (data/scenes64.h: the 64x64 world with relations and up
-  // to three shapes); the procedural ones make dataset_size scenes from `seed`, held-out
-  // combinations excluded.
+  // captioned 32x32 scenes), "scenes64" (data/scenes64.h: the 64x64 world with relations and up
+  // to three shapes) or "emoji" (data/emoji.h: the rasterised emoji folder at data_path, held-out
+  // pairs excluded, captions_per_image captions each); the procedural ones make dataset_size
+  // scenes from `seed`, held-out combinations excluded.
   std::string dataset = "fashion_mnist";
   std::string data_path = data::kFashionMnistDir;
   int64_t dataset_size = 60000;  // "shapes" and "scenes64" only
+  int captions_per_image = 4;    // "emoji" only
 
   int batch_size = 64;
   int64_t total_steps = 20000;

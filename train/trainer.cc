@@ -4,12 +4,15 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <string_view>
+#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/file_io.h"
+#include "data/emoji.h"
 #include "data/scenes64.h"
 #include "data/shapes.h"
 #include "model/checkpoint.h"
@@ -36,6 +39,12 @@ absl::StatusOr<InMemoryDataset> LoadTrainingData(const TrainConfig& config) {
   if (config.dataset == "scenes64") {
     data::Scenes64Dataset scenes = data::MakeScenes64Dataset(config.dataset_size, config.seed);
     return std::move(scenes.data);
+  }
+  if (config.dataset == "emoji") {
+    absl::StatusOr<data::EmojiDataset> emoji = data::LoadEmojiDataset(
+        config.data_path, data::EmojiSplit::kTrain, config.captions_per_image, config.seed);
+    if (!emoji.ok()) return emoji.status();
+    return std::move(emoji->data);
   }
   if (config.dataset == "shapes") {
     ShapesDataset shapes = MakeShapesDataset(config.dataset_size, config.seed, HoldOut::kExclude);
@@ -142,6 +151,27 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   torch::manual_seed(config.seed);
   trainer->model_ = dm::Dart(mc);
   trainer->ema_ = dm::Dart(mc);
+  if (!config.init_from.empty()) {
+    absl::StatusOr<dm::Dart> source = dm::LoadCheckpoint(config.init_from);
+    if (!source.ok()) {
+      return absl::Status(source.status().code(),
+                          absl::StrCat("init_from: ", source.status().message()));
+    }
+    if (absl::Status s =
+            CopyWeights(**source, *trainer->model_, absl::StrCat("init_from ", config.init_from));
+        !s.ok()) {
+      return s;
+    }
+    // The weights' token ids mean the pieces of their own tokenizer: the run keeps it.
+    const fs::path tokenizer = fs::path(config.init_from) / dm::kTokenizerFile;
+    const fs::path run_tokenizer = fs::path(out_dir) / dm::kTokenizerFile;
+    if (fs::exists(tokenizer) && !fs::exists(run_tokenizer)) {
+      std::error_code ec;
+      fs::create_directories(out_dir, ec);
+      fs::copy_file(tokenizer, run_tokenizer, ec);
+      if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot copy ", tokenizer.string()));
+    }
+  }
   trainer->model_->train();
   trainer->ema_->eval();
   trainer->optimizer_ = std::make_unique<AdamWEma>(*trainer->model_, *trainer->ema_, config);
@@ -188,6 +218,20 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   return trainer;
 }
 
+torch::Tensor DistinctImageRows(const torch::Tensor& images) {
+  const torch::Tensor bytes = images.contiguous();
+  const int64_t n = bytes.size(0);
+  const int64_t row_bytes = n > 0 ? bytes.numel() / n : 0;
+  const auto* data = static_cast<const char*>(bytes.data_ptr());
+  std::unordered_map<std::string_view, int64_t> first_of;
+  std::vector<int64_t> out(n);
+  for (int64_t i = 0; i < n; ++i) {
+    // The map compares whole rows, so two images that only share a hash stay apart.
+    out[i] = first_of.emplace(std::string_view(data + i * row_bytes, row_bytes), i).first->second;
+  }
+  return torch::tensor(out, torch::kLong);
+}
+
 void Trainer::EncodeDataset() {
   // The posterior mean, not a sample: a deterministic function of the image, so exact resume
   // needs no extra random stream and an image's latent is the same at every epoch; it is also
@@ -197,10 +241,9 @@ void Trainer::EncodeDataset() {
   // as much as DART's forward and backward); fixed chunks keep every latent bit-identical
   // whether it was encoded in this process or read back from the cache.
   const fs::path cache = fs::path(out_dir_) / kLatentCacheFile;
-  const std::map<std::string, std::string> stamp = {
-      {"dataset", config_.dataset},
-      {"dataset_size", std::to_string(data_.size())},
-      {"seed", std::to_string(config_.seed)}};
+  const std::map<std::string, std::string> stamp = {{"dataset", config_.dataset},
+                                                    {"dataset_size", std::to_string(data_.size())},
+                                                    {"seed", std::to_string(config_.seed)}};
   if (absl::StatusOr<dm::SafetensorsFile> file = dm::SafetensorsFile::Read(cache.string());
       file.ok() && file->metadata() == stamp && file->tensors().contains("latents")) {
     const dm::TensorInfo& info = file->tensors().at("latents");
@@ -212,11 +255,15 @@ void Trainer::EncodeDataset() {
   }
   constexpr int64_t kChunk = 256;
   torch::NoGradGuard no_grad;
-  const int64_t n = data_.size();
+  // Rows that repeat an earlier row's image (several captions per image) share its latent, so
+  // each distinct image is encoded once.
+  const torch::Tensor row_image = DistinctImageRows(data_.images);  // [N]: a row's distinct image
+  const torch::Tensor distinct = std::get<0>(torch::_unique(row_image, /*sorted=*/true));
+  const int64_t n = distinct.size(0);
   std::vector<torch::Tensor> chunks;
   const absl::Time start = absl::Now();
   for (int64_t first = 0; first < n; first += kChunk) {
-    const torch::Tensor indices = torch::arange(first, std::min(n, first + kChunk), torch::kLong);
+    const torch::Tensor indices = distinct.slice(0, first, std::min(n, first + kChunk));
     const torch::Tensor images = data_.Batch(indices).first;
     chunks.push_back(autoencoder_->Normalize(autoencoder_->Encode(images).mean));
     const int64_t done = first + indices.size(0);
@@ -225,10 +272,11 @@ void Trainer::EncodeDataset() {
                                    done / absl::ToDoubleSeconds(absl::Now() - start));
     }
   }
-  latents_ = torch::cat(chunks);
+  // Row i's latent is that of its distinct image, whose position in `distinct` searchsorted finds.
+  latents_ = torch::cat(chunks).index_select(0, torch::searchsorted(distinct, row_image));
   // A cache, so a resumed run starts at once; a failure to write it only costs that.
-  absl::StatusOr<std::string> bytes = dm::SerializeSafetensors(
-      {dm::TensorToBytes("latents", latents_, dm::DType::kF32)}, stamp);
+  absl::StatusOr<std::string> bytes =
+      dm::SerializeSafetensors({dm::TensorToBytes("latents", latents_, dm::DType::kF32)}, stamp);
   if (!bytes.ok() || !WriteFileAtomically(cache.string(), *bytes).ok()) {
     std::cerr << "dartserve-train: could not write " << cache.string() << "\n";
   }

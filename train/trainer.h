@@ -50,6 +50,9 @@ namespace dartserve::train {
 // excluded).
 absl::StatusOr<data::InMemoryDataset> LoadTrainingData(const TrainConfig& config);
 
+// For each of `images` ([N, ...] uint8) the first row holding the same bytes: [N] int64.
+torch::Tensor DistinctImageRows(const torch::Tensor& images);
+
 // A latent run's cache of its dataset's latents, in the run folder.
 inline constexpr char kLatentCacheFile[] = "latents.safetensors";
 

@@ -124,6 +124,29 @@ TEST(AutoencoderTrainerTest, ResumeRefusesADifferentAutoencoder) {
   EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// init_from fine-tunes: the run starts from the folder's weights, encoder and decoder alike.
+TEST(AutoencoderTrainerTest, InitFromStartsFromAnAutoencodersWeights) {
+  const fs::path dir = TestDir();
+  auto a = MustCreate(TinyAutoencoderTrainConfig(), dir);
+  ASSERT_NE(a, nullptr);
+  for (int i = 0; i < 3; ++i) a->TrainStep();
+  ASSERT_TRUE(a->SaveCheckpoint().ok());
+  TrainConfig c = TinyAutoencoderTrainConfig();
+  c.seed = 5;
+  c.init_from = (dir / "ema").string();
+  auto b = MustCreate(c, dir.string() + "-init");
+  ASSERT_NE(b, nullptr);
+  absl::StatusOr<model::Autoencoder> source = model::LoadAutoencoder(c.init_from);
+  ASSERT_TRUE(source.ok());
+  const auto ps = (*source)->named_parameters();
+  for (const auto& p : b->model()->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), ps[p.key()])) << p.key();
+  }
+  c.autoencoder->base_width *= 2;
+  auto wider = AutoencoderTrainer::Create(c, SyntheticImages(), dir.string() + "-wider");
+  EXPECT_EQ(wider.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // A decoder of half the width trained for a frozen encoder: the encoder's weights and the
 // calibration stay exactly those of the source (so latents, and DART models trained on them, are
 // unchanged), the decoder learns, and an autoencoder with another encoder is refused.

@@ -105,6 +105,42 @@ TEST(TrainerTest, ResumeRefusesADifferentModel) {
   EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// init_from starts a fresh run from a checkpoint's weights (model and EMA alike) with a fresh
+// optimiser; another architecture is refused, naming the tensor that differs.
+TEST(TrainerTest, InitFromStartsFromACheckpointsWeights) {
+  const fs::path dir = TestDir();
+  auto a = MustCreate(TinyTrainConfig(), dir);
+  for (int i = 0; i < 3; ++i) a->TrainStep();
+  ASSERT_TRUE(a->SaveCheckpoint().ok());
+  TrainConfig c = TinyTrainConfig();
+  c.seed = 9;  // else a fresh model would start from the same weights anyway
+  c.init_from = (dir / "ema").string();
+  auto b = MustCreate(c, dir.string() + "-init");
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(b->step(), 0);
+  const auto pa = a->ema()->named_parameters();
+  for (const auto& p : b->model()->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), pa[p.key()])) << p.key();
+  }
+  for (const auto& p : b->ema()->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), pa[p.key()])) << p.key();
+  }
+  c.model.width *= 2;
+  auto wider = Trainer::Create(c, SyntheticData(), dir.string() + "-wider");
+  EXPECT_EQ(wider.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(wider.status().message()), ::testing::HasSubstr("another architecture"));
+}
+
+// Rows that repeat an image (several captions per image) map to the first row with its bytes.
+TEST(TrainerTest, DistinctImageRowsFindsRepeatedImages) {
+  torch::Tensor images = torch::zeros({5, 1, 2, 2}, torch::kUInt8);
+  images[1].fill_(7);
+  images[2].fill_(7);
+  images[4].fill_(9);
+  EXPECT_TRUE(
+      torch::equal(DistinctImageRows(images), torch::tensor({0, 1, 1, 0, 4}, torch::kLong)));
+}
+
 TEST(TrainerTest, RejectsMismatchedData) {
   TrainConfig c = TinyTrainConfig();
   c.model.image_size = 16;
