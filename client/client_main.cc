@@ -86,7 +86,14 @@ constexpr char kUsage[] =
     "  health   grpc.health.v1 Check: SERVING (exit 0) or NOT_SERVING (exit 1)\n"
     "  cancel ID  cancel an in-flight generation\n"
     "\n"
-    "Common flags: --server host:port --token TOKEN --tls_ca PATH --max_message_mb N\n";
+    "Common flags: --server host:port --token TOKEN --tls_ca PATH --max_message_mb N\n"
+    "\n"
+    "Examples with the shipped models:\n"
+    "  generate --class 7 --n 2                           # fmnist-dart-fm: two sneakers\n"
+    "  generate --model scenes64-dart --prompt \"a red circle to the left of a blue square\"\n"
+    "  generate --model emoji-dart --prompt \"red apple, twemoji style\" --guidance 3\n"
+    "  generate --model emoji-dart --prompt \"a cat face drawn in the noto style\"\n"
+    "  generate --model emoji-dart --prompt \"rocket\"         # no style: the model picks\n";
 
 constexpr double kUnaryTimeoutSeconds = 30;
 
@@ -449,6 +456,11 @@ int Models(v1::ImageGenerator::Stub& stub, const dc::ConnectionOptions& connecti
                     HumanCount(m.parameters()), m.is_default() ? "*" : "", classes});
   }
   PrintTable(rows);
+  for (const v1::ModelInfo& m : response.models()) {
+    if (m.example_prompts().empty()) continue;
+    std::cout << "\nExample prompts for " << m.name() << ":\n";
+    for (const std::string& p : m.example_prompts()) std::cout << "  " << p << "\n";
+  }
   return 0;
 }
 

@@ -178,19 +178,50 @@ absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir) {
   }
 }
 
+namespace {
+
+// The non-blank lines of `path`, trimmed; an empty list when the file does not exist.
+absl::StatusOr<std::vector<std::string>> ReadLinesIfPresent(const std::string& path) {
+  std::vector<std::string> lines;
+  if (!std::filesystem::exists(path)) return lines;
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipWhitespace())) {
+    lines.emplace_back(absl::StripAsciiWhitespace(line));
+  }
+  return lines;
+}
+
+}  // namespace
+
 absl::StatusOr<ModelInfo> DescribeCheckpoint(const std::string& dir, const Dart& model) {
   ModelInfo info = DescribeModel(model);
-  const std::string path = (std::filesystem::path(dir) / kClassNamesFile).string();
-  if (!std::filesystem::exists(path)) return info;
-  absl::StatusOr<std::string> names = ReadFile(path);
+  const std::string names_path = (std::filesystem::path(dir) / kClassNamesFile).string();
+  absl::StatusOr<std::vector<std::string>> names = ReadLinesIfPresent(names_path);
   if (!names.ok()) return names.status();
-  for (absl::string_view line : absl::StrSplit(*names, '\n', absl::SkipWhitespace())) {
-    info.class_names.emplace_back(absl::StripAsciiWhitespace(line));
+  if (!names->empty() && static_cast<int>(names->size()) != info.num_classes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(names_path, ": ", names->size(), " names for ", info.num_classes, " classes"));
   }
-  if (static_cast<int>(info.class_names.size()) != info.num_classes) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", info.class_names.size(),
-                                                   " names for ", info.num_classes, " classes"));
+  info.class_names = *std::move(names);
+  const std::string prompts_path = (std::filesystem::path(dir) / kExamplePromptsFile).string();
+  absl::StatusOr<std::vector<std::string>> prompts = ReadLinesIfPresent(prompts_path);
+  if (!prompts.ok()) return prompts.status();
+  if (!prompts->empty() && info.conditioning != Conditioning::kText) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(prompts_path, ": example prompts for a model that takes no prompt"));
   }
+  if (prompts->size() > kMaxExamplePrompts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(prompts_path, ": ", prompts->size(), " prompts, over ", kMaxExamplePrompts));
+  }
+  for (const std::string& p : *prompts) {
+    if (static_cast<int64_t>(p.size()) > info.limits.max_prompt_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(prompts_path, ": a prompt over ", info.limits.max_prompt_bytes, " bytes"));
+    }
+  }
+  info.example_prompts = *std::move(prompts);
   return info;
 }
 

@@ -24,6 +24,9 @@ namespace dartserve::model {
 inline constexpr char kConfigFile[] = "config.json";
 inline constexpr char kWeightsFile[] = "model.safetensors";
 inline constexpr char kClassNamesFile[] = "classes.txt";
+// Text models: prompts that show what the model can draw, one per line (ModelInfo).
+inline constexpr char kExamplePromptsFile[] = "prompts.txt";
+inline constexpr int kMaxExamplePrompts = 16;
 
 // Copies the file's tensors into `module`'s parameters (names as in named_parameters()).
 absl::Status LoadWeights(torch::nn::Module& module, const SafetensorsFile& file);
@@ -45,8 +48,10 @@ absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir);
 absl::Status CheckLatentGeometry(const ModelConfig& config, const AutoencoderConfig& autoencoder);
 
 // DescribeModel(model) plus the class names in `dir`/classes.txt (one per line, index = class
-// id), when that file exists. INVALID_ARGUMENT naming the file when it does not hold exactly
-// num_classes names.
+// id) and a text model's example prompts in `dir`/prompts.txt (one per line), when those files
+// exist. INVALID_ARGUMENT naming the file when classes.txt does not hold exactly num_classes
+// names, or prompts.txt holds more than kMaxExamplePrompts prompts, a prompt over
+// limits.max_prompt_bytes, or belongs to a model that takes no prompt.
 absl::StatusOr<ModelInfo> DescribeCheckpoint(const std::string& dir, const Dart& model);
 
 // Writes `dir`/config.json and `dir`/model.safetensors (creating `dir`), each atomically, and the

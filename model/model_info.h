@@ -82,6 +82,9 @@ struct ModelInfo {
   int default_flow_steps = 0;
   int64_t parameters = 0;
   ParamLimits limits;
+  // Text models: prompts that show what the model draws (for a client's help or a page's
+  // placeholder); may be empty.
+  std::vector<std::string> example_prompts;
 };
 
 // OK, or INVALID_ARGUMENT naming the field of `params` that `model` cannot serve: the condition

@@ -138,6 +138,7 @@ void ImageGeneratorService::DescribeModels(v1::ListModelsResponse& response) con
     info->set_default_guidance_scale(m->info.default_guidance);
     info->set_is_default(m == models_.front());
     info->set_parameters(static_cast<uint64_t>(m->info.parameters));
+    for (const std::string& p : m->info.example_prompts) info->add_example_prompts(p);
   }
 }
 

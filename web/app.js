@@ -70,6 +70,18 @@ function onModelChange() {
   if (isClass && !(m.classNames || []).length) {
     ui.cls.replaceChildren(...Array.from({length: m.numClasses}, (_, i) => new Option(i, i)));
   }
+  // The model's example prompts: the first as the placeholder, all as buttons that fill the box.
+  const examples = m.conditioning === 'text' ? (m.examplePrompts || []) : [];
+  if (examples.length) ui.prompt.placeholder = examples[0];
+  const box = $('examples');
+  box.hidden = !examples.length;
+  box.replaceChildren(...examples.map((text) => {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.textContent = text;
+    button.addEventListener('click', () => { ui.prompt.value = text; });
+    return button;
+  }));
   ui.guidance.value = m.defaultGuidanceScale;
   ui.guidanceValue.textContent = ui.guidance.value;
   ui.cadence.max = m.progressSteps;

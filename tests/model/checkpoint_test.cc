@@ -41,6 +41,36 @@ class CheckpointTest : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
+// classes.txt and prompts.txt describe a checkpoint to clients; each is checked against the model.
+TEST_F(CheckpointTest, DescribeCheckpointReadsClassNamesAndExamplePrompts) {
+  Dart text = MakeTinyModel(testing::TinyTextConfig());
+  ASSERT_TRUE(SaveCheckpoint(dir_.string(), text).ok());
+  absl::StatusOr<ModelInfo> info = DescribeCheckpoint(dir_.string(), text);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->example_prompts.empty());
+  WriteText(kExamplePromptsFile, "a red circle\n\n  blue square, bottom right  \n");
+  info = DescribeCheckpoint(dir_.string(), text);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->example_prompts,
+            (std::vector<std::string>{"a red circle", "blue square, bottom right"}));
+  std::string many;
+  for (int i = 0; i <= kMaxExamplePrompts; ++i) many += "prompt\n";
+  WriteText(kExamplePromptsFile, many);
+  EXPECT_THAT(std::string(DescribeCheckpoint(dir_.string(), text).status().message()),
+              HasSubstr("prompts.txt"));
+  WriteText(kExamplePromptsFile, std::string(3000, 'a'));
+  EXPECT_FALSE(DescribeCheckpoint(dir_.string(), text).ok());
+
+  // A class model takes no prompt, and its class names must number its classes.
+  Dart cls = MakeTinyModel();
+  EXPECT_THAT(std::string(DescribeCheckpoint(dir_.string(), cls).status().message()),
+              HasSubstr("takes no prompt"));
+  std::filesystem::remove(dir_ / kExamplePromptsFile);
+  WriteText(kClassNamesFile, "a\nb\n");
+  EXPECT_THAT(std::string(DescribeCheckpoint(dir_.string(), cls).status().message()),
+              HasSubstr("2 names for"));
+}
+
 TEST_F(CheckpointTest, F32RoundTripIsExact) {
   Dart model = MakeTinyModel();
   ASSERT_TRUE(SaveCheckpoint(dir_.string(), model).ok());
