@@ -26,7 +26,7 @@ RUN deploy/docker/collect-libs.sh /stage/lib build/server/dartserve build/client
  && install -D -m 0755 -t /stage/bin build/server/dartserve build/client/dartserve-client \
       build/model/libdartserve_sentencepiece.so \
  && mkdir -p /stage/weights \
- && cp -r weights/fmnist-dart weights/fmnist-dart-fm weights/shapes-dart weights/scenes64-dart \
+ && cp -r weights/fmnist-dart weights/fmnist-dart-fm weights/shapes-dart weights/scenes64-dart weights/emoji-dart \
       /stage/weights/
 
 FROM ${DEBIAN_IMAGE} AS runtime
@@ -43,7 +43,7 @@ RUN echo /opt/dartserve/lib > /etc/ld.so.conf.d/dartserve.conf && ldconfig
 ENV PATH=/opt/dartserve/bin:${PATH} \
     OMP_NUM_THREADS=2
 # The server's default --model (weights/fmnist-dart-fm, weights/fmnist-dart, weights/shapes-dart,
-# weights/scenes64-dart)
+# weights/scenes64-dart, weights/emoji-dart)
 # is relative to this folder.
 WORKDIR /opt/dartserve
 USER 10001:10001
@@ -56,5 +56,5 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
 # SIGTERM drains (docs/service.md); give `docker stop -t` more than --grace_seconds (30 s).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/opt/dartserve/bin/dartserve"]
-CMD ["--model=fmnist-dart-fm=/opt/dartserve/weights/fmnist-dart-fm,fmnist-dart=/opt/dartserve/weights/fmnist-dart,shapes-dart=/opt/dartserve/weights/shapes-dart,scenes64-dart=/opt/dartserve/weights/scenes64-dart", \
+CMD ["--model=fmnist-dart-fm=/opt/dartserve/weights/fmnist-dart-fm,fmnist-dart=/opt/dartserve/weights/fmnist-dart,shapes-dart=/opt/dartserve/weights/shapes-dart,scenes64-dart=/opt/dartserve/weights/scenes64-dart,emoji-dart=/opt/dartserve/weights/emoji-dart", \
      "--port=50051", "--http_port=8080", "--metrics_port=9464"]

@@ -10,5 +10,5 @@ scripts/build.sh
 # The default model is DART-FM (flow head); the mean-head DART and the text-to-image models (the
 # 32x32 pixel one and the 64x64 latent one; requests with a prompt) are served beside it.
 exec "${BUILD_DIR:-build}"/server/dartserve \
-  --model fmnist-dart-fm=weights/fmnist-dart-fm,fmnist-dart=weights/fmnist-dart,shapes-dart=weights/shapes-dart,scenes64-dart=weights/scenes64-dart \
+  --model fmnist-dart-fm=weights/fmnist-dart-fm,fmnist-dart=weights/fmnist-dart,shapes-dart=weights/shapes-dart,scenes64-dart=weights/scenes64-dart,emoji-dart=weights/emoji-dart \
   --port 50051 --http_port 8080 --metrics_port 9464 "$@"

@@ -74,13 +74,8 @@ absl::StatusOr<std::unique_ptr<AutoencoderTrainer>> AutoencoderTrainer::Create(
     if (absl::Status s = FreezeEncoder(config.frozen_encoder, trainer->model_); !s.ok()) return s;
   }
   if (!config.init_from.empty()) {
-    absl::StatusOr<dm::Autoencoder> source = dm::LoadAutoencoder(config.init_from);
-    if (!source.ok()) {
-      return absl::Status(source.status().code(),
-                          absl::StrCat("init_from: ", source.status().message()));
-    }
-    if (absl::Status s =
-            CopyWeights(**source, *trainer->model_, absl::StrCat("init_from ", config.init_from));
+    if (absl::Status s = InitWeightsFrom(dm::LoadAutoencoder(config.init_from), *trainer->model_,
+                                         config.init_from);
         !s.ok()) {
       return s;
     }

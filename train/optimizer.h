@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "train/train_config.h"
 
 namespace dartserve::train {
@@ -55,6 +56,18 @@ class AdamWEma {
 // Copies every parameter and buffer of `from` into `to` (the same architecture: the same names and
 // shapes), for TrainConfig::init_from. INVALID_ARGUMENT naming `what` and the first mismatch.
 absl::Status CopyWeights(torch::nn::Module& from, torch::nn::Module& to, const std::string& what);
+
+// TrainConfig::init_from: copies the weights of `source` (a model loaded from folder `dir`, or the
+// error loading it) into `to`; errors name init_from.
+template <typename ModuleHolder>
+absl::Status InitWeightsFrom(absl::StatusOr<ModuleHolder> source, torch::nn::Module& to,
+                             const std::string& dir) {
+  if (!source.ok()) {
+    return absl::Status(source.status().code(),
+                        absl::StrCat("init_from: ", source.status().message()));
+  }
+  return CopyWeights(**source, to, absl::StrCat("init_from ", dir));
+}
 
 // One run of some model kind, as RunTraining drives it.
 class TrainingRun {

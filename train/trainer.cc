@@ -152,13 +152,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   trainer->model_ = dm::Dart(mc);
   trainer->ema_ = dm::Dart(mc);
   if (!config.init_from.empty()) {
-    absl::StatusOr<dm::Dart> source = dm::LoadCheckpoint(config.init_from);
-    if (!source.ok()) {
-      return absl::Status(source.status().code(),
-                          absl::StrCat("init_from: ", source.status().message()));
-    }
-    if (absl::Status s =
-            CopyWeights(**source, *trainer->model_, absl::StrCat("init_from ", config.init_from));
+    if (absl::Status s = InitWeightsFrom(dm::LoadCheckpoint(config.init_from), *trainer->model_,
+                                         config.init_from);
         !s.ok()) {
       return s;
     }

@@ -6,6 +6,8 @@
 #include "data/shapes.h"
 #include "eval/attribute_classifier.h"
 #include "eval/classifier.h"
+#include "eval/emoji_classifier.h"
+#include "eval/emoji_eval.h"
 #include "eval/eval.h"
 #include "eval/prompt_eval.h"
 #include "eval/text64_eval.h"
@@ -146,6 +148,48 @@ INSTANTIATE_TEST_SUITE_P(Shipped, ShippedLatentModelTest,
                                            LatentGate{PromptSet64::kHeldOut, "HeldOut", 0.87, 0},
                                            LatentGate{PromptSet64::kRelation, "Relation", 0, 0.66}),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// The emoji evaluator is trustworthy: the shipped classifier recognises real images of pairs it
+// never saw (an unseen style of a seen concept) far above chance (1 in 1,672 concepts, 1 in 7
+// styles), as docs/quality.md records.
+TEST(QualityGateTest, ShippedEmojiClassifierRecognisesRealHeldOutPairs) {
+  auto classifier = LoadEmojiClassifier(kWeights + "/emoji-classifier");
+  ASSERT_TRUE(classifier.ok()) << classifier.status();
+  const EmojiClassifierMetrics& m = classifier->metrics;
+  EXPECT_GE(m.held_out.concept_top5, 0.60);
+  EXPECT_GE(m.held_out.style, 0.70);
+  EXPECT_GE(m.train.concept_top1, 0.90);
+  EXPECT_EQ(classifier->index.concepts.size(), 1672u);
+}
+
+// Concept top-5 and style accuracy of weights/emoji-dart at the served guidance, 100 prompts per
+// set, as dartserve-eval --task emoji measures them (docs/quality.md, "Emoji"), a few points
+// under the measurement.
+TEST(QualityGateTest, ShippedEmojiModelDrawsWhatItIsAskedFor) {
+  torch::set_num_threads(1);
+  auto model = model::LoadCheckpoint(kWeights + "/emoji-dart");
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto classifier = LoadEmojiClassifier(kWeights + "/emoji-classifier");
+  ASSERT_TRUE(classifier.ok()) << classifier.status();
+  auto report = EvaluateEmojiModel(*model, *classifier, /*prompts_per_set=*/100,
+                                   /*prompt_seed=*/1234,
+                                   {.per_prompt = 1, .guidance_scale = 2.0f, .seed = 0});
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(report->sets.size(), 3u);
+  const EmojiSetReport& seen = report->sets[0];
+  const EmojiSetReport& held_out = report->sets[1];
+  const EmojiSetReport& concept_only = report->sets[2];
+  for (const EmojiSetReport* set : {&seen, &held_out, &concept_only}) {
+    EXPECT_EQ(set->accuracy.images, 100);
+    std::cout << "emoji-dart " << set->name << ": "
+              << EmojiSummaryLine(*set, classifier->metrics.fid_floor) << "\n";
+  }
+  EXPECT_GE(seen.accuracy.concept_top5, 0.18);
+  EXPECT_GE(seen.accuracy.style, 0.33);
+  EXPECT_GE(held_out.accuracy.concept_top5, 0.12);
+  EXPECT_GE(held_out.accuracy.style, 0.30);
+  EXPECT_GE(concept_only.accuracy.concept_top5, 0.19);
+}
 
 }  // namespace
 }  // namespace dartserve::eval
