@@ -153,15 +153,13 @@ absl::StatusOr<EmojiDataset> LoadEmojiDataset(const std::string& dir, EmojiSplit
     std::memcpy(t.data_ptr(), px->data.data(), px->data.size());
     images.push_back(t.permute({2, 0, 1}).contiguous());
   }
-  // Rows: (image, variant) pairs in a fixed shuffled order (Fisher-Yates on mt19937_64 with plain
-  // modulo: the same order from every standard library).
+  // Rows: (image, variant) pairs in a fixed shuffled order.
   const int per = std::max(1, captions_per_image);
   std::vector<std::pair<int, int>> rows;
   for (int v = 0; v < per; ++v) {
     for (int c = 0; c < static_cast<int>(chosen.size()); ++c) rows.push_back({c, v});
   }
-  std::mt19937_64 rng(seed ^ 0xe1170ULL);
-  for (size_t i = rows.size(); i > 1; --i) std::swap(rows[i - 1], rows[rng() % i]);
+  StableShuffle(rows, seed ^ 0xe1170ULL);
   std::vector<torch::Tensor> row_images;
   std::vector<int64_t> labels;
   for (const auto& [c, v] : rows) {

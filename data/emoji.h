@@ -17,6 +17,7 @@
 #define DARTSERVE_DATA_EMOJI_H_
 
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,14 @@ std::string EmojiCaption(const EmojiEntry& entry, int variant, uint64_t seed);
 // The evaluator's prompts: "<label>, <style> style" and, without a style, "<label>".
 std::string EmojiStylePrompt(const EmojiEntry& entry);
 std::string EmojiConceptPrompt(const EmojiEntry& entry);
+
+// Shuffles `items` in place: Fisher-Yates on mt19937_64(seed) with plain modulo, so the order is
+// the same from every standard library (std::shuffle's is not).
+template <typename T>
+void StableShuffle(std::vector<T>& items, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  for (size_t i = items.size(); i > 1; --i) std::swap(items[i - 1], items[rng() % i]);
+}
 
 enum class EmojiSplit { kTrain, kHeldOut, kAll };
 

@@ -20,8 +20,7 @@ constexpr EmojiPromptSet kSets[] = {EmojiPromptSet::kSeen, EmojiPromptSet::kHeld
 // The first `n` of `items` after a Fisher-Yates shuffle on mt19937_64 with plain modulo (the
 // same order from every standard library, unlike std::shuffle).
 std::vector<int> FirstShuffled(std::vector<int> items, int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  for (size_t i = items.size(); i > 1; --i) std::swap(items[i - 1], items[rng() % i]);
+  data::StableShuffle(items, seed);
   items.resize(std::min<size_t>(items.size(), static_cast<size_t>(std::max(0, n))));
   return items;
 }
