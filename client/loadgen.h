@@ -52,8 +52,8 @@
 //
 // The pieces are separate so that each can be tested on its own (tests/client/loadgen_test.cc):
 // ConnectForLoad (channel and health check), ApplySoakDefaults (--soak), RunLoad (the calls),
-// Summarize (the numbers), ReportText and ReportJson (their presentation), and RunLoadgen,
-// which strings the last four together for the binary.
+// Summarize (the numbers), ReportText and ReportJson (their presentation; these three in
+// loadgen_report.cc), and RunLoadgen, which strings the last four together for the binary.
 #ifndef DARTSERVE_CLIENT_LOADGEN_H_
 #define DARTSERVE_CLIENT_LOADGEN_H_
 

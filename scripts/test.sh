@@ -9,10 +9,10 @@ export OMP_NUM_THREADS=1
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure --parallel "$(nproc)" "$@"
 
 # AddressSanitizer and UndefinedBehaviorSanitizer (leaks included) over the torch-free layers'
-# tests: the scheduler, the server (metrics, HTTP API, OpenAI endpoint, fault injection) and the
-# client (docs/reliability.md, "Sanitizers").
-ASAN_TESTS="scheduler_test metrics_test fault_injection_test http_api_test openai_images_test
-  loadgen_test terminal_test png_test"
+# tests: the scheduler, the server (the gRPC service, metrics, HTTP API, OpenAI endpoint, fault
+# injection) and the client (docs/reliability.md, "Sanitizers").
+ASAN_TESTS="scheduler_test service_test metrics_test fault_injection_test http_api_test
+  openai_images_test loadgen_test terminal_test png_test"
 BUILD_DIR=${ASAN_BUILD_DIR:-build-asan} TARGET="$ASAN_TESTS" scripts/build.sh \
   -DDARTSERVE_SANITIZER=address,undefined -DCMAKE_BUILD_TYPE=RelWithDebInfo
 for t in $ASAN_TESTS; do
