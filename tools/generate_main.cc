@@ -1,8 +1,7 @@
 // dartserve-generate: generate images from a checkpoint folder, without the service.
 //
 //   dartserve-generate --checkpoint weights/fmnist-dart --classes 0,1,2 --per_class 4 --out out/gen
-//   dartserve-generate --checkpoint weights/shapes-dart --guidance 2 --per_class 8 \
-//       --prompts "a large red circle in the center on a white background|blue square, top left"
+//   dartserve-generate --checkpoint weights/shapes-dart --per_class 8 --prompts "circle|square"
 //
 // Writes one PNG per image (class_<c>_seed_<s>.png, or prompt_<i>_seed_<s>.png for text models), a
 // grid of all of them (grid.png, one row per class or prompt) and, with --previews, every step's
