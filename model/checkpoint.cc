@@ -12,6 +12,7 @@
 #include "common/file_io.h"
 #include "model/config.h"
 #include "model/text/tokenizer.h"
+#include "nlohmann/json.hpp"
 
 namespace dartserve::model {
 namespace {
@@ -192,6 +193,58 @@ absl::StatusOr<std::vector<std::string>> ReadLinesIfPresent(const std::string& p
   return lines;
 }
 
+// A text model's example prompts from `dir`/prompts.txt into `info`.
+absl::Status ReadExamplePrompts(const std::string& dir, ModelInfo& info) {
+  const std::string path = (std::filesystem::path(dir) / kExamplePromptsFile).string();
+  absl::StatusOr<std::vector<std::string>> prompts = ReadLinesIfPresent(path);
+  if (!prompts.ok()) return prompts.status();
+  if (!prompts->empty() && info.conditioning != Conditioning::kText) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": example prompts for a model that takes no prompt"));
+  }
+  if (prompts->size() > kMaxExamplePrompts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", prompts->size(), " prompts, over ", kMaxExamplePrompts));
+  }
+  for (const std::string& p : *prompts) {
+    if (static_cast<int64_t>(p.size()) > info.limits.max_prompt_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": a prompt over ", info.limits.max_prompt_bytes, " bytes"));
+    }
+  }
+  info.example_prompts = *std::move(prompts);
+  return absl::OkStatus();
+}
+
+// A conditional model's default guidance from `dir`/serving.json (else kDefaultGuidance).
+absl::Status ReadServingDefaults(const std::string& dir, ModelInfo& info) {
+  const std::string path = (std::filesystem::path(dir) / kServingFile).string();
+  const bool conditional = info.conditioning != Conditioning::kNone;
+  if (conditional) info.default_guidance = kDefaultGuidance;
+  if (!std::filesystem::exists(path)) return absl::OkStatus();
+  if (!conditional) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": serving defaults for an unconditional model"));
+  }
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  const nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  for (const auto& [key, value] : j.items()) {
+    if (key != "guidance") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": ", key.substr(0, 32), ": unknown field (accepted: guidance)"));
+    }
+    if (!value.is_number() || !(value.get<double>() > 0) ||
+        value.get<double>() > info.limits.max_guidance) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": guidance: must be a number in (0, ",
+                                                     info.limits.max_guidance, "]"));
+    }
+    info.default_guidance = value.get<float>();
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelInfo> DescribeCheckpoint(const std::string& dir, const Dart& model) {
@@ -204,24 +257,8 @@ absl::StatusOr<ModelInfo> DescribeCheckpoint(const std::string& dir, const Dart&
         absl::StrCat(names_path, ": ", names->size(), " names for ", info.num_classes, " classes"));
   }
   info.class_names = *std::move(names);
-  const std::string prompts_path = (std::filesystem::path(dir) / kExamplePromptsFile).string();
-  absl::StatusOr<std::vector<std::string>> prompts = ReadLinesIfPresent(prompts_path);
-  if (!prompts.ok()) return prompts.status();
-  if (!prompts->empty() && info.conditioning != Conditioning::kText) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(prompts_path, ": example prompts for a model that takes no prompt"));
-  }
-  if (prompts->size() > kMaxExamplePrompts) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(prompts_path, ": ", prompts->size(), " prompts, over ", kMaxExamplePrompts));
-  }
-  for (const std::string& p : *prompts) {
-    if (static_cast<int64_t>(p.size()) > info.limits.max_prompt_bytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(prompts_path, ": a prompt over ", info.limits.max_prompt_bytes, " bytes"));
-    }
-  }
-  info.example_prompts = *std::move(prompts);
+  if (absl::Status s = ReadExamplePrompts(dir, info); !s.ok()) return s;
+  if (absl::Status s = ReadServingDefaults(dir, info); !s.ok()) return s;
   return info;
 }
 

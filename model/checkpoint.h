@@ -27,6 +27,11 @@ inline constexpr char kClassNamesFile[] = "classes.txt";
 // Text models: prompts that show what the model can draw, one per line (ModelInfo).
 inline constexpr char kExamplePromptsFile[] = "prompts.txt";
 inline constexpr int kMaxExamplePrompts = 16;
+// Conditional models: how the checkpoint is served by default, {"guidance": g}. Guidance is the
+// one sampling choice whose best value differs most between models (docs/quality.md).
+inline constexpr char kServingFile[] = "serving.json";
+// A conditional model's default guidance when its checkpoint has no serving.json.
+inline constexpr float kDefaultGuidance = 2.0f;
 
 // Copies the file's tensors into `module`'s parameters (names as in named_parameters()).
 absl::Status LoadWeights(torch::nn::Module& module, const SafetensorsFile& file);
@@ -48,10 +53,13 @@ absl::StatusOr<Dart> LoadCheckpoint(const std::string& dir);
 absl::Status CheckLatentGeometry(const ModelConfig& config, const AutoencoderConfig& autoencoder);
 
 // DescribeModel(model) plus the class names in `dir`/classes.txt (one per line, index = class
-// id) and a text model's example prompts in `dir`/prompts.txt (one per line), when those files
-// exist. INVALID_ARGUMENT naming the file when classes.txt does not hold exactly num_classes
-// names, or prompts.txt holds more than kMaxExamplePrompts prompts, a prompt over
-// limits.max_prompt_bytes, or belongs to a model that takes no prompt.
+// id), a text model's example prompts in `dir`/prompts.txt (one per line), and a conditional
+// model's default guidance from `dir`/serving.json (else kDefaultGuidance; 1 for unconditional
+// models), when those files exist. INVALID_ARGUMENT naming the file when classes.txt does not
+// hold exactly num_classes names, prompts.txt holds more than kMaxExamplePrompts prompts, a
+// prompt over limits.max_prompt_bytes, or belongs to a model that takes no prompt, or
+// serving.json is not an object of known fields, its guidance not in (0, limits.max_guidance],
+// or it belongs to an unconditional model.
 absl::StatusOr<ModelInfo> DescribeCheckpoint(const std::string& dir, const Dart& model);
 
 // Writes `dir`/config.json and `dir`/model.safetensors (creating `dir`), each atomically, and the

@@ -45,7 +45,12 @@ absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEngines(const std::stri
   absl::StatusOr<ModelInfo> info = DescribeCheckpoint(dir, *loaded);
   if (!info.ok()) return info.status();
   if (info->conditioning != Conditioning::kNone && options.default_guidance.has_value()) {
-    info->default_guidance = *options.default_guidance;
+    const float g = *options.default_guidance;
+    if (!(g > 0) || g > info->limits.max_guidance) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("guidance: must be in (0, ", info->limits.max_guidance, "]"));
+    }
+    info->default_guidance = g;
   }
   std::map<std::string, Dart> per_device;  // the weights each device's replicas share
   std::vector<std::unique_ptr<Engine>> engines;

@@ -17,14 +17,15 @@ struct ReplicaOptions {
   // Torch devices ("cpu", "cuda:0", ...): one replica on each. Empty: `replicas` on the CPU.
   std::vector<std::string> devices;
   int replicas = 1;  // in [1, 64]; used when `devices` is empty
-  // Guidance for requests that give none; conditional models only (unconditional ones use 1).
+  // Guidance for requests that give none, in (0, limits.max_guidance]; conditional models only
+  // (unconditional ones use 1). Unset: the checkpoint's own (DescribeCheckpoint).
   std::optional<float> default_guidance;
 };
 
 // Loads the checkpoint in `dir` (LoadCheckpoint, DescribeCheckpoint) and builds one DartEngine
 // per replica. Replicas on the same device share the weights (inference only reads them); each
-// has its own sampler state. Errors: the checkpoint's, INVALID_ARGUMENT for a bad device name or
-// replica count, FAILED_PRECONDITION for a CUDA device without CUDA.
+// has its own sampler state. Errors: the checkpoint's, INVALID_ARGUMENT for a bad device name,
+// replica count or guidance, FAILED_PRECONDITION for a CUDA device without CUDA.
 absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEngines(const std::string& dir,
                                                                  const ReplicaOptions& options);
 

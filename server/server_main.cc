@@ -39,7 +39,9 @@ ABSL_FLAG(int, http_port, -1,
 ABSL_FLAG(int, http_threads, 64,
           "HTTP requests served at once (each streamed generation holds one for its length).");
 ABSL_FLAG(int, metrics_port, 9464, "Prometheus metrics HTTP port (0: pick one; -1: off).");
-ABSL_FLAG(float, guidance, 2.0f, "Default guidance scale for requests that give none.");
+ABSL_FLAG(float, guidance, 0.0f,
+          "Guidance scale for requests that give none, on every conditional model (0: each "
+          "model's own: its checkpoint's serving.json, else 2).");
 ABSL_FLAG(int, threads, 2, "Torch intra-op threads of each replica's engine.");
 ABSL_FLAG(int, replicas, 1,
           "Engines per model on this machine's CPU, each with its own worker thread, --threads "
@@ -68,9 +70,11 @@ namespace dm = dartserve::model;
 namespace {
 
 absl::StatusOr<ds::ModelSpec> LoadModel(const std::string& name, const std::string& dir) {
-  const dm::ReplicaOptions replicas{.devices = absl::GetFlag(FLAGS_devices),
-                                    .replicas = absl::GetFlag(FLAGS_replicas),
-                                    .default_guidance = absl::GetFlag(FLAGS_guidance)};
+  const float guidance = absl::GetFlag(FLAGS_guidance);
+  const dm::ReplicaOptions replicas{
+      .devices = absl::GetFlag(FLAGS_devices),
+      .replicas = absl::GetFlag(FLAGS_replicas),
+      .default_guidance = guidance != 0 ? std::optional<float>(guidance) : std::nullopt};
   absl::StatusOr<std::vector<std::unique_ptr<dm::Engine>>> engines = dm::LoadEngines(dir, replicas);
   if (!engines.ok()) {
     return absl::Status(engines.status().code(),

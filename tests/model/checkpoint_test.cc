@@ -71,6 +71,40 @@ TEST_F(CheckpointTest, DescribeCheckpointReadsClassNamesAndExamplePrompts) {
               HasSubstr("2 names for"));
 }
 
+// The default guidance: serving.json's, else kDefaultGuidance for conditional models and 1 for
+// unconditional ones; a bad file is an error naming it and the field.
+TEST_F(CheckpointTest, DescribeCheckpointReadsTheServedGuidance) {
+  Dart cls = MakeTinyModel();
+  ASSERT_TRUE(SaveCheckpoint(dir_.string(), cls).ok());
+  absl::StatusOr<ModelInfo> info = DescribeCheckpoint(dir_.string(), cls);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->default_guidance, kDefaultGuidance);
+  WriteText(kServingFile, R"({"guidance": 3.5})");
+  info = DescribeCheckpoint(dir_.string(), cls);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->default_guidance, 3.5f);
+  for (const char* bad : {R"({"guidance": 0})", R"({"guidance": 1e9})", R"({"guidance": "3"})",
+                          R"({"guidence": 3})", "[3]", "{"}) {
+    WriteText(kServingFile, bad);
+    const absl::Status s = DescribeCheckpoint(dir_.string(), cls).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("serving.json")) << bad;
+  }
+  WriteText(kServingFile, R"({"guidence": 3})");
+  EXPECT_THAT(std::string(DescribeCheckpoint(dir_.string(), cls).status().message()),
+              HasSubstr("guidence: unknown field"));
+
+  ModelConfig c = ModelConfig::Tiny();
+  c.conditioning = Conditioning::kNone;
+  Dart unconditional = MakeTinyModel(c);
+  EXPECT_THAT(std::string(DescribeCheckpoint(dir_.string(), unconditional).status().message()),
+              HasSubstr("unconditional"));
+  std::filesystem::remove(dir_ / kServingFile);
+  info = DescribeCheckpoint(dir_.string(), unconditional);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->default_guidance, 1.0f);
+}
+
 TEST_F(CheckpointTest, F32RoundTripIsExact) {
   Dart model = MakeTinyModel();
   ASSERT_TRUE(SaveCheckpoint(dir_.string(), model).ok());
