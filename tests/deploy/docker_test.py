@@ -92,6 +92,20 @@ class DockerfileTest(unittest.TestCase):
         self.assertLessEqual(set(skipped), install_deps_packages(),
                              "skips a package install-deps.sh does not install")
 
+    def test_cpu_build_stage_skips_only_what_the_build_does_not_use(self):
+        runs = " ".join(a for k, a in stages(dt.SOURCE_DIR / "Dockerfile")["build"] if k == "RUN")
+        skipped = set(re.search(r'DARTSERVE_DEPS_SKIP="([^"]*)"', runs).group(1).split())
+        self.assertLessEqual(skipped, install_deps_packages(),
+                             "skips a package install-deps.sh does not install")
+        # What the configure step finds (CMakeLists.txt's find_package and pkg-config modules).
+        needed = {"g++", "cmake", "ninja-build", "pkg-config", "libtorch-dev", "libopenblas0-openmp",
+                  "libabsl-dev", "nlohmann-json3-dev", "libpng-dev", "libgrpc++-dev",
+                  "protobuf-compiler-grpc", "libprotobuf-dev", "protobuf-compiler",
+                  "prometheus-cpp-dev", "libcivetweb-dev", "libsentencepiece-dev",
+                  "libgtest-dev", "libgmock-dev", "zlib1g-dev", "librsvg2-dev"}
+        self.assertFalse(skipped & needed, "skips a package the build needs")
+        self.assertIn("chromium", skipped)
+
     def test_runtime_stage_holds_only_the_staged_files(self):
         for name in self.FILES:
             with self.subTest(dockerfile=name):
@@ -170,6 +184,7 @@ class DockerignoreTest(unittest.TestCase):
     def test_build_outputs_and_history_stay_out(self):
         for path in [".git/HEAD", "build/CMakeCache.txt", "build-deploy/server/dartserve",
                      "out/client/x.png", "runs/fmnist-dart/ema/model.safetensors",
+                     "data/cache/emoji/images64/index.tsv",
                      "deploy/k8s/base/deployment.yaml"]:
             with self.subTest(path=path):
                 self.assertTrue(dockerignored(path, self.patterns))
