@@ -91,7 +91,7 @@ constexpr char kUsage[] =
     "Examples with the shipped models:\n"
     "  generate --class 7 --n 2                           # fmnist-dart-fm: two sneakers\n"
     "  generate --model scenes64-dart --prompt \"a red circle to the left of a blue square\"\n"
-    "  generate --model emoji-dart --prompt \"red apple, twemoji style\" --guidance 3\n"
+    "  generate --model emoji-dart --prompt \"red apple, twemoji style\" --n 4\n"
     "  generate --model emoji-dart --prompt \"a cat face drawn in the noto style\"\n"
     "  generate --model emoji-dart --prompt \"rocket\"         # no style: the model picks\n";
 
