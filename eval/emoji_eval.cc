@@ -1,5 +1,6 @@
 #include "eval/emoji_eval.h"
 
+#include <algorithm>
 #include <random>
 #include <utility>
 
@@ -182,6 +183,34 @@ std::string EmojiReportToJson(const EmojiEvalReport& report) {
     j[set.name]["images"] = std::move(images);
   }
   return j.dump(2);
+}
+
+absl::StatusOr<EmojiReconstructionReport> ScoreEmojiReconstructions(
+    model::Autoencoder& autoencoder, EmojiClassifierFolder& classifier,
+    const data::EmojiDataset& data, int batch) {
+  const int64_t n = data.data.size();
+  if (n == 0 || batch < 1) {
+    return absl::InvalidArgumentError("reconstructions: an empty dataset or a batch < 1");
+  }
+  torch::NoGradGuard no_grad;
+  const auto [images, concepts] = data.data.Batch(torch::arange(n, torch::kLong));
+  std::vector<torch::Tensor> decoded;
+  try {
+    for (int64_t i = 0; i < n; i += batch) {
+      const torch::Tensor x = images.slice(0, i, std::min(n, i + batch)).to(autoencoder->options());
+      const torch::Tensor y = autoencoder->Decode(autoencoder->Encode(x).mean).clamp(-1, 1);
+      // 8-bit, as a served image is: the classifier sees what a client would.
+      decoded.push_back(((y + 1) * 127.5).round().div(127.5).sub(1).to(torch::kCPU, torch::kFloat));
+    }
+    const torch::Tensor styles = EmojiStyleLabels(data);
+    return EmojiReconstructionReport{
+        .originals = ScoreEmoji(PredictEmoji(classifier.model, images), concepts, styles),
+        .reconstructions =
+            ScoreEmoji(PredictEmoji(classifier.model, torch::cat(decoded)), concepts, styles)};
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("reconstructions: ", e.what_without_backtrace()));
+  }
 }
 
 std::string EmojiSummaryLine(const EmojiSetReport& set, double fid_floor) {

@@ -25,6 +25,7 @@
 #include "data/emoji.h"
 #include "eval/emoji_classifier.h"
 #include "eval/eval.h"
+#include "model/autoencoder.h"
 #include "model/dart.h"
 
 namespace dartserve::eval {
@@ -79,6 +80,20 @@ absl::StatusOr<EmojiEvalReport> EvaluateEmojiModel(model::Dart model,
                                                    EmojiClassifierFolder& classifier,
                                                    int prompts_per_set, uint64_t prompt_seed,
                                                    const TextEvalOptions& options);
+
+// How much of what the classifier reads survives the autoencoder a latent model draws through:
+// its readings of `data`'s images and of their reconstructions (the posterior mean decoded,
+// clamped and rounded to 8 bits, as served), in batches of `batch`. A model on these latents can
+// draw no finer than the reconstructions, so their accuracy bounds what generation can score.
+// INVALID_ARGUMENT for an empty dataset, a batch < 1, or images the autoencoder or the
+// classifier cannot take.
+struct EmojiReconstructionReport {
+  EmojiAccuracy originals;
+  EmojiAccuracy reconstructions;
+};
+absl::StatusOr<EmojiReconstructionReport> ScoreEmojiReconstructions(
+    model::Autoencoder& autoencoder, EmojiClassifierFolder& classifier,
+    const data::EmojiDataset& data, int batch);
 
 // The report as JSON (every set's scores and per-image results, the classifier's numbers).
 std::string EmojiReportToJson(const EmojiEvalReport& report);

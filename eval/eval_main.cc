@@ -22,7 +22,9 @@
 // against the real training images; report.json and <set>_grid.png.
 // Autoencoders (--autoencoder): reconstruction PSNR on --scenes held-out 64x64 scenes, the latent
 // previews' PSNR and the decoder's cost, and how often the prompt evaluator reads the same scene
-// from a reconstruction as from its original; writes autoencoder_report.json to --out.
+// from a reconstruction as from its original; writes autoencoder_report.json to --out. With
+// --task emoji instead: the emoji classifier's concept and style accuracy on the real images of
+// --emoji_data and on their reconstructions (what a latent model's samples can reach at best).
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -69,6 +71,8 @@ ABSL_FLAG(uint64_t, prompt_seed, 1234, "Text models: seed of the fixed prompt se
 ABSL_FLAG(std::string, autoencoder, "",
           "Evaluate this autoencoder folder instead of a DART checkpoint.");
 ABSL_FLAG(int, scenes, 1000, "Autoencoders: held-out 64x64 scenes to reconstruct.");
+ABSL_FLAG(std::string, emoji_data, "data/cache/emoji/images64",
+          "Autoencoders with --task emoji: the prepared emoji images to reconstruct.");
 ABSL_FLAG(std::string, task, "auto",
           "What to evaluate: auto (from the checkpoint's conditioning and size) or emoji.");
 ABSL_FLAG(std::string, emoji_classifier, dartserve::eval::kEmojiClassifierDir,
@@ -211,9 +215,44 @@ int EvaluateEmoji() {
   return 0;
 }
 
+// --autoencoder with --task emoji: the emoji classifier's readings of real images (training
+// split, then held-out pairs) and of their reconstructions.
+int EvaluateEmojiAutoencoder(dm::Autoencoder& model) {
+  auto classifier = de::LoadEmojiClassifier(absl::GetFlag(FLAGS_emoji_classifier));
+  if (!classifier.ok()) return Fail(classifier.status().message());
+  nlohmann::json j = {{"autoencoder", absl::GetFlag(FLAGS_autoencoder)},
+                      {"emoji_data", absl::GetFlag(FLAGS_emoji_data)},
+                      {"emoji_classifier", absl::GetFlag(FLAGS_emoji_classifier)}};
+  for (const auto& [name, split] : {std::pair{"train", dd::EmojiSplit::kTrain},
+                                    std::pair{"held_out", dd::EmojiSplit::kHeldOut}}) {
+    auto data = dd::LoadEmojiDataset(absl::GetFlag(FLAGS_emoji_data), split);
+    if (!data.ok()) return Fail(data.status().message());
+    auto r = de::ScoreEmojiReconstructions(model, *classifier, *data, absl::GetFlag(FLAGS_batch));
+    if (!r.ok()) return Fail(r.status().message());
+    for (const auto& [kind, a] :
+         {std::pair{"originals", r->originals}, std::pair{"reconstructions", r->reconstructions}}) {
+      j[name][kind] = {{"images", a.images},
+                       {"concept_top1", a.concept_top1},
+                       {"concept_top5", a.concept_top5},
+                       {"style", a.style}};
+      std::cout << absl::StrFormat("%s %s: concept top-1 %.3f  top-5 %.3f  style %.3f  (%d)\n",
+                                   name, kind, a.concept_top1, a.concept_top5, a.style, a.images);
+    }
+  }
+  const std::string out = absl::GetFlag(FLAGS_out);
+  std::filesystem::create_directories(out);
+  if (absl::Status s =
+          dartserve::WriteFileAtomically(out + "/autoencoder_report.json", j.dump(2) + "\n");
+      !s.ok()) {
+    return Fail(s.message());
+  }
+  return 0;
+}
+
 int EvaluateAutoencoderFlag() {
   absl::StatusOr<dm::Autoencoder> model = dm::LoadAutoencoder(absl::GetFlag(FLAGS_autoencoder));
   if (!model.ok()) return Fail(model.status().message());
+  if (absl::GetFlag(FLAGS_task) == "emoji") return EvaluateEmojiAutoencoder(*model);
   const dd::Scenes64Dataset scenes =
       dd::MakeScenes64Dataset(absl::GetFlag(FLAGS_scenes), de::kHeldOutScenesSeed);
   std::vector<dd::CaptionSpec> specs;

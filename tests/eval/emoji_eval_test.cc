@@ -189,6 +189,34 @@ TEST(EmojiPromptSetTest, DeterministicDisjointAndFromTheRightSplit) {
   EXPECT_TRUE(differs);
 }
 
+TEST(EmojiReconstructionTest, ScoresOriginalsAsTheClassifierAndReconstructionsInAnyBatching) {
+  const std::string dir = WriteSyntheticData("emoji-reconstruction-data");
+  auto data = data::LoadEmojiDataset(dir, data::EmojiSplit::kAll, 1);
+  ASSERT_TRUE(data.ok()) << data.status();
+  torch::manual_seed(5);
+  EmojiClassifierFolder folder{.model = EmojiClassifier(TinyConfig())};
+  folder.model->eval();
+  model::Autoencoder autoencoder(model::AutoencoderConfig::Tiny());  // 16x16 RGB, random weights
+  autoencoder->eval();
+
+  auto whole = ScoreEmojiReconstructions(autoencoder, folder, *data, /*batch=*/12);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  const EmojiAccuracy direct = MeasureEmojiAccuracy(folder.model, *data);
+  EXPECT_EQ(whole->originals.images, 12);
+  EXPECT_EQ(whole->originals.concept_top1, direct.concept_top1);
+  EXPECT_EQ(whole->originals.concept_top5, direct.concept_top5);
+  EXPECT_EQ(whole->originals.style, direct.style);
+  EXPECT_EQ(whole->reconstructions.images, 12);
+  // Batches are independent: one image at a time reads the same.
+  auto single = ScoreEmojiReconstructions(autoencoder, folder, *data, /*batch=*/1);
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_EQ(single->reconstructions.concept_top1, whole->reconstructions.concept_top1);
+  EXPECT_EQ(single->reconstructions.style, whole->reconstructions.style);
+
+  EXPECT_EQ(ScoreEmojiReconstructions(autoencoder, folder, *data, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(EmojiScoreTest, FidAgainstOwnStatsIsZeroAndScoresFollowPrompts) {
   torch::manual_seed(4);
   EmojiClassifierFolder folder{.model = EmojiClassifier(TinyConfig())};
