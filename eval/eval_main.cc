@@ -215,6 +215,18 @@ int EvaluateEmoji() {
   return 0;
 }
 
+// Writes `j` as --out/autoencoder_report.json; 0, or 1 after saying why not.
+int WriteAutoencoderReport(const nlohmann::json& j) {
+  const std::string out = absl::GetFlag(FLAGS_out);
+  std::filesystem::create_directories(out);
+  if (absl::Status s =
+          dartserve::WriteFileAtomically(out + "/autoencoder_report.json", j.dump(2) + "\n");
+      !s.ok()) {
+    return Fail(s.message());
+  }
+  return 0;
+}
+
 // --autoencoder with --task emoji: the emoji classifier's readings of real images (training
 // split, then held-out pairs) and of their reconstructions.
 int EvaluateEmojiAutoencoder(dm::Autoencoder& model) {
@@ -239,14 +251,7 @@ int EvaluateEmojiAutoencoder(dm::Autoencoder& model) {
                                    name, kind, a.concept_top1, a.concept_top5, a.style, a.images);
     }
   }
-  const std::string out = absl::GetFlag(FLAGS_out);
-  std::filesystem::create_directories(out);
-  if (absl::Status s =
-          dartserve::WriteFileAtomically(out + "/autoencoder_report.json", j.dump(2) + "\n");
-      !s.ok()) {
-    return Fail(s.message());
-  }
-  return 0;
+  return WriteAutoencoderReport(j);
 }
 
 int EvaluateAutoencoderFlag() {
@@ -274,13 +279,7 @@ int EvaluateAutoencoderFlag() {
                             {"originals_all_correct", r->originals_all_correct},
                             {"reconstructions_all_correct", r->reconstructions_all_correct},
                             {"threads", torch::get_num_threads()}};
-  const std::string out = absl::GetFlag(FLAGS_out);
-  std::filesystem::create_directories(out);
-  if (absl::Status s =
-          dartserve::WriteFileAtomically(out + "/autoencoder_report.json", j.dump(2) + "\n");
-      !s.ok()) {
-    return Fail(s.message());
-  }
+  if (int failed = WriteAutoencoderReport(j); failed != 0) return failed;
   std::cout << absl::StrFormat(
       "PSNR %.2f dB (mean over %d scenes; worst %.2f, pooled %.2f); latent preview %.2f dB; "
       "decode %.2f ms/image\n",
