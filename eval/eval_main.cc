@@ -183,6 +183,17 @@ int EvaluateText64(dm::Dart model) {
   return 0;
 }
 
+// Writes `j` as --out/`file`; 0, or 1 after saying why not.
+int WriteJsonReport(const std::string& file, const nlohmann::json& j) {
+  const std::string out = absl::GetFlag(FLAGS_out);
+  std::filesystem::create_directories(out);
+  if (absl::Status s = dartserve::WriteFileAtomically(out + "/" + file, j.dump(2) + "\n");
+      !s.ok()) {
+    return Fail(s.message());
+  }
+  return 0;
+}
+
 // An emoji text model: the seen, held_out and concept_only sets judged by the emoji classifier.
 int EvaluateEmoji() {
   auto model = dm::LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
@@ -207,23 +218,8 @@ int EvaluateEmoji() {
     std::cout << set.name << ": " << de::EmojiSummaryLine(set, report->classifier.fid_floor)
               << absl::StrFormat("  %.1f images/s\n", set.images_per_second);
   }
-  if (absl::Status s = dartserve::WriteFileAtomically(out + "/report.json", j.dump(2) + "\n");
-      !s.ok()) {
-    return Fail(s.message());
-  }
+  if (int failed = WriteJsonReport("report.json", j); failed != 0) return failed;
   std::cout << "-> " << out << "\n";
-  return 0;
-}
-
-// Writes `j` as --out/autoencoder_report.json; 0, or 1 after saying why not.
-int WriteAutoencoderReport(const nlohmann::json& j) {
-  const std::string out = absl::GetFlag(FLAGS_out);
-  std::filesystem::create_directories(out);
-  if (absl::Status s =
-          dartserve::WriteFileAtomically(out + "/autoencoder_report.json", j.dump(2) + "\n");
-      !s.ok()) {
-    return Fail(s.message());
-  }
   return 0;
 }
 
@@ -251,7 +247,7 @@ int EvaluateEmojiAutoencoder(dm::Autoencoder& model) {
                                    name, kind, a.concept_top1, a.concept_top5, a.style, a.images);
     }
   }
-  return WriteAutoencoderReport(j);
+  return WriteJsonReport("autoencoder_report.json", j);
 }
 
 int EvaluateAutoencoderFlag() {
@@ -279,7 +275,7 @@ int EvaluateAutoencoderFlag() {
                             {"originals_all_correct", r->originals_all_correct},
                             {"reconstructions_all_correct", r->reconstructions_all_correct},
                             {"threads", torch::get_num_threads()}};
-  if (int failed = WriteAutoencoderReport(j); failed != 0) return failed;
+  if (int failed = WriteJsonReport("autoencoder_report.json", j); failed != 0) return failed;
   std::cout << absl::StrFormat(
       "PSNR %.2f dB (mean over %d scenes; worst %.2f, pooled %.2f); latent preview %.2f dB; "
       "decode %.2f ms/image\n",

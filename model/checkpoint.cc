@@ -235,10 +235,11 @@ absl::Status ReadServingDefaults(const std::string& dir, ModelInfo& info) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": ", key.substr(0, 32), ": unknown field (accepted: guidance)"));
     }
-    if (!value.is_number() || !(value.get<double>() > 0) ||
-        value.get<double>() > info.limits.max_guidance) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": guidance: must be a number in (0, ",
-                                                     info.limits.max_guidance, "]"));
+    if (!value.is_number()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": guidance: must be a number"));
+    }
+    if (absl::Status s = CheckDefaultGuidance(value.get<double>(), info.limits); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
     }
     info.default_guidance = value.get<float>();
   }

@@ -45,12 +45,10 @@ absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEngines(const std::stri
   absl::StatusOr<ModelInfo> info = DescribeCheckpoint(dir, *loaded);
   if (!info.ok()) return info.status();
   if (info->conditioning != Conditioning::kNone && options.default_guidance.has_value()) {
-    const float g = *options.default_guidance;
-    if (!(g > 0) || g > info->limits.max_guidance) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("guidance: must be in (0, ", info->limits.max_guidance, "]"));
+    if (absl::Status s = CheckDefaultGuidance(*options.default_guidance, info->limits); !s.ok()) {
+      return s;
     }
-    info->default_guidance = g;
+    info->default_guidance = *options.default_guidance;
   }
   std::map<std::string, Dart> per_device;  // the weights each device's replicas share
   std::vector<std::unique_ptr<Engine>> engines;

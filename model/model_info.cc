@@ -71,4 +71,12 @@ absl::Status CheckParams(const GenerateParams& params, const ModelInfo& model) {
   return absl::OkStatus();
 }
 
+absl::Status CheckDefaultGuidance(double guidance, const ParamLimits& limits) {
+  if (!(guidance > 0) || guidance > limits.max_guidance) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("guidance: must be in (0, ", limits.max_guidance, "]"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace dartserve::model

@@ -92,6 +92,11 @@ struct ModelInfo {
 // the prompt's byte length. (The prompt's length in tokens is the tokenizer's to check.)
 absl::Status CheckParams(const GenerateParams& params, const ModelInfo& model);
 
+// OK, or INVALID_ARGUMENT "guidance: must be in (0, max]": a conditional model's default
+// guidance (a checkpoint's serving.json, or the server's --guidance) against its limits. Unlike a
+// request's, a default may not be 0, which would serve the unconditional model.
+absl::Status CheckDefaultGuidance(double guidance, const ParamLimits& limits);
+
 }  // namespace dartserve::model
 
 #endif  // DARTSERVE_MODEL_MODEL_INFO_H_

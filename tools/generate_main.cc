@@ -64,7 +64,7 @@ absl::Status WritePng(const std::filesystem::path& path, const torch::Tensor& im
 struct Job {
   std::optional<int> condition;
   std::string prompt;
-  uint64_t seed;
+  uint64_t seed = 0;
   std::unique_ptr<dm::GenerationState> state;
   std::string stem;
   std::vector<torch::Tensor> linear, decoded;  // --previews: per step
@@ -115,8 +115,9 @@ int main(int argc, char** argv) {
   for (size_t k = 0; k < conditions.size(); ++k) {
     const std::optional<int>& c = conditions[k];
     for (int i = 0; i < per_class; ++i) {
-      Job job{c, k < prompts.size() ? prompts[k] : std::string(), absl::GetFlag(FLAGS_seed) + i,
-              nullptr, "", {}, {}};
+      Job job{.condition = c,
+              .prompt = k < prompts.size() ? prompts[k] : std::string(),
+              .seed = absl::GetFlag(FLAGS_seed) + i};
       job.stem = c                 ? absl::StrCat("class_", *c, "_seed_", job.seed)
                  : prompts.empty() ? absl::StrCat("seed_", job.seed)
                                    : absl::StrCat("prompt_", k, "_seed_", job.seed);
