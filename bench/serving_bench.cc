@@ -37,6 +37,7 @@
 #include "absl/strings/str_split.h"
 #include "common/malloc_policy.h"
 #include "model/checkpoint.h"
+#include "model/compute_lane.h"
 #include "model/dart_engine.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/scheduler.h"
@@ -337,7 +338,15 @@ int main(int argc, char** argv) {
     return 1;
   }
   torch::set_num_threads(absl::GetFlag(FLAGS_threads));
-  auto model = dm::LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
+  // Every torch call runs on one lane, as in the server: one OpenMP pool in the process
+  // (model/compute_lane.h). The main thread never runs an operator.
+  const auto lane = std::make_shared<dm::ComputeLane>("bench-lane");
+  absl::StatusOr<dm::Dart> model;
+  double peak = 0;
+  lane->Run([&] {
+    model = dm::LoadCheckpoint(absl::GetFlag(FLAGS_checkpoint));
+    if (model.ok()) peak = MeasureMatmulPeak();
+  });
   if (!model.ok()) {
     std::cerr << "dartserve-bench: " << model.status().message() << "\n";
     return 1;
@@ -352,15 +361,19 @@ int main(int argc, char** argv) {
   }
   const bool guided = absl::GetFlag(FLAGS_guidance) != 1.0;
   const double flops_per_image = dm::FlopsPerImage(config, guided);
-  const double peak = MeasureMatmulPeak();
   const int total = absl::GetFlag(FLAGS_images);
   std::cout << absl::StrFormat("model %s: %.2f GFLOP/image, matmul peak %.1f GFLOP/s, %d threads\n",
                                absl::GetFlag(FLAGS_checkpoint), flops_per_image / 1e9, peak / 1e9,
                                torch::get_num_threads());
 
   const RequestMaker make(config);
-  dm::DartEngine engine(*model);
-  dm::DartEngine recompute_engine(*model, {.kv_cache = false});
+  const std::unique_ptr<dm::Engine> engine_on_lane =
+      dm::OnLane(std::make_unique<dm::DartEngine>(*model), lane);
+  const std::unique_ptr<dm::Engine> recompute_on_lane =
+      dm::OnLane(std::make_unique<dm::DartEngine>(*model, dm::SamplerOptions{.kv_cache = false}),
+                 lane);
+  dm::Engine& engine = *engine_on_lane;
+  dm::Engine& recompute_engine = *recompute_on_lane;
   const int conc = absl::GetFlag(FLAGS_concurrency);
   ds::SchedulerOptions continuous{.max_batch_requests = conc};
   nlohmann::json runs = nlohmann::json::array();
@@ -379,11 +392,9 @@ int main(int argc, char** argv) {
     runs.push_back(Report(seq, flops_per_image, peak));
   }
   if (want("static")) {
-    // On a worker thread, like the scheduler's: a server never runs the model on main(). (Worker
-    // threads used to be slower only because of glibc's per-thread arenas: docs/performance.md,
-    // "Allocator".)
-    std::thread worker([&] { stat = Static(*model, make, total, absl::GetFlag(FLAGS_batch)); });
-    worker.join();
+    // On the lane, like every other run. (Worker threads used to be slower because of glibc's
+    // per-thread arenas, docs/performance.md "Allocator", and of a second OpenMP pool.)
+    lane->Run([&] { stat = Static(*model, make, total, absl::GetFlag(FLAGS_batch)); });
     runs.push_back(Report(stat, flops_per_image, peak));
   }
   if (want("continuous")) {

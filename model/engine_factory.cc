@@ -34,12 +34,9 @@ absl::StatusOr<std::vector<torch::Device>> ReplicaDevices(const ReplicaOptions& 
   return std::vector<torch::Device>(static_cast<size_t>(options.replicas), torch::kCPU);
 }
 
-}  // namespace
-
-absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEngines(const std::string& dir,
-                                                                 const ReplicaOptions& options) {
-  absl::StatusOr<std::vector<torch::Device>> devices = ReplicaDevices(options);
-  if (!devices.ok()) return devices.status();
+absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEnginesHere(
+    const std::string& dir, const ReplicaOptions& options,
+    const std::vector<torch::Device>& devices) {
   absl::StatusOr<Dart> loaded = LoadCheckpoint(dir);
   if (!loaded.ok()) return loaded.status();
   absl::StatusOr<ModelInfo> info = DescribeCheckpoint(dir, *loaded);
@@ -52,7 +49,7 @@ absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEngines(const std::stri
   }
   std::map<std::string, Dart> per_device;  // the weights each device's replicas share
   std::vector<std::unique_ptr<Engine>> engines;
-  for (const torch::Device& device : *devices) {
+  for (const torch::Device& device : devices) {
     auto [it, added] = per_device.try_emplace(device.str(), nullptr);
     if (added) {
       if (device.is_cpu()) {
@@ -73,6 +70,37 @@ absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEngines(const std::stri
     engines.push_back(std::make_unique<DartEngine>(it->second, *info));
   }
   return engines;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEngines(const std::string& dir,
+                                                                 const ReplicaOptions& options) {
+  absl::StatusOr<std::vector<torch::Device>> devices = ReplicaDevices(options);
+  if (!devices.ok()) return devices.status();
+  if (options.lanes.empty()) return LoadEnginesHere(dir, options, *devices);
+  if (options.lanes.size() != devices->size()) {
+    return absl::InvalidArgumentError(absl::StrCat("lanes: ", options.lanes.size(), " for ",
+                                                   devices->size(), " replicas"));
+  }
+  absl::StatusOr<std::vector<std::unique_ptr<Engine>>> engines;
+  options.lanes[0]->Run([&] { engines = LoadEnginesHere(dir, options, *devices); });
+  if (!engines.ok()) return engines;
+  for (size_t i = 0; i < engines->size(); ++i) {
+    (*engines)[i] = OnLane(std::move((*engines)[i]), options.lanes[i]);
+  }
+  return engines;
+}
+
+std::vector<std::shared_ptr<ComputeLane>> MakeLanes(const ReplicaOptions& options) {
+  const size_t count =
+      options.devices.empty() ? static_cast<size_t>(std::clamp(options.replicas, 0, 64))
+                              : options.devices.size();
+  std::vector<std::shared_ptr<ComputeLane>> lanes;
+  for (size_t i = 0; i < count; ++i) {
+    lanes.push_back(std::make_shared<ComputeLane>(absl::StrCat("dartserve-lane", i)));
+  }
+  return lanes;
 }
 
 void SetTorchThreads(int threads) { torch::set_num_threads(std::max(1, threads)); }

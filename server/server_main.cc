@@ -42,7 +42,9 @@ ABSL_FLAG(int, metrics_port, 9464, "Prometheus metrics HTTP port (0: pick one; -
 ABSL_FLAG(float, guidance, 0.0f,
           "Guidance scale for requests that give none, on every conditional model (0: each "
           "model's own: its checkpoint's serving.json, else 2).");
-ABSL_FLAG(int, threads, 2, "Torch intra-op threads of each replica's engine.");
+ABSL_FLAG(int, threads, 2,
+          "Torch intra-op threads of each replica's compute lane, which runs that replica of every "
+          "model.");
 ABSL_FLAG(int, replicas, 1,
           "Engines per model on this machine's CPU, each with its own worker thread, --threads "
           "torch threads and --kv_budget_mb; requests go to the least-loaded one. Ignored with "
@@ -69,12 +71,15 @@ namespace dm = dartserve::model;
 
 namespace {
 
-absl::StatusOr<ds::ModelSpec> LoadModel(const std::string& name, const std::string& dir) {
+// Every model's replica i runs on lanes[i] (model/compute_lane.h: one OpenMP pool per lane).
+absl::StatusOr<ds::ModelSpec> LoadModel(const std::string& name, const std::string& dir,
+                                        const std::vector<std::shared_ptr<dm::ComputeLane>>& lanes) {
   const float guidance = absl::GetFlag(FLAGS_guidance);
   const dm::ReplicaOptions replicas{
       .devices = absl::GetFlag(FLAGS_devices),
       .replicas = absl::GetFlag(FLAGS_replicas),
-      .default_guidance = guidance != 0 ? std::optional<float>(guidance) : std::nullopt};
+      .default_guidance = guidance != 0 ? std::optional<float>(guidance) : std::nullopt,
+      .lanes = lanes};
   absl::StatusOr<std::vector<std::unique_ptr<dm::Engine>>> engines = dm::LoadEngines(dir, replicas);
   if (!engines.ok()) {
     return absl::Status(engines.status().code(),
@@ -104,7 +109,9 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);  // before any thread exists
-  dm::SetTorchThreads(absl::GetFlag(FLAGS_threads));   // each replica's worker gets this many
+  dm::SetTorchThreads(absl::GetFlag(FLAGS_threads));   // each lane's thread gets this many
+  const std::vector<std::shared_ptr<dm::ComputeLane>> lanes = dm::MakeLanes(
+      {.devices = absl::GetFlag(FLAGS_devices), .replicas = absl::GetFlag(FLAGS_replicas)});
   std::vector<ds::ModelSpec> models;
   for (const std::string& entry : absl::GetFlag(FLAGS_model)) {
     std::vector<std::string> parts = absl::StrSplit(entry, absl::MaxSplits('=', 1));
@@ -112,7 +119,7 @@ int main(int argc, char** argv) {
       return Fail(absl::InvalidArgumentError(
           absl::StrCat("--model: expected NAME=DIR, got '", entry, "'")));
     }
-    absl::StatusOr<ds::ModelSpec> spec = LoadModel(parts[0], parts[1]);
+    absl::StatusOr<ds::ModelSpec> spec = LoadModel(parts[0], parts[1], lanes);
     if (!spec.ok()) return Fail(spec.status());
     models.push_back(*std::move(spec));
   }

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "common/file_io.h"
+#include "model/engine_factory.h"
 #include "tests/testing/tiny_model.h"
 
 namespace dartserve::model {
@@ -299,6 +300,35 @@ TEST(LatentConfigTest, FieldsAreCheckedTogether) {
   EXPECT_EQ(c.pixel_channels(), 3);
   EXPECT_EQ(c.tokens_per_block(), 16);  // token maths on the latent grid
   EXPECT_EQ(c.token_dim(), 4);
+}
+
+// With lanes, LoadEngines loads on the first and wraps each replica's engine to run on its own;
+// the count must match the replicas'.
+TEST_F(CheckpointTest, LoadEnginesPutsEachReplicaOnItsLane) {
+  Dart cls = MakeTinyModel();
+  ASSERT_TRUE(SaveCheckpoint(dir_.string(), cls).ok());
+  ReplicaOptions options{.replicas = 2};
+  options.lanes = MakeLanes(options);
+  ASSERT_EQ(options.lanes.size(), 2u);
+  absl::StatusOr<std::vector<std::unique_ptr<Engine>>> engines = LoadEngines(dir_.string(), options);
+  ASSERT_TRUE(engines.ok()) << engines.status();
+  ASSERT_EQ(engines->size(), 2u);
+  for (const std::unique_ptr<Engine>& engine : *engines) {
+    absl::StatusOr<std::unique_ptr<EngineRequest>> request =
+        engine->Start({.class_id = 1, .seed = 5});
+    ASSERT_TRUE(request.ok()) << request.status();
+    EngineRequest* const batch[] = {request->get()};
+    while (!(*request)->finished()) ASSERT_TRUE(engine->Step(batch).ok());
+    const RenderJob job{.request = request->get()};
+    absl::StatusOr<std::vector<Pixels>> image =
+        engine->Render(std::span<const RenderJob>(&job, 1), RenderKind::kDecoded);
+    ASSERT_TRUE(image.ok()) << image.status();
+    EXPECT_EQ(image->size(), 1u);
+  }
+  options.lanes.pop_back();
+  const absl::Status s = LoadEngines(dir_.string(), options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("lanes: 1 for 2 replicas"));
 }
 
 }  // namespace
