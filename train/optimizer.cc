@@ -162,21 +162,22 @@ absl::StatusOr<int64_t> AdamWEma::Load(const std::string& out_dir,
   return j["step"].get<int64_t>();
 }
 
-absl::Status CopyWeights(torch::nn::Module& from, torch::nn::Module& to, const std::string& what) {
+absl::Status CopyWeights(torch::nn::Module& from, torch::nn::Module& to, const std::string& what,
+                         bool grow) {
   torch::NoGradGuard no_grad;
-  const auto copy = [&what](const torch::OrderedDict<std::string, torch::Tensor>& src,
-                            torch::OrderedDict<std::string, torch::Tensor> dst) -> absl::Status {
-    if (src.size() != dst.size()) {
+  const auto copy = [&what, grow](const torch::OrderedDict<std::string, torch::Tensor>& src,
+                                  torch::OrderedDict<std::string, torch::Tensor> dst) {
+    if (grow ? src.size() > dst.size() : src.size() != dst.size()) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": another architecture (", src.size(),
                                                      " tensors, the model has ", dst.size(), ")"));
     }
-    for (auto& item : dst) {
-      const torch::Tensor* s = src.find(item.key());
-      if (s == nullptr || !s->sizes().equals(item.value().sizes())) {
+    for (const auto& item : src) {
+      torch::Tensor* d = dst.find(item.key());
+      if (d == nullptr || !d->sizes().equals(item.value().sizes())) {
         return absl::InvalidArgumentError(
             absl::StrCat(what, ": another architecture (", item.key(), " differs)"));
       }
-      item.value().copy_(*s);
+      d->copy_(item.value());
     }
     return absl::OkStatus();
   };

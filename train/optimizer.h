@@ -54,19 +54,22 @@ class AdamWEma {
 };
 
 // Copies every parameter and buffer of `from` into `to` (the same architecture: the same names and
-// shapes), for TrainConfig::init_from. INVALID_ARGUMENT naming `what` and the first mismatch.
-absl::Status CopyWeights(torch::nn::Module& from, torch::nn::Module& to, const std::string& what);
+// shapes), for TrainConfig::init_from. With `grow`, `to` may hold more tensors than `from` (a deeper
+// model, TrainConfig::init_grow); those keep their values. INVALID_ARGUMENT naming `what` and the
+// first mismatch.
+absl::Status CopyWeights(torch::nn::Module& from, torch::nn::Module& to, const std::string& what,
+                         bool grow = false);
 
 // TrainConfig::init_from: copies the weights of `source` (a model loaded from folder `dir`, or the
-// error loading it) into `to`; errors name init_from.
+// error loading it) into `to` (CopyWeights, `grow` as there); errors name init_from.
 template <typename ModuleHolder>
 absl::Status InitWeightsFrom(absl::StatusOr<ModuleHolder> source, torch::nn::Module& to,
-                             const std::string& dir) {
+                             const std::string& dir, bool grow = false) {
   if (!source.ok()) {
     return absl::Status(source.status().code(),
                         absl::StrCat("init_from: ", source.status().message()));
   }
-  return CopyWeights(**source, to, absl::StrCat("init_from ", dir));
+  return CopyWeights(**source, to, absl::StrCat("init_from ", dir), grow);
 }
 
 // One run of some model kind, as RunTraining drives it.

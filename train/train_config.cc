@@ -47,6 +47,8 @@ absl::Status TrainConfig::Validate() const {
            check(total_steps >= 1, "total_steps: must be >= 1"),
            check(frozen_encoder.empty() || autoencoder.has_value(),
                  "frozen_encoder: only for autoencoder configs"),
+           check(!init_grow || (!init_from.empty() && !autoencoder.has_value()),
+                 "init_grow: needs init_from, and only for DART configs"),
            check(lr > 0 && lr < 1, "lr: must be in (0, 1)"),
            check(min_lr >= 0 && min_lr <= lr, "min_lr: must be in [0, lr]"),
            check(warmup_steps >= 0, "warmup_steps: must be >= 0"),
@@ -89,6 +91,8 @@ absl::StatusOr<TrainConfig> TrainConfigFromJson(const std::string& text) {
       s = Get(value, key, &c.frozen_encoder);
     else if (key == "init_from")
       s = Get(value, key, &c.init_from);
+    else if (key == "init_grow")
+      s = Get(value, key, &c.init_grow);
     else if (key == "captions_per_image")
       s = Get(value, key, &c.captions_per_image);
     else if (key == "dataset_size")
@@ -154,6 +158,7 @@ std::string TrainConfigToJson(const TrainConfig& c) {
             {"sample_every", c.sample_every}};
   if (!c.frozen_encoder.empty()) j["frozen_encoder"] = c.frozen_encoder;
   if (!c.init_from.empty()) j["init_from"] = c.init_from;
+  if (c.init_grow) j["init_grow"] = true;
   if (c.dataset == "emoji") j["captions_per_image"] = c.captions_per_image;
   return j.dump(2) + "\n";
 }

@@ -29,6 +29,11 @@ struct TrainConfig {
   // autoencoder configs. Its architecture must be the config's; the optimiser starts afresh. How a
   // model is fine-tuned on new data, or trained on past a finished run whose state is gone.
   std::string init_from;
+  // With init_from: the config's model may be deeper than the checkpoint's (model.depth only):
+  // every checkpoint tensor must exist in the model with its shape, and the extra DART blocks keep
+  // their fresh initialisation, which is the identity (adaLN gates and the cross-attention output
+  // start at zero), so the grown model starts as the checkpoint's function and trains on.
+  bool init_grow = false;
   // "fashion_mnist", "image_folder" (data_path), "shapes" (data/shapes.h: the procedural
   // captioned 32x32 scenes), "scenes64" (data/scenes64.h: the 64x64 world with relations and up
   // to three shapes) or "emoji" (data/emoji.h: the rasterised emoji folder at data_path, held-out

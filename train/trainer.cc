@@ -152,8 +152,23 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   trainer->model_ = dm::Dart(mc);
   trainer->ema_ = dm::Dart(mc);
   if (!config.init_from.empty()) {
-    if (absl::Status s = InitWeightsFrom(dm::LoadCheckpoint(config.init_from), *trainer->model_,
-                                         config.init_from);
+    absl::StatusOr<dm::Dart> source = dm::LoadCheckpoint(config.init_from);
+    if (source.ok() && config.init_grow) {
+      dm::ModelConfig grown = (*source)->config();
+      if (grown.depth > mc.depth) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "init_grow: init_from ", config.init_from, " is deeper (", grown.depth, ") than model"));
+      }
+      grown.depth = mc.depth;
+      grown.autoencoder = mc.autoencoder;  // the checkpoint names its own subfolder
+      if (dm::ModelConfigToJson(grown) != dm::ModelConfigToJson(mc)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("init_grow: model may differ from init_from ", config.init_from,
+                         "'s config.json in depth only"));
+      }
+    }
+    if (absl::Status s = InitWeightsFrom(std::move(source), *trainer->model_, config.init_from,
+                                         config.init_grow);
         !s.ok()) {
       return s;
     }

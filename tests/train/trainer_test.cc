@@ -131,6 +131,46 @@ TEST(TrainerTest, InitFromStartsFromACheckpointsWeights) {
   EXPECT_THAT(std::string(wider.status().message()), ::testing::HasSubstr("another architecture"));
 }
 
+// init_grow: a deeper model starts from a shallower checkpoint as the same function (the new blocks
+// are identities) and then trains them; any other difference from the checkpoint is refused.
+TEST(TrainerTest, InitGrowStartsADeeperModelAsTheCheckpointsFunction) {
+  torch::set_num_threads(1);
+  const fs::path dir = TestDir();
+  auto a = MustCreate(TinyTrainConfig(), dir);
+  for (int i = 0; i < 3; ++i) a->TrainStep();
+  ASSERT_TRUE(a->SaveCheckpoint().ok());
+  TrainConfig c = TinyTrainConfig();
+  c.seed = 9;
+  c.init_from = (dir / "ema").string();
+  c.init_grow = true;
+  c.model.depth = TinyTrainConfig().model.depth + 2;
+  auto b = MustCreate(c, dir.string() + "-grown");
+  ASSERT_NE(b, nullptr);
+  const model::ModelConfig& mc = c.model;
+  {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor x = torch::randn({2, mc.sequence_length(), mc.token_dim()});
+    const torch::Tensor y = torch::tensor({1, 4}, torch::kLong);
+    a->ema()->eval();
+    b->model()->eval();
+    EXPECT_TRUE(torch::allclose(b->model()->forward(x, y), a->ema()->forward(x, y), 1e-5, 1e-6));
+    b->model()->train();
+  }
+  for (int i = 0; i < 2; ++i) b->TrainStep();
+  const auto grown = b->model()->named_parameters();
+  const std::string last_block = "blocks." + std::to_string(mc.depth - 1);
+  EXPECT_GT(grown[last_block + ".ada.weight"].abs().sum().item<double>(), 0);  // new blocks learn
+
+  c.model.width *= 2;
+  auto wider = Trainer::Create(c, SyntheticData(), dir.string() + "-wider");
+  EXPECT_EQ(wider.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(wider.status().message()), ::testing::HasSubstr("depth only"));
+  c.model = TinyTrainConfig().model;
+  c.model.depth = 1;
+  auto shallower = Trainer::Create(c, SyntheticData(), dir.string() + "-shallower");
+  EXPECT_THAT(std::string(shallower.status().message()), ::testing::HasSubstr("deeper"));
+}
+
 // Rows that repeat an image (several captions per image) map to the first row with its bytes.
 TEST(TrainerTest, DistinctImageRowsFindsRepeatedImages) {
   torch::Tensor images = torch::zeros({5, 1, 2, 2}, torch::kUInt8);
