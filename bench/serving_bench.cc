@@ -54,9 +54,6 @@ ABSL_FLAG(int, preview_every, 1, "Preview cadence (steps) requested by every req
 ABSL_FLAG(bool, decoded_previews, false,
           "Latent models: previews by the full decoder instead of the linear latent map.");
 ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
-ABSL_FLAG(int, kv_rows_per_block, 16,
-          "KV arena block size in rows (SamplerOptions::kv_rows_per_block); 0: every cache has "
-          "tensors of its own, the layout the arena is measured against.");
 ABSL_FLAG(std::string, json, "", "Write the results as JSON here.");
 ABSL_FLAG(std::string, prompts,
           "a small red circle at the top left on a white background|blue square, bottom right|"
@@ -230,7 +227,7 @@ RunResult Drive(const std::string& name, dm::Engine& engine, const RequestMaker&
 
 // Static batching: batches of `batch` requests that start and finish together.
 RunResult Static(dm::Dart model, const RequestMaker& make, int total, int batch) {
-  dm::Sampler sampler(model, {.kv_rows_per_block = absl::GetFlag(FLAGS_kv_rows_per_block)});
+  dm::Sampler sampler(model);
   RunResult out{"static"};
   const auto start = Clock::now();
   for (int first = 0; first < total; first += batch) {
@@ -371,11 +368,7 @@ int main(int argc, char** argv) {
 
   const RequestMaker make(config);
   const std::unique_ptr<dm::Engine> engine_on_lane =
-      dm::OnLane(std::make_unique<dm::DartEngine>(
-                     *model,
-                     dm::SamplerOptions{.kv_rows_per_block =
-                                            absl::GetFlag(FLAGS_kv_rows_per_block)}),
-                 lane);
+      dm::OnLane(std::make_unique<dm::DartEngine>(*model), lane);
   const std::unique_ptr<dm::Engine> recompute_on_lane =
       dm::OnLane(std::make_unique<dm::DartEngine>(*model, dm::SamplerOptions{.kv_cache = false}),
                  lane);

@@ -211,27 +211,6 @@ torch::Tensor DartImpl::ForwardFeatures(const torch::Tensor& x, const Condition&
   return Features(h, cond);
 }
 
-namespace {
-
-// The arena slot of members' first cache when `members` (ascending batch rows) are consecutive rows
-// whose caches are consecutive rows of one KvArena block, so one view of the block holds them all;
-// else -1.
-int64_t InPlaceSlot(std::span<KvCache* const> caches, const std::vector<int64_t>& members) {
-  const KvCache& first = *caches[members.front()];
-  if (first.slot < 0) return -1;
-  for (size_t i = 1; i < members.size(); ++i) {
-    const KvCache& c = *caches[members[i]];
-    const int64_t step = static_cast<int64_t>(i);
-    if (members[i] != members.front() + step || c.slot != first.slot + step ||
-        !c.block_k.front().is_same(first.block_k.front())) {
-      return -1;
-    }
-  }
-  return first.slot;
-}
-
-}  // namespace
-
 torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const Condition& cond,
                                             std::span<KvCache* const> caches) {
   const int64_t rows = x.size(0), n = x.size(1);
@@ -274,32 +253,18 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const Condit
   torch::Tensor h = Embed(x, block_ids, raster.to(x.device()));
   for (size_t layer = 0; layer < block_list_.size(); ++layer) {
     // Rows sit at different steps, so each attends over its own cache length. Rows at the same
-    // length are attended together: in place when they are consecutive rows of a KV arena block,
-    // else with their cache prefixes stacked (a copy of each prefix). The linear layers, most of
-    // the FLOPs, stay batched across all rows.
+    // length are attended together (their cache prefixes stacked: a copy far cheaper than the
+    // attention itself). The linear layers, most of the FLOPs, stay batched across all rows.
     const AttendFn attend = [&, layer](const torch::Tensor& q, const torch::Tensor& kk,
                                        const torch::Tensor& v) {
       std::vector<torch::Tensor> outs(rows);
       for (const auto& [start, members] : rows_by_length) {
-        const auto it = masks.find(start);
-        const torch::Tensor mask = it == masks.end() ? torch::Tensor() : it->second;
-        // Consecutive rows of one KV arena block: written and attended over in place.
-        if (const int64_t slot = InPlaceSlot(caches, members); slot >= 0) {
-          const int64_t r0 = members.front(), m = static_cast<int64_t>(members.size());
-          const torch::Tensor bk = caches[r0]->block_k[layer].narrow(0, slot, m);
-          const torch::Tensor bv = caches[r0]->block_v[layer].narrow(0, slot, m);
-          bk.narrow(2, start, n).copy_(kk.narrow(0, r0, m));
-          bv.narrow(2, start, n).copy_(v.narrow(0, r0, m));
-          const torch::Tensor out = Attention(q.narrow(0, r0, m), bk.narrow(2, 0, start + n),
-                                              bv.narrow(2, 0, start + n), mask);
-          if (m == rows) return out;
-          for (int64_t i = 0; i < m; ++i) outs[r0 + i] = out[i];
-          continue;
-        }
         for (int64_t r : members) {
           caches[r]->k[layer].narrow(1, start, n).copy_(kk[r]);
           caches[r]->v[layer].narrow(1, start, n).copy_(v[r]);
         }
+        const auto it = masks.find(start);
+        const torch::Tensor mask = it == masks.end() ? torch::Tensor() : it->second;
         if (members.size() == 1) {
           const int64_t r = members.front();
           outs[r] = Attention(q[r], caches[r]->k[layer].narrow(1, 0, start + n),

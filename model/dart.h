@@ -46,13 +46,6 @@ struct KvCache {
   std::vector<torch::Tensor> k;  // per layer [heads, config.sequence_length(), head_dim]
   std::vector<torch::Tensor> v;
   int64_t length = 0;  // tokens written so far
-  // A row of a KvArena (model/kv_arena.h): k and v are row `slot` of these per-layer block
-  // tensors [slots, heads, sequence_length, head_dim], and `lease` gives the row back when the
-  // last copy of the cache goes. Empty (slot -1) for a cache of its own (Allocate).
-  std::vector<torch::Tensor> block_k;
-  std::vector<torch::Tensor> block_v;
-  int64_t slot = -1;
-  std::shared_ptr<void> lease;
 
   static KvCache Allocate(const ModelConfig& config, const torch::TensorOptions& options);
   int64_t bytes() const;

@@ -17,11 +17,7 @@ Sampler::Sampler(Dart model, SamplerOptions options)
     : model_(std::move(model)),
       info_(DescribeModel(model_)),
       options_(options),
-      schedule_(model_->config()),
-      arena_(options.kv_cache && options.kv_rows_per_block > 0
-                 ? std::make_unique<KvArena>(model_->config(), model_->options(),
-                                             options.kv_rows_per_block)
-                 : nullptr) {}
+      schedule_(model_->config()) {}
 
 absl::Status Sampler::Validate(const GenerateParams& params) const {
   if (absl::Status s = CheckParams(params, info_); !s.ok()) return s;
@@ -66,12 +62,8 @@ absl::StatusOr<std::unique_ptr<GenerationState>> Sampler::Start(const GeneratePa
     state->cond_ = both.Slice(0, 1);
     if (state->guided_) state->uncond_ = both.Slice(1, 1);
     if (options_.kv_cache) {
-      // Arena rows for both branches one after the other: the step's rows are in this order.
-      const auto allocate = [&] {
-        return arena_ ? arena_->Allocate() : KvCache::Allocate(config, options);
-      };
-      state->cond_cache_ = allocate();
-      if (state->guided_) state->uncond_cache_ = allocate();
+      state->cond_cache_ = KvCache::Allocate(config, options);
+      if (state->guided_) state->uncond_cache_ = KvCache::Allocate(config, options);
     }
     // Noise is drawn on the CPU from the request's generator so a seed gives the same image on
     // every device and in every batch.

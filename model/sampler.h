@@ -36,7 +36,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "model/dart.h"
-#include "model/kv_arena.h"
 #include "model/schedule.h"
 
 namespace dartserve::model {
@@ -46,10 +45,6 @@ struct SamplerOptions {
   // false: each step recomputes the whole prefix x_{t:T} with the teacher-forced forward; no KV
   // memory is held. Same results; kept as the baseline the cache is measured against.
   bool kv_cache = true;
-  // With kv_cache: requests' caches are rows of one KvArena (model/kv_arena.h), blocks of this
-  // many rows, which a step attends over in place; 0: each cache has tensors of its own (what the
-  // arena is measured against).
-  int kv_rows_per_block = 16;
   // Flow head only: ODE steps and solver per DART step (0 / nullopt: the config's).
   int flow_steps = 0;
   std::optional<FlowSolver> flow_solver;
@@ -163,7 +158,6 @@ class Sampler {
   ModelInfo info_;
   SamplerOptions options_;
   NoiseSchedule schedule_;
-  std::unique_ptr<KvArena> arena_;  // with kv_cache and kv_rows_per_block > 0
 };
 
 }  // namespace dartserve::model

@@ -1,7 +1,5 @@
 #include "model/sampler.h"
 
-#include <algorithm>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -155,37 +153,6 @@ TEST_P(SamplerVariantTest, RecomputeMatchesKvCache) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_LE(MaxDiff(a[i], b[i]), 1e-4) << i;
   EXPECT_EQ(MustStart(recompute, p)->kv_bytes(), 0);
   EXPECT_EQ(MustStart(cached, p)->kv_bytes(), 2 * GetParam().kv_bytes_per_row());
-}
-
-// KV arena rows give the trajectories that caches of their own give, whether a step attends over
-// them in place (consecutive rows of one block) or stacks them (rows out of order, or spread over
-// blocks of 3 rows).
-TEST_P(SamplerVariantTest, KvArenaMatchesOwnCaches) {
-  Dart model = MakeTinyModel(GetParam());
-  std::vector<std::vector<torch::Tensor>> results;
-  for (int rows_per_block : {0, 16, 3}) {
-    Sampler sampler(model, {.kv_rows_per_block = rows_per_block});
-    std::vector<std::unique_ptr<GenerationState>> states;
-    for (int i = 0; i < 4; ++i) {
-      states.push_back(MustStart(sampler, {.class_id = i,
-                                           .seed = static_cast<uint64_t>(20 + i),
-                                           .guidance_scale = i % 2 == 1 ? 2.5f : 1.0f}));
-    }
-    std::vector<GenerationState*> batch;
-    for (auto& s : states) batch.push_back(s.get());
-    for (int step = 0; !batch.front()->finished(); ++step) {
-      std::reverse(batch.begin(), batch.end());  // every other step in slot order
-      ASSERT_TRUE(sampler.Step(batch).ok());
-    }
-    std::vector<torch::Tensor> x0;
-    for (auto& s : states) x0.push_back(s->x0().clone());
-    results.push_back(x0);
-  }
-  for (size_t k = 1; k < results.size(); ++k) {
-    for (size_t i = 0; i < results[0].size(); ++i) {
-      EXPECT_LE(MaxDiff(results[k][i], results[0][i]), 1e-5) << "block rows case " << k << ", " << i;
-    }
-  }
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadsAndVariants, SamplerVariantTest,
