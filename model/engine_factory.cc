@@ -93,9 +93,10 @@ absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEngines(const std::stri
 }
 
 std::vector<std::shared_ptr<ComputeLane>> MakeLanes(const ReplicaOptions& options) {
-  const size_t count =
-      options.devices.empty() ? static_cast<size_t>(std::clamp(options.replicas, 0, 64))
-                              : options.devices.size();
+  const bool replicas_in_range = options.replicas >= 1 && options.replicas <= 64;
+  const size_t count = !options.devices.empty() ? options.devices.size()
+                       : replicas_in_range      ? static_cast<size_t>(options.replicas)
+                                                : 0;
   std::vector<std::shared_ptr<ComputeLane>> lanes;
   for (size_t i = 0; i < count; ++i) {
     lanes.push_back(std::make_shared<ComputeLane>(absl::StrCat("dartserve-lane", i)));

@@ -325,6 +325,8 @@ TEST_F(CheckpointTest, LoadEnginesPutsEachReplicaOnItsLane) {
     ASSERT_TRUE(image.ok()) << image.status();
     EXPECT_EQ(image->size(), 1u);
   }
+  EXPECT_TRUE(MakeLanes({.replicas = 65}).empty());  // LoadEngines says why
+  EXPECT_EQ(MakeLanes({.devices = {"cpu", "cpu", "cpu"}}).size(), 3u);
   options.lanes.pop_back();
   const absl::Status s = LoadEngines(dir_.string(), options).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
