@@ -369,9 +369,8 @@ int main(int argc, char** argv) {
   const RequestMaker make(config);
   const std::unique_ptr<dm::Engine> engine_on_lane =
       dm::OnLane(std::make_unique<dm::DartEngine>(*model), lane);
-  const std::unique_ptr<dm::Engine> recompute_on_lane =
-      dm::OnLane(std::make_unique<dm::DartEngine>(*model, dm::SamplerOptions{.kv_cache = false}),
-                 lane);
+  const std::unique_ptr<dm::Engine> recompute_on_lane = dm::OnLane(
+      std::make_unique<dm::DartEngine>(*model, dm::SamplerOptions{.kv_cache = false}), lane);
   dm::Engine& engine = *engine_on_lane;
   dm::Engine& recompute_engine = *recompute_on_lane;
   const int conc = absl::GetFlag(FLAGS_concurrency);

@@ -78,19 +78,19 @@ class LaneEngine final : public Engine {
   }
 
   absl::StatusOr<std::unique_ptr<EngineRequest>> Start(const GenerateParams& params) override {
-    return OnLane([&] { return engine_->Start(params); });
+    return RunOnLane([&] { return engine_->Start(params); });
   }
   absl::Status Step(std::span<EngineRequest* const> requests) override {
-    return OnLane([&] { return engine_->Step(requests); });
+    return RunOnLane([&] { return engine_->Step(requests); });
   }
   absl::StatusOr<std::vector<Pixels>> Render(std::span<const RenderJob> jobs,
                                              RenderKind kind) override {
-    return OnLane([&] { return engine_->Render(jobs, kind); });
+    return RunOnLane([&] { return engine_->Render(jobs, kind); });
   }
 
  private:
   template <typename F>
-  auto OnLane(F f) -> decltype(f()) {
+  auto RunOnLane(F f) -> decltype(f()) {
     std::optional<decltype(f())> out;
     lane_->Run([&] { out.emplace(f()); });
     return *std::move(out);

@@ -80,8 +80,8 @@ absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEngines(const std::stri
   if (!devices.ok()) return devices.status();
   if (options.lanes.empty()) return LoadEnginesHere(dir, options, *devices);
   if (options.lanes.size() != devices->size()) {
-    return absl::InvalidArgumentError(absl::StrCat("lanes: ", options.lanes.size(), " for ",
-                                                   devices->size(), " replicas"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("lanes: ", options.lanes.size(), " for ", devices->size(), " replicas"));
   }
   absl::StatusOr<std::vector<std::unique_ptr<Engine>>> engines;
   options.lanes[0]->Run([&] { engines = LoadEnginesHere(dir, options, *devices); });
@@ -93,12 +93,9 @@ absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEngines(const std::stri
 }
 
 std::vector<std::shared_ptr<ComputeLane>> MakeLanes(const ReplicaOptions& options) {
-  const bool replicas_in_range = options.replicas >= 1 && options.replicas <= 64;
-  const size_t count = !options.devices.empty() ? options.devices.size()
-                       : replicas_in_range      ? static_cast<size_t>(options.replicas)
-                                                : 0;
+  absl::StatusOr<std::vector<torch::Device>> devices = ReplicaDevices(options);
   std::vector<std::shared_ptr<ComputeLane>> lanes;
-  for (size_t i = 0; i < count; ++i) {
+  for (size_t i = 0; devices.ok() && i < devices->size(); ++i) {
     lanes.push_back(std::make_shared<ComputeLane>(absl::StrCat("dartserve-lane", i)));
   }
   return lanes;

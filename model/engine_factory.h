@@ -34,8 +34,8 @@ struct ReplicaOptions {
 absl::StatusOr<std::vector<std::unique_ptr<Engine>>> LoadEngines(const std::string& dir,
                                                                  const ReplicaOptions& options);
 
-// One lane per replica that `options` asks for (one per device, else `replicas`; none when that
-// count is out of range, which LoadEngines reports), for ReplicaOptions::lanes.
+// One lane per replica that `options` asks for (one per device, else `replicas`; none when the
+// replicas are invalid, which LoadEngines reports), for ReplicaOptions::lanes.
 std::vector<std::shared_ptr<ComputeLane>> MakeLanes(const ReplicaOptions& options);
 
 // Torch intra-op threads. LibTorch applies the process-wide count to every thread when it first

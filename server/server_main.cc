@@ -71,15 +71,20 @@ namespace dm = dartserve::model;
 
 namespace {
 
-// Every model's replica i runs on lanes[i] (model/compute_lane.h: one OpenMP pool per lane).
-absl::StatusOr<ds::ModelSpec> LoadModel(const std::string& name, const std::string& dir,
-                                        const std::vector<std::shared_ptr<dm::ComputeLane>>& lanes) {
+// The replicas the flags ask for, with one compute lane each, which every model's replica i shares
+// (model/compute_lane.h: one OpenMP pool per lane).
+dm::ReplicaOptions ReplicasFromFlags() {
   const float guidance = absl::GetFlag(FLAGS_guidance);
-  const dm::ReplicaOptions replicas{
+  dm::ReplicaOptions replicas{
       .devices = absl::GetFlag(FLAGS_devices),
       .replicas = absl::GetFlag(FLAGS_replicas),
-      .default_guidance = guidance != 0 ? std::optional<float>(guidance) : std::nullopt,
-      .lanes = lanes};
+      .default_guidance = guidance != 0 ? std::optional<float>(guidance) : std::nullopt};
+  replicas.lanes = dm::MakeLanes(replicas);
+  return replicas;
+}
+
+absl::StatusOr<ds::ModelSpec> LoadModel(const std::string& name, const std::string& dir,
+                                        const dm::ReplicaOptions& replicas) {
   absl::StatusOr<std::vector<std::unique_ptr<dm::Engine>>> engines = dm::LoadEngines(dir, replicas);
   if (!engines.ok()) {
     return absl::Status(engines.status().code(),
@@ -110,8 +115,7 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);  // before any thread exists
   dm::SetTorchThreads(absl::GetFlag(FLAGS_threads));   // each lane's thread gets this many
-  const std::vector<std::shared_ptr<dm::ComputeLane>> lanes = dm::MakeLanes(
-      {.devices = absl::GetFlag(FLAGS_devices), .replicas = absl::GetFlag(FLAGS_replicas)});
+  const dm::ReplicaOptions replicas = ReplicasFromFlags();
   std::vector<ds::ModelSpec> models;
   for (const std::string& entry : absl::GetFlag(FLAGS_model)) {
     std::vector<std::string> parts = absl::StrSplit(entry, absl::MaxSplits('=', 1));
@@ -119,7 +123,7 @@ int main(int argc, char** argv) {
       return Fail(absl::InvalidArgumentError(
           absl::StrCat("--model: expected NAME=DIR, got '", entry, "'")));
     }
-    absl::StatusOr<ds::ModelSpec> spec = LoadModel(parts[0], parts[1], lanes);
+    absl::StatusOr<ds::ModelSpec> spec = LoadModel(parts[0], parts[1], replicas);
     if (!spec.ok()) return Fail(spec.status());
     models.push_back(*std::move(spec));
   }

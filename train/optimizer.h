@@ -54,9 +54,9 @@ class AdamWEma {
 };
 
 // Copies every parameter and buffer of `from` into `to` (the same architecture: the same names and
-// shapes), for TrainConfig::init_from. With `grow`, `to` may hold more tensors than `from` (a deeper
-// model, TrainConfig::init_grow); those keep their values. INVALID_ARGUMENT naming `what` and the
-// first mismatch.
+// shapes), for TrainConfig::init_from. With `grow`, `to` may hold more tensors than `from` (a
+// deeper model, TrainConfig::init_grow); those keep their values. INVALID_ARGUMENT naming `what`
+// and the first mismatch.
 absl::Status CopyWeights(torch::nn::Module& from, torch::nn::Module& to, const std::string& what,
                          bool grow = false);
 

@@ -156,8 +156,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
     if (source.ok() && config.init_grow) {
       dm::ModelConfig grown = (*source)->config();
       if (grown.depth > mc.depth) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "init_grow: init_from ", config.init_from, " is deeper (", grown.depth, ") than model"));
+        return absl::InvalidArgumentError(absl::StrCat("init_grow: init_from ", config.init_from,
+                                                       " is deeper (", grown.depth,
+                                                       ") than model"));
       }
       grown.depth = mc.depth;
       grown.autoencoder = mc.autoencoder;  // the checkpoint names its own subfolder

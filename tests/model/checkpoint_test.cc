@@ -310,7 +310,8 @@ TEST_F(CheckpointTest, LoadEnginesPutsEachReplicaOnItsLane) {
   ReplicaOptions options{.replicas = 2};
   options.lanes = MakeLanes(options);
   ASSERT_EQ(options.lanes.size(), 2u);
-  absl::StatusOr<std::vector<std::unique_ptr<Engine>>> engines = LoadEngines(dir_.string(), options);
+  absl::StatusOr<std::vector<std::unique_ptr<Engine>>> engines =
+      LoadEngines(dir_.string(), options);
   ASSERT_TRUE(engines.ok()) << engines.status();
   ASSERT_EQ(engines->size(), 2u);
   for (const std::unique_ptr<Engine>& engine : *engines) {

@@ -2,13 +2,13 @@
 // under ThreadSanitizer.
 #include "model/compute_lane.h"
 
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <memory>
 #include <stdexcept>
 #include <thread>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
 #include "scheduler/scheduler.h"
