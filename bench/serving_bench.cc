@@ -27,6 +27,7 @@
 #include <iostream>
 #include <mutex>
 #include <random>
+#include <span>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -40,6 +41,7 @@
 #include "model/compute_lane.h"
 #include "model/dart_engine.h"
 #include "nlohmann/json.hpp"
+#include "scheduler/dispatcher.h"
 #include "scheduler/scheduler.h"
 
 ABSL_FLAG(std::string, checkpoint, "weights/fmnist-dart", "Checkpoint folder.");
@@ -53,7 +55,11 @@ ABSL_FLAG(double, guidance, 1.0, "Guidance scale of every request.");
 ABSL_FLAG(int, preview_every, 1, "Preview cadence (steps) requested by every request.");
 ABSL_FLAG(bool, decoded_previews, false,
           "Latent models: previews by the full decoder instead of the linear latent map.");
-ABSL_FLAG(int, threads, 2, "Torch intra-op threads.");
+ABSL_FLAG(int, threads, 2, "Torch intra-op threads (of each replica's lane).");
+ABSL_FLAG(int, replicas, 1,
+          "Replicas for the continuous and Poisson runs, each on its own compute lane with "
+          "--threads threads, behind one dispatcher as in the server (dartserve --replicas); the "
+          "other runs use the first.");
 ABSL_FLAG(std::string, json, "", "Write the results as JSON here.");
 ABSL_FLAG(std::string, prompts,
           "a small red circle at the top left on a white background|blue square, bottom right|"
@@ -158,13 +164,19 @@ class TimingSink : public ds::RequestSink {
   std::function<void(const Sample&)> done_;
 };
 
-// Drives a scheduler: closed loop (`concurrency` in flight until `total` done) when rate <= 0,
-// else open-loop Poisson arrivals at `rate` per second for `duration` seconds.
-RunResult Drive(const std::string& name, dm::Engine& engine, const RequestMaker& make,
-                const ds::SchedulerOptions& options, int total, int concurrency, double rate,
-                double duration) {
-  ds::Scheduler scheduler(options, &engine);
-  scheduler.Start();
+// Drives one scheduler per engine behind a dispatcher, as the server does for a model's replicas:
+// closed loop (`concurrency` in flight until `total` done) when rate <= 0, else open-loop Poisson
+// arrivals at `rate` per second for `duration` seconds.
+RunResult Drive(const std::string& name, std::span<dm::Engine* const> engines,
+                const RequestMaker& make, const ds::SchedulerOptions& options, int total,
+                int concurrency, double rate, double duration) {
+  std::vector<std::unique_ptr<ds::Scheduler>> schedulers;
+  ds::Dispatcher scheduler;
+  for (dm::Engine* engine : engines) {
+    schedulers.push_back(std::make_unique<ds::Scheduler>(options, engine));
+    schedulers.back()->Start();
+    scheduler.AddReplica(schedulers.back().get());
+  }
   std::mutex mu;
   std::condition_variable cv;
   RunResult out{name};
@@ -362,22 +374,32 @@ int main(int argc, char** argv) {
   const bool guided = absl::GetFlag(FLAGS_guidance) != 1.0;
   const double flops_per_image = dm::FlopsPerImage(config, guided);
   const int total = absl::GetFlag(FLAGS_images);
-  std::cout << absl::StrFormat("model %s: %.2f GFLOP/image, matmul peak %.1f GFLOP/s, %d threads\n",
-                               absl::GetFlag(FLAGS_checkpoint), flops_per_image / 1e9, peak / 1e9,
-                               torch::get_num_threads());
+  std::cout << absl::StrFormat(
+      "model %s: %.2f GFLOP/image, matmul peak %.1f GFLOP/s, %d threads, %d replicas\n",
+      absl::GetFlag(FLAGS_checkpoint), flops_per_image / 1e9, peak / 1e9, torch::get_num_threads(),
+      std::max(1, absl::GetFlag(FLAGS_replicas)));
 
   const RequestMaker make(config);
-  const std::unique_ptr<dm::Engine> engine_on_lane =
-      dm::OnLane(std::make_unique<dm::DartEngine>(*model), lane);
-  const std::unique_ptr<dm::Engine> recompute_on_lane = dm::OnLane(
-      std::make_unique<dm::DartEngine>(*model, dm::SamplerOptions{.kv_cache = false}), lane);
-  dm::Engine& engine = *engine_on_lane;
-  dm::Engine& recompute_engine = *recompute_on_lane;
+  // Replica i on lane i, all sharing the weights (as LoadEngines builds them).
+  std::vector<std::shared_ptr<dm::ComputeLane>> lanes = {lane};
+  std::vector<std::unique_ptr<dm::Engine>> owned;
+  for (int i = 0; i < std::max(1, absl::GetFlag(FLAGS_replicas)); ++i) {
+    if (i > 0) lanes.push_back(std::make_shared<dm::ComputeLane>(absl::StrCat("bench-lane-", i)));
+    owned.push_back(dm::OnLane(std::make_unique<dm::DartEngine>(*model), lanes[i]));
+  }
+  owned.push_back(dm::OnLane(
+      std::make_unique<dm::DartEngine>(*model, dm::SamplerOptions{.kv_cache = false}), lane));
+  std::vector<dm::Engine*> replicas;
+  for (size_t i = 0; i + 1 < owned.size(); ++i) replicas.push_back(owned[i].get());
+  dm::Engine* const engine[] = {replicas.front()};
+  // The replicas' runs are measured against every lane's peak (each lane's is the one measured).
+  const double replicas_peak = peak * replicas.size();
+  dm::Engine* const recompute_engine[] = {owned.back().get()};
   const int conc = absl::GetFlag(FLAGS_concurrency);
   ds::SchedulerOptions continuous{.max_batch_requests = conc};
   nlohmann::json runs = nlohmann::json::array();
   // Warm-up (allocator, thread pool) outside the measurements.
-  Drive("warmup", engine, make, continuous, std::min(total, conc), conc, 0, 0);
+  Drive("warmup", replicas, make, continuous, std::min(total, conc), conc, 0, 0);
 
   const std::vector<std::string> wanted = absl::StrSplit(absl::GetFlag(FLAGS_runs), ',');
   auto want = [&](const char* name) {
@@ -397,8 +419,8 @@ int main(int argc, char** argv) {
     runs.push_back(Report(stat, flops_per_image, peak));
   }
   if (want("continuous")) {
-    cont = Drive("continuous", engine, make, continuous, total, conc, 0, 0);
-    runs.push_back(Report(cont, flops_per_image, peak));
+    cont = Drive("continuous", replicas, make, continuous, total, conc, 0, 0);
+    runs.push_back(Report(cont, flops_per_image, replicas_peak));
   }
   if (want("recompute")) {
     re = Drive("recompute", recompute_engine, make, continuous, std::max(8, total / 4), conc, 0, 0);
@@ -414,9 +436,9 @@ int main(int argc, char** argv) {
     if (!want("poisson") || cont.images_per_second <= 0) break;
     if (!absl::SimpleAtod(part, &frac) || frac <= 0) continue;
     const double rate = frac * cont.images_per_second;
-    const RunResult r = Drive(absl::StrFormat("poisson@%.0f%%", 100 * frac), engine, make,
+    const RunResult r = Drive(absl::StrFormat("poisson@%.0f%%", 100 * frac), replicas, make,
                               continuous, 0, conc, rate, absl::GetFlag(FLAGS_poisson_seconds));
-    nlohmann::json j = Report(r, flops_per_image, peak);
+    nlohmann::json j = Report(r, flops_per_image, replicas_peak);
     j["offered_rate"] = rate;
     if (unloaded > 0) j["p99_over_unloaded"] = j["latency_p99_s"].get<double>() / unloaded;
     poisson.push_back(j);
@@ -434,6 +456,7 @@ int main(int argc, char** argv) {
   if (!absl::GetFlag(FLAGS_json).empty()) {
     nlohmann::json j = {{"checkpoint", absl::GetFlag(FLAGS_checkpoint)},
                         {"threads", torch::get_num_threads()},
+                        {"replicas", replicas.size()},
                         {"flops_per_image", flops_per_image},
                         {"matmul_peak_flops", peak},
                         {"guidance", absl::GetFlag(FLAGS_guidance)},

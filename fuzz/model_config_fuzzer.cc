@@ -28,7 +28,7 @@ void CheckDerived(const ModelConfig& c) {
   FUZZ_CHECK(c.num_blocks() >= 1 && c.sequence_length() >= 1);
   FUZZ_CHECK(c.generation_steps() >= 1 && c.tokens_per_step() >= 1);
   FUZZ_CHECK(c.head_dim() >= 1 && c.mlp_hidden() >= 1);
-  FUZZ_CHECK(c.kv_bytes_per_row() > 0 && c.text_kv_bytes_per_row() >= 0);
+  FUZZ_CHECK(c.kv_bytes_per_row() > 0 && c.condition_bytes_per_row() > 0);
   if (c.conditioning == Conditioning::kText) {
     FUZZ_CHECK(c.text_head_dim() >= 1 && c.text_mlp_hidden() >= 1);
   }

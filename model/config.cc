@@ -127,12 +127,15 @@ int ModelConfig::text_mlp_hidden() const { return MlpHidden(mlp_ratio, text_widt
 
 int64_t ModelConfig::kv_bytes_per_row() const {
   return int64_t{2} * depth * sequence_length() * width * static_cast<int64_t>(sizeof(float)) +
-         text_kv_bytes_per_row();
+         condition_bytes_per_row();
 }
 
-int64_t ModelConfig::text_kv_bytes_per_row() const {
-  if (conditioning != Conditioning::kText) return 0;
-  return int64_t{2} * depth * text_max_tokens * width * static_cast<int64_t>(sizeof(float));
+int64_t ModelConfig::condition_bytes_per_row() const {
+  // Every block's AdaLN-Zero modulation (6 * width) and the final norm's (2 * width).
+  const int64_t modulation = (int64_t{6} * depth + 2) * width;
+  const int64_t text =
+      conditioning == Conditioning::kText ? int64_t{2} * depth * text_max_tokens * width : 0;
+  return (modulation + text) * static_cast<int64_t>(sizeof(float));
 }
 
 double FlopsPerImage(const ModelConfig& c, bool guided) {

@@ -128,12 +128,13 @@ struct ModelConfig {
   int text_mlp_hidden() const;  // round_up(mlp_ratio * text_width, 32), as mlp_hidden()
   int null_class() const { return num_classes; }
   bool flow() const { return head == OutputHead::kFlow; }
-  // Bytes of K/V cache for one branch (one row) of one request at its peak (all T blocks), fp32;
-  // for text models including the prompt's cross-attention K/V.
+  // Bytes of K/V cache for one branch (one row) of one request at its peak (all T blocks), fp32,
+  // including its condition_bytes_per_row().
   int64_t kv_bytes_per_row() const;
-  // The prompt's part of it: every layer's cross-attention K/V of the padded prompt (0 unless
-  // text-conditioned). Held with or without the image KV cache.
-  int64_t text_kv_bytes_per_row() const;
+  // The condition's part of it (model/dart.h, Condition): every block's AdaLN-Zero modulation and,
+  // for text models, every layer's cross-attention K/V of the padded prompt. Held with or without
+  // the image KV cache.
+  int64_t condition_bytes_per_row() const;
 
   // OK, or INVALID_ARGUMENT naming the field and the accepted range.
   absl::Status Validate() const;

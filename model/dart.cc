@@ -28,11 +28,12 @@ int64_t KvCache::bytes() const {
 }
 
 int64_t Condition::bytes() const {
-  int64_t total = 0;
-  for (size_t i = 0; i < text_k.size(); ++i) {
-    total +=
-        text_k[i].numel() * text_k[i].element_size() + text_v[i].numel() * text_v[i].element_size();
-  }
+  const auto size = [](const torch::Tensor& t) -> int64_t {
+    return t.defined() ? t.numel() * t.element_size() : 0;
+  };
+  int64_t total = size(final_mod);
+  for (const torch::Tensor& m : block_mod) total += size(m);
+  for (size_t i = 0; i < text_k.size(); ++i) total += size(text_k[i]) + size(text_v[i]);
   return total;
 }
 
@@ -45,7 +46,10 @@ Condition Condition::Cat(std::span<const Condition* const> parts) {
     return torch::cat(all);
   };
   Condition out;
-  out.vector = cat([](const Condition& c) { return c.vector; });
+  out.final_mod = cat([](const Condition& c) { return c.final_mod; });
+  for (size_t layer = 0; layer < parts[0]->block_mod.size(); ++layer) {
+    out.block_mod.push_back(cat([layer](const Condition& c) { return c.block_mod[layer]; }));
+  }
   if (parts[0]->text_mask.defined()) {
     out.text_mask = cat([](const Condition& c) { return c.text_mask; });
     for (size_t layer = 0; layer < parts[0]->text_k.size(); ++layer) {
@@ -58,7 +62,8 @@ Condition Condition::Cat(std::span<const Condition* const> parts) {
 
 Condition Condition::Slice(int64_t start, int64_t length) const {
   Condition out;
-  out.vector = vector.narrow(0, start, length);
+  out.final_mod = final_mod.narrow(0, start, length);
+  for (const torch::Tensor& m : block_mod) out.block_mod.push_back(m.narrow(0, start, length));
   if (text_mask.defined()) {
     out.text_mask = text_mask.narrow(0, start, length);
     for (size_t layer = 0; layer < text_k.size(); ++layer) {
@@ -125,16 +130,22 @@ DartImpl::DartImpl(const ModelConfig& config) : config_(config), rope_(config) {
 
 Condition DartImpl::ClassCondition(const torch::Tensor& cond_ids) {
   TORCH_CHECK(cond_embed_, "ClassCondition: a text model is conditioned on prompts");
+  return ConditionOf(
+      torch::silu(cond_embed_->forward(cond_ids.to(torch::kLong).to(options().device()))));
+}
+
+Condition DartImpl::ConditionOf(const torch::Tensor& vector) {
   Condition c;
-  c.vector = torch::silu(cond_embed_->forward(cond_ids.to(torch::kLong).to(options().device())));
+  const std::vector<torch::Tensor> shift_scale = final_ada_->forward(vector).chunk(2, -1);
+  c.final_mod = torch::cat({shift_scale[0], final_norm_->weight() * (1 + shift_scale[1])}, -1);
+  for (DartBlock& block : block_list_) c.block_mod.push_back(block->Modulation(vector));
   return c;
 }
 
 Condition DartImpl::TextCondition(const TextBatch& prompts) {
   TORCH_CHECK(text_encoder_, "TextCondition: this model is not text-conditioned");
   const TextFeatures text = text_encoder_->forward(prompts.tokens, prompts.mask);
-  Condition c;
-  c.vector = torch::silu(text_pool_->forward(text.pooled));
+  Condition c = ConditionOf(torch::silu(text_pool_->forward(text.pooled)));
   c.text_mask = text.mask.view({text.mask.size(0), 1, 1, text.mask.size(1)});
   for (DartBlock& block : block_list_) {
     auto [k, v] = block->CrossKeysValues(text.tokens);
@@ -159,8 +170,8 @@ absl::StatusOr<TextBatch> DartImpl::EncodePrompts(std::span<const std::string> p
 }
 
 torch::Tensor DartImpl::Features(const torch::Tensor& h, const Condition& cond) {
-  const std::vector<torch::Tensor> mod = final_ada_->forward(cond.vector).unsqueeze(1).chunk(2, -1);
-  return Modulate(final_norm_->forward(h), mod[0], mod[1]);
+  const std::vector<torch::Tensor> mod = cond.final_mod.unsqueeze(1).chunk(2, -1);
+  return NormModulate(h, final_norm_->eps(), mod[0], mod[1]);
 }
 
 torch::Tensor DartImpl::Embed(const torch::Tensor& x, const torch::Tensor& block,
@@ -206,7 +217,8 @@ torch::Tensor DartImpl::ForwardFeatures(const torch::Tensor& x, const Condition&
                                   const torch::Tensor& v) { return Attention(q, kk, v, mask); };
   for (size_t layer = 0; layer < block_list_.size(); ++layer) {
     const std::optional<CrossContext> cross = cond.Cross(layer);
-    h = block_list_[layer]->forward(h, cond.vector, rotary, attend, cross ? &*cross : nullptr);
+    h = block_list_[layer]->forward(h, cond.block_mod[layer], rotary, attend,
+                                    cross ? &*cross : nullptr);
   }
   return Features(h, cond);
 }
@@ -284,7 +296,8 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const Condit
       return torch::stack(outs);
     };
     const std::optional<CrossContext> cross = cond.Cross(layer);
-    h = block_list_[layer]->forward(h, cond.vector, rotary, attend, cross ? &*cross : nullptr);
+    h = block_list_[layer]->forward(h, cond.block_mod[layer], rotary, attend,
+                                    cross ? &*cross : nullptr);
   }
   for (KvCache* cache : caches) cache->length += n;
   return Features(h, cond);

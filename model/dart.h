@@ -11,8 +11,8 @@
 // conditioning") the projected mean-pooled prompt features, while the prompt's tokens also enter
 // every block by cross-attention. The empty prompt is the unconditional branch of guidance.
 //
-// A condition is computed once per request (Condition: the AdaLN vector and, for text, every
-// layer's cross-attention keys and values) and reused at each of its steps.
+// A condition is computed once per request (Condition: every block's AdaLN-Zero modulation and,
+// for text, every layer's cross-attention keys and values) and reused at each of its steps.
 //
 // Two entry points share all weights and all block code:
 //  - forward(): teacher-forced over a whole trajectory (training; also the recompute baseline).
@@ -53,15 +53,19 @@ struct KvCache {
 
 // The condition of R rows as the blocks consume it.
 struct Condition {
-  torch::Tensor vector;  // [R, width]: the SiLU-activated AdaLN input
+  // AdaLN-Zero, from the SiLU-activated condition vector: per block its shifts, scales and gates
+  // [R, 6 * width] (DartBlockImpl::Modulation), and the final norm's shift and scale
+  // [R, 2 * width]; every scale with its norm's weight folded in (NormModulate).
+  std::vector<torch::Tensor> block_mod;
+  torch::Tensor final_mod;
   // Text models: per layer, the prompt's cross-attention keys and values [R, heads, Lt,
   // head_dim], and the key mask [R, 1, 1, Lt] (true: real token). Empty for other models.
   std::vector<torch::Tensor> text_k;
   std::vector<torch::Tensor> text_v;
   torch::Tensor text_mask;
 
-  int64_t rows() const { return vector.size(0); }
-  // Memory held by the text keys and values (0 for class models).
+  int64_t rows() const { return final_mod.size(0); }
+  // Memory held by the modulations and the text keys and values.
   int64_t bytes() const;
   // The rows of `parts`, in order, as one condition (every part from the same model, so the same
   // prompt length Lt).
@@ -157,6 +161,9 @@ class DartImpl : public torch::nn::Module {
   // `query_pos` [Nq] over keys at positions [0, num_keys): block-causal, or causal for dart_ar.
   torch::Tensor VisibleKeys(const torch::Tensor& query_pos, int64_t num_keys) const;
   torch::Tensor Features(const torch::Tensor& h, const Condition& cond);
+  // The condition of rows with AdaLN input `vector` [R, D] (SiLU-activated): every block's
+  // modulation and the final norm's; no prompt context.
+  Condition ConditionOf(const torch::Tensor& vector);
   // The first layer's input: in_proj(x) plus the embeddings of each token's block (noise level)
   // and, with absolute_positions, raster position. `block` and `raster` are index tensors on x's
   // device that broadcast against x's leading dimensions ([L] or [R, N]).

@@ -40,7 +40,7 @@ absl::Status DartEngine::Validate(const GenerateParams& params) const {
 
 int64_t DartEngine::KvBytes(const GenerateParams& params) const {
   const ModelConfig& c = sampler_.config();
-  const int64_t per_row = options_.kv_cache ? c.kv_bytes_per_row() : c.text_kv_bytes_per_row();
+  const int64_t per_row = options_.kv_cache ? c.kv_bytes_per_row() : c.condition_bytes_per_row();
   return per_row * (params.guidance_scale != 1.0f ? 2 : 1);
 }
 

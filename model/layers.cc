@@ -62,10 +62,10 @@ torch::Tensor Rotary::Apply(const torch::Tensor& x) const {
   return x * c + swapped * s;
 }
 
-torch::Tensor Modulate(const torch::Tensor& x, const torch::Tensor& shift,
-                       const torch::Tensor& scale) {
+torch::Tensor NormModulate(const torch::Tensor& x, double eps, const torch::Tensor& shift,
+                           const torch::Tensor& scale) {
   // Plain mul/add: LibTorch 1.13's broadcasting addcmul is ~20x slower on CPU.
-  return x * (1 + scale) + shift;
+  return RmsNormalize(x, eps) * scale + shift;
 }
 
 DartBlockImpl::DartBlockImpl(const ModelConfig& config)
@@ -107,15 +107,22 @@ std::pair<torch::Tensor, torch::Tensor> DartBlockImpl::CrossKeysValues(
   return {cross_k_norm_->forward(kv[0]), kv[1]};
 }
 
-torch::Tensor DartBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cond,
+torch::Tensor DartBlockImpl::Modulation(const torch::Tensor& cond) {
+  std::vector<torch::Tensor> m = ada_->forward(cond).chunk(6, -1);
+  m[1] = norm1_->weight() * (1 + m[1]);
+  m[4] = norm2_->weight() * (1 + m[4]);
+  return torch::cat(m, -1);
+}
+
+torch::Tensor DartBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& modulation,
                                      const Rotary& rotary, const AttendFn& attend,
                                      const CrossContext* cross) {
   const int64_t r = x.size(0);
   const int64_t n = x.size(1);
-  const std::vector<torch::Tensor> mod = ada_->forward(cond).unsqueeze(1).chunk(6, -1);
+  const std::vector<torch::Tensor> mod = modulation.unsqueeze(1).chunk(6, -1);
 
   // Attention. Q and K are normalised and rotated together (one kernel each instead of two).
-  const torch::Tensor h = Modulate(norm1_->forward(x), mod[0], mod[1]);
+  const torch::Tensor h = NormModulate(x, norm1_->eps(), mod[0], mod[1]);
   const torch::Tensor qkv =
       qkv_->forward(h).view({r, n, 3, heads_, head_dim_}).permute({2, 0, 3, 1, 4});
   const torch::Tensor qk_scale =
@@ -135,7 +142,7 @@ torch::Tensor DartBlockImpl::forward(const torch::Tensor& x, const torch::Tensor
   }
 
   // SwiGLU MLP.
-  const torch::Tensor h2 = Modulate(norm2_->forward(y), mod[3], mod[4]);
+  const torch::Tensor h2 = NormModulate(y, norm2_->eps(), mod[3], mod[4]);
   const std::vector<torch::Tensor> gate_up = w_gate_up_->forward(h2).chunk(2, -1);
   const torch::Tensor mlp = w_down_->forward(torch::silu(gate_up[0]) * gate_up[1]);
   return y + mod[5] * mlp;

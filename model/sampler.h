@@ -63,9 +63,9 @@ class GenerationState {
   // The latest x_0 estimate in token space [K, token_dim] (for dart_ar, each position's latest
   // token prediction); undefined before the first step. The final image once finished.
   const torch::Tensor& x0() const { return x0_; }
-  // KV memory this state holds (all branches; for text models including the prompt's
-  // cross-attention K/V), fixed from Start() to destruction: ModelConfig::kv_bytes_per_row() per
-  // branch.
+  // KV memory this state holds (all branches, their conditions included), fixed from Start() to
+  // destruction: ModelConfig::kv_bytes_per_row() per branch (condition_bytes_per_row() without
+  // the KV cache).
   int64_t kv_bytes() const;
 
  private:

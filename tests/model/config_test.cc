@@ -22,7 +22,9 @@ TEST(ModelConfigTest, DerivedSizes) {
   EXPECT_EQ(c.sequence_length(), 16 * 49);
   EXPECT_EQ(c.head_dim(), 64);
   EXPECT_EQ(c.mlp_hidden() % 32, 0);
-  EXPECT_EQ(c.kv_bytes_per_row(), int64_t{2} * c.depth * 16 * 49 * c.width * 4);
+  EXPECT_EQ(c.condition_bytes_per_row(), (int64_t{6} * c.depth + 2) * c.width * 4);
+  EXPECT_EQ(c.kv_bytes_per_row(),
+            int64_t{2} * c.depth * 16 * 49 * c.width * 4 + c.condition_bytes_per_row());
 }
 
 TEST(ModelConfigTest, JsonRoundTrip) {

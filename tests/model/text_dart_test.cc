@@ -62,9 +62,10 @@ TEST(TextDartTest, ThePromptChangesThePrediction) {
   const torch::Tensor out = model->forward(x, cond);
   EXPECT_GT(MaxDiff(out[0], out[1]), 1e-3);
 
-  // Cross-attention alone: the same AdaLN vector for both rows, different prompt tokens.
+  // Cross-attention alone: the same AdaLN modulation for both rows, different prompt tokens.
   Condition same_vector = cond;
-  same_vector.vector = cond.vector.narrow(0, 0, 1).expand({2, -1});
+  same_vector.final_mod = cond.final_mod.narrow(0, 0, 1).expand({2, -1});
+  for (torch::Tensor& m : same_vector.block_mod) m = m.narrow(0, 0, 1).expand({2, -1});
   const torch::Tensor cross_only = model->forward(x, same_vector);
   EXPECT_GT(MaxDiff(cross_only[0], cross_only[1]), 1e-3);
 }
@@ -131,7 +132,8 @@ TEST_P(TextSamplerTest, GuidanceEndpointsAndKvMemory) {
   auto one = sampler.Start({.prompt = kBlue, .seed = 5});
   ASSERT_TRUE(one.ok()) << one.status();
   EXPECT_EQ((*one)->kv_bytes(), model->config().kv_bytes_per_row());
-  EXPECT_GT(model->config().text_kv_bytes_per_row(), 0);
+  EXPECT_GT(model->config().condition_bytes_per_row(),
+            (int64_t{6} * model->config().depth + 2) * model->config().width * 4);
   auto two = sampler.Start({.prompt = kBlue, .seed = 5, .guidance_scale = 3.0f});
   ASSERT_TRUE(two.ok()) << two.status();
   EXPECT_EQ((*two)->kv_bytes(), 2 * model->config().kv_bytes_per_row());
