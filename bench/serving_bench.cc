@@ -47,6 +47,8 @@
 ABSL_FLAG(std::string, checkpoint, "weights/fmnist-dart", "Checkpoint folder.");
 ABSL_FLAG(int, images, 128, "Requests per closed-loop run.");
 ABSL_FLAG(int, batch, 32, "Static batch size.");
+ABSL_FLAG(int, sequential_images, 0,
+          "Requests of the one-at-a-time run (and of the peer's); 0: max(8, --images / 8).");
 ABSL_FLAG(int, concurrency, 32, "Requests in flight for the continuous closed loop.");
 ABSL_FLAG(std::string, loads, "0.5,0.7,0.9",
           "Poisson rates as fractions of continuous saturation.");
@@ -288,6 +290,11 @@ nlohmann::json Report(const RunResult& r, double flops_per_image, double peak) {
           {"errors", errors}};
 }
 
+int SequentialImages() {
+  const int n = absl::GetFlag(FLAGS_sequential_images);
+  return n > 0 ? n : std::max(8, absl::GetFlag(FLAGS_images) / 8);
+}
+
 // The plain PyTorch peer's images/s at static batches of `batch` (1: one image after another), run
 // as a child process on the same checkpoint, guidance and threads.
 absl::StatusOr<double> RunPeer(int batch, int images) {
@@ -316,7 +323,7 @@ absl::StatusOr<double> RunPeer(int batch, int images) {
 nlohmann::json ComparePeer(const RunResult& sequential, const RunResult& stat,
                            const RunResult& continuous, int batch, int total) {
   if (!absl::GetFlag(FLAGS_peer)) return nullptr;
-  const absl::StatusOr<double> one = RunPeer(1, std::max(8, total / 8));
+  const absl::StatusOr<double> one = RunPeer(1, SequentialImages());
   const absl::StatusOr<double> batched = RunPeer(batch, total);
   if (!one.ok() || !batched.ok()) {
     const std::string error((one.ok() ? batched : one).status().message());
@@ -408,8 +415,7 @@ int main(int argc, char** argv) {
   // Each run that was not asked for stays empty (0 images/s) and is left out of the report.
   RunResult seq, stat, cont, re;
   if (want("sequential")) {
-    seq = Drive("sequential", engine, make, {.max_batch_requests = 1}, std::max(8, total / 8), 1, 0,
-                0);
+    seq = Drive("sequential", engine, make, {.max_batch_requests = 1}, SequentialImages(), 1, 0, 0);
     runs.push_back(Report(seq, flops_per_image, peak));
   }
   if (want("static")) {
