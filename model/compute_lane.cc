@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 
+#include <chrono>
 #include <optional>
 #include <utility>
 
@@ -49,15 +50,24 @@ void ComputeLane::Loop() {
     Job* job = queue_.front();
     queue_.pop_front();
     lock.unlock();
+    const auto start = std::chrono::steady_clock::now();
     try {
       job->fn();
     } catch (...) {
       job->error = std::current_exception();
     }
+    busy_ns_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - start)
+                           .count(),
+                       std::memory_order_relaxed);
     lock.lock();
     job->done = true;
     cv_.notify_all();
   }
+}
+
+double ComputeLane::busy_seconds() const {
+  return static_cast<double>(busy_ns_.load(std::memory_order_relaxed)) * 1e-9;
 }
 
 namespace {

@@ -13,6 +13,7 @@
 #ifndef DARTSERVE_MODEL_COMPUTE_LANE_H_
 #define DARTSERVE_MODEL_COMPUTE_LANE_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -41,6 +42,13 @@ class ComputeLane {
   // thread (fn calling Run) runs inline.
   void Run(absl::FunctionRef<void()> fn);
 
+  // Seconds the lane's thread has spent running calls since it started (a call made from the
+  // lane's own thread counts as part of its caller). Its increase over an interval, divided by the
+  // interval, is the lane's utilisation: the server exports it as
+  // dartserve_compute_lane_busy_seconds_total, which shows the models sharing a lane queueing
+  // behind each other.
+  double busy_seconds() const;
+
  private:
   struct Job;
   void Loop();
@@ -49,6 +57,7 @@ class ComputeLane {
   std::condition_variable cv_;  // a job was queued, one finished, or the lane is stopping
   std::deque<Job*> queue_;      // guarded by mu_
   bool stopping_ = false;       // guarded by mu_
+  std::atomic<int64_t> busy_ns_{0};
   std::thread thread_;
 };
 

@@ -128,6 +128,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options,
   // From here on, an error return destroys `server`, whose Shutdown stops what was started.
   std::unique_ptr<Server> server(new Server());
   server->metrics_ = std::make_shared<ServerMetrics>();
+  for (size_t i = 0; i < options.lanes.size(); ++i) {
+    prometheus::Counter& busy = server->metrics_->ForLane(static_cast<int>(i));
+    server->metrics_->AddCollectHook([lane = options.lanes[i], &busy] {
+      busy.Increment(lane->busy_seconds() - busy.Value());  // a counter only moves up
+    });
+  }
   server->pump_ = std::make_unique<WorkQueue>(options.pump_threads);
   std::vector<ServedModel*> served;
   for (ModelSpec& spec : models) {

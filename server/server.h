@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "model/compute_lane.h"
 #include "scheduler/scheduler.h"
 #include "server/http_api.h"
 #include "server/http_server.h"
@@ -55,6 +56,10 @@ struct ServerOptions {
   int max_receive_message_bytes = 1 << 20;  // requests are small; bounds client-driven memory
   int max_send_message_bytes = 64 << 20;
   int pump_threads = 2;  // PNG encoding and writes
+  // The compute lanes the models' engines run on (model/compute_lane.h), lane i for replica i:
+  // their busy time is exported as dartserve_compute_lane_busy_seconds_total{lane="i"}. Empty:
+  // no such metric (engines that run on their schedulers' workers).
+  std::vector<std::shared_ptr<model::ComputeLane>> lanes;
 };
 
 class Server {

@@ -141,6 +141,7 @@ int main(int argc, char** argv) {
   options.http_threads = absl::GetFlag(FLAGS_http_threads);
   options.max_receive_message_bytes = absl::GetFlag(FLAGS_max_request_kb) << 10;
   options.service.version = "0.1.0";
+  options.lanes = replicas.lanes;
   if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
     absl::StatusOr<std::string> token = dartserve::ReadFile(path);
     if (!token.ok()) return Fail(token.status());

@@ -199,8 +199,16 @@ ServerMetrics::ServerMetrics()
       previews_dropped_(Add<prometheus::Counter>(
           registry_, "dartserve_previews_dropped_total",
           "Preview images replaced by a newer one before a slow client read them.")),
-      images_(Add<prometheus::Counter>(registry_, "dartserve_images_total",
-                                       "Final images generated.")) {}
+      images_(
+          Add<prometheus::Counter>(registry_, "dartserve_images_total", "Final images generated.")),
+      lane_busy_(Add<prometheus::Counter>(
+          registry_, "dartserve_compute_lane_busy_seconds_total",
+          "Seconds a compute lane (one per replica index, shared by every model's replica on "
+          "it) spent running model calls.")) {}
+
+prometheus::Counter& ServerMetrics::ForLane(int lane) {
+  return lane_busy_.Add({{"lane", absl::StrCat(lane)}});  // the existing child after the first
+}
 
 ModelMetrics& ServerMetrics::ForModel(const std::string& model) {
   absl::MutexLock lock(&models_mu_);

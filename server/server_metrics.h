@@ -60,6 +60,9 @@ class ServerMetrics : public prometheus::Collectable {
 
   // The children for `model` (created on first use; the same ones afterwards).
   ModelMetrics& ForModel(const std::string& model);
+  // The busy-time counter of compute lane `lane` (replica index; model/compute_lane.h), created on
+  // first use: dartserve_compute_lane_busy_seconds_total{lane}.
+  prometheus::Counter& ForLane(int lane);
   // A finished GenerateImage call: its duration and outcome.
   void RecordRequest(const std::string& model, const absl::Status& status, double seconds);
 
@@ -97,6 +100,7 @@ class ServerMetrics : public prometheus::Collectable {
   prometheus::Family<prometheus::Counter>& previews_sent_;
   prometheus::Family<prometheus::Counter>& previews_dropped_;
   prometheus::Family<prometheus::Counter>& images_;
+  prometheus::Family<prometheus::Counter>& lane_busy_;
 
   absl::Mutex models_mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<ModelMetrics>> models_

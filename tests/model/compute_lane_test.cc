@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <stdexcept>
 #include <thread>
@@ -37,6 +38,31 @@ TEST(ComputeLaneTest, RethrowsOnTheCallerAndKeepsRunning) {
   bool ran = false;
   lane.Run([&] { ran = true; });
   EXPECT_TRUE(ran);
+}
+
+// Works for `seconds` of steady time on the calling thread (work to measure, not a wait for
+// another thread).
+void Spin(double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+  }
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+TEST(ComputeLaneTest, BusySecondsCountTheCallsOnceAndNothingElse) {
+  const auto start = std::chrono::steady_clock::now();
+  ComputeLane lane;
+  EXPECT_EQ(lane.busy_seconds(), 0);
+  lane.Run([] { Spin(0.02); });
+  EXPECT_GE(lane.busy_seconds(), 0.02);
+  EXPECT_LE(lane.busy_seconds(), SecondsSince(start));
+  // A nested call is part of its caller's time, not counted a second time.
+  lane.Run([&] { lane.Run([] { Spin(0.02); }); });
+  EXPECT_GE(lane.busy_seconds(), 0.04);
+  EXPECT_LE(lane.busy_seconds(), SecondsSince(start));
 }
 
 TEST(ComputeLaneTest, NestedRunRunsInline) {

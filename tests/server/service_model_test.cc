@@ -66,6 +66,34 @@ TEST(ServiceTest, DartArCountsProgressStepsEverywhere) {
   EXPECT_EQ(Generate(*stub, request).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+// The server exports each compute lane's busy time: the lane the model runs on counts the work
+// of a generation, an idle one stays at zero.
+TEST(ServiceTest, ExportsTheBusyTimeOfEachComputeLane) {
+  const model::ModelConfig config = model::ModelConfig::Tiny();
+  model::Dart dart = testing::MakeTinyModel(config);
+  const std::vector<std::shared_ptr<model::ComputeLane>> lanes = {
+      std::make_shared<model::ComputeLane>(), std::make_shared<model::ComputeLane>()};
+  std::vector<ModelSpec> models;
+  models.push_back(FakeSpec(
+      "tiny", model::OnLane(std::make_unique<model::DartEngine>(dart, model::DescribeModel(dart)),
+                            lanes[0])));
+  auto server = Server::Start({.address = "127.0.0.1:0", .metrics_address = "", .lanes = lanes},
+                              std::move(models));
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::ImageGenerator::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
+  ASSERT_TRUE(Generate(*stub, ClassRequest(1, 7)).status.ok());
+
+  const std::string exposition = (*server)->metrics().Serialize();
+  const double busy =
+      MetricValue(exposition, "dartserve_compute_lane_busy_seconds_total{lane=\"0\"}");
+  EXPECT_GT(busy, 0);
+  EXPECT_LE(busy, lanes[0]->busy_seconds() + 1e-6);
+  EXPECT_TRUE(
+      absl::StrContains(exposition, "dartserve_compute_lane_busy_seconds_total{lane=\"1\"} 0\n"))
+      << exposition;
+}
+
 // The real tiny DART model behind the service: stream order, preview count, PNG size, seeds.
 TEST(ServiceTest, StreamsAcceptedProgressAndDecodableResults) {
   model::ModelConfig config = model::ModelConfig::Tiny();
