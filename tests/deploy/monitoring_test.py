@@ -113,11 +113,13 @@ class DashboardTest(unittest.TestCase):
     def test_variables(self):
         variables = {v["name"]: v for v in self.dashboard["templating"]["list"]}
         self.assertEqual(variables["datasource"]["query"], "prometheus")
-        # Every panel filters by the model variable, and the variable is filled from a series
-        # that exists from start-up (not one that appears with the first call).
+        # Every panel filters by the model variable (but the compute lanes', which are shared by
+        # the models), and the variable is filled from a series that exists from start-up (not
+        # one that appears with the first call).
         self.assertIn("dartserve_requests_running", variables["model"]["definition"])
         for where, expr in dt.dashboard_expressions():
-            if "dartserve_" in expr and not where.startswith("variable"):
+            if ("dartserve_" in expr and not where.startswith("variable")
+                    and "dartserve_compute_lane_" not in expr):
                 with self.subTest(where=where):
                     self.assertIn('model=~"$model"', expr)
 
@@ -134,6 +136,7 @@ class DashboardTest(unittest.TestCase):
                 "dartserve_step_batch_requests_sum",  # batch size
                 "dartserve_time_to_first_preview_seconds_bucket",
                 "dartserve_kv_cache_usage_ratio",
+                "dartserve_compute_lane_busy_seconds_total",  # models queueing on a lane
         ]:
             with self.subTest(metric=name):
                 self.assertIn(name, used)
