@@ -40,6 +40,7 @@
 #include "model/checkpoint.h"
 #include "model/compute_lane.h"
 #include "model/dart_engine.h"
+#include "model/engine_factory.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/dispatcher.h"
 #include "scheduler/scheduler.h"
@@ -173,11 +174,11 @@ RunResult Drive(const std::string& name, std::span<dm::Engine* const> engines,
                 const RequestMaker& make, const ds::SchedulerOptions& options, int total,
                 int concurrency, double rate, double duration) {
   std::vector<std::unique_ptr<ds::Scheduler>> schedulers;
-  ds::Dispatcher scheduler;
+  ds::Dispatcher dispatcher;
   for (dm::Engine* engine : engines) {
     schedulers.push_back(std::make_unique<ds::Scheduler>(options, engine));
     schedulers.back()->Start();
-    scheduler.AddReplica(schedulers.back().get());
+    dispatcher.AddReplica(schedulers.back().get());
   }
   std::mutex mu;
   std::condition_variable cv;
@@ -207,7 +208,7 @@ RunResult Drive(const std::string& name, std::span<dm::Engine* const> engines,
       cv.notify_all();
       if (more) submit_one();  // closed loop: replace the finished request
     });
-    if (absl::Status st = scheduler.Submit(req); !st.ok()) {
+    if (absl::Status st = dispatcher.Submit(req); !st.ok()) {
       std::cerr << name << ": submit failed: " << st << "\n";
       std::lock_guard<std::mutex> lock(mu);
       ++finished;
@@ -234,7 +235,7 @@ RunResult Drive(const std::string& name, std::span<dm::Engine* const> engines,
   }
   out.seconds = Seconds(Clock::now() - start);
   out.images_per_second = out.samples.size() / out.seconds;
-  const ds::SchedulerStats stats = scheduler.stats();
+  const ds::SchedulerStats stats = dispatcher.stats();
   out.mean_batch = stats.iterations ? double(stats.total_batch_requests) / stats.iterations : 0;
   return out;
 }
@@ -357,9 +358,16 @@ int main(int argc, char** argv) {
     return 1;
   }
   torch::set_num_threads(absl::GetFlag(FLAGS_threads));
-  // Every torch call runs on one lane, as in the server: one OpenMP pool in the process
-  // (model/compute_lane.h). The main thread never runs an operator.
-  const auto lane = std::make_shared<dm::ComputeLane>("bench-lane");
+  // Every torch call runs on a lane, as in the server: one OpenMP pool per replica (lane 0 loads
+  // and runs everything but the replicas' runs; model/compute_lane.h). The main thread never runs
+  // an operator.
+  const std::vector<std::shared_ptr<dm::ComputeLane>> lanes =
+      dm::MakeLanes({.replicas = absl::GetFlag(FLAGS_replicas)});
+  if (lanes.empty()) {
+    std::cerr << "dartserve-bench: --replicas is out of range\n";
+    return 1;
+  }
+  const std::shared_ptr<dm::ComputeLane>& lane = lanes.front();
   absl::StatusOr<dm::Dart> model;
   double peak = 0;
   lane->Run([&] {
@@ -384,24 +392,22 @@ int main(int argc, char** argv) {
   std::cout << absl::StrFormat(
       "model %s: %.2f GFLOP/image, matmul peak %.1f GFLOP/s, %d threads, %d replicas\n",
       absl::GetFlag(FLAGS_checkpoint), flops_per_image / 1e9, peak / 1e9, torch::get_num_threads(),
-      std::max(1, absl::GetFlag(FLAGS_replicas)));
+      lanes.size());
 
   const RequestMaker make(config);
   // Replica i on lane i, all sharing the weights (as LoadEngines builds them).
-  std::vector<std::shared_ptr<dm::ComputeLane>> lanes = {lane};
-  std::vector<std::unique_ptr<dm::Engine>> owned;
-  for (int i = 0; i < std::max(1, absl::GetFlag(FLAGS_replicas)); ++i) {
-    if (i > 0) lanes.push_back(std::make_shared<dm::ComputeLane>(absl::StrCat("bench-lane-", i)));
-    owned.push_back(dm::OnLane(std::make_unique<dm::DartEngine>(*model), lanes[i]));
-  }
-  owned.push_back(dm::OnLane(
-      std::make_unique<dm::DartEngine>(*model, dm::SamplerOptions{.kv_cache = false}), lane));
+  std::vector<std::unique_ptr<dm::Engine>> replica_engines;
   std::vector<dm::Engine*> replicas;
-  for (size_t i = 0; i + 1 < owned.size(); ++i) replicas.push_back(owned[i].get());
+  for (const std::shared_ptr<dm::ComputeLane>& replica_lane : lanes) {
+    replica_engines.push_back(dm::OnLane(std::make_unique<dm::DartEngine>(*model), replica_lane));
+    replicas.push_back(replica_engines.back().get());
+  }
+  const std::unique_ptr<dm::Engine> recompute_on_lane = dm::OnLane(
+      std::make_unique<dm::DartEngine>(*model, dm::SamplerOptions{.kv_cache = false}), lane);
   dm::Engine* const engine[] = {replicas.front()};
+  dm::Engine* const recompute_engine[] = {recompute_on_lane.get()};
   // The replicas' runs are measured against every lane's peak (each lane's is the one measured).
   const double replicas_peak = peak * replicas.size();
-  dm::Engine* const recompute_engine[] = {owned.back().get()};
   const int conc = absl::GetFlag(FLAGS_concurrency);
   ds::SchedulerOptions continuous{.max_batch_requests = conc};
   nlohmann::json runs = nlohmann::json::array();
