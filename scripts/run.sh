@@ -7,8 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
-# The default model is DART-FM (flow head); the mean-head DART and the text-to-image models (the
-# 32x32 pixel one and the 64x64 latent one; requests with a prompt) are served beside it.
-exec "${BUILD_DIR:-build}"/server/dartserve \
-  --model fmnist-dart-fm=weights/fmnist-dart-fm,fmnist-dart=weights/fmnist-dart,shapes-dart=weights/shapes-dart,scenes64-dart=weights/scenes64-dart,emoji-dart=weights/emoji-dart \
-  --port 50051 --http_port 8080 --metrics_port 9464 "$@"
+# The server's default --model is the shipped set under weights/ (`dartserve --helpfull`): DART-FM
+# (flow head) first, the default model, then the mean-head DART and the text-to-image models (the
+# 32x32 pixel one, the 64x64 latent one and the emoji one; requests with a prompt).
+exec "${BUILD_DIR:-build}"/server/dartserve --port 50051 --http_port 8080 --metrics_port 9464 "$@"

@@ -23,11 +23,16 @@
 #include "model/engine_factory.h"
 #include "server/server.h"
 
+// The default is the shipped set, the one list of it: scripts/run.sh relies on it, and the deploy
+// tests check that the images and the Kubernetes flags serve the same models.
 ABSL_FLAG(std::vector<std::string>, model,
           (std::vector<std::string>{"fmnist-dart-fm=weights/fmnist-dart-fm",
                                     "fmnist-dart=weights/fmnist-dart",
-                                    "shapes-dart=weights/shapes-dart"}),
-          "Models to serve, NAME=DIR, comma-separated; the first is the default.");
+                                    "shapes-dart=weights/shapes-dart",
+                                    "scenes64-dart=weights/scenes64-dart",
+                                    "emoji-dart=weights/emoji-dart"}),
+          "Models to serve, NAME=DIR, comma-separated (DIR relative to the working directory); "
+          "the first is the default.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and metrics).");
 ABSL_FLAG(int, port, 50051, "gRPC port (0: pick a free one and print it).");
 ABSL_FLAG(bool, reuse_port, false,

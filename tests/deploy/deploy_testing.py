@@ -123,6 +123,19 @@ def model_specs(flags):
     return [tuple(spec.split("=", 1)) for spec in flags["model"].split(",")]
 
 
+def server_default_model_specs():
+    """The NAME=DIR pairs of the built server's default --model (the shipped set that
+    scripts/run.sh serves), read from its --helpfull."""
+    result = subprocess.run([binary("DARTSERVE_SERVER"), "--helpfull"], capture_output=True,
+                            text=True, timeout=60)
+    # abseil wraps the help text but never inside the default's value (it has no spaces).
+    match = re.search(r"--model \(.*?\);\s+default: (\S+);", result.stdout + result.stderr,
+                      re.DOTALL)
+    if not match:
+        raise AssertionError(f"no --model default in dartserve --helpfull:\n{result.stdout}")
+    return [tuple(spec.split("=", 1)) for spec in match.group(1).split(",")]
+
+
 def parse_quantity(quantity):
     """A Kubernetes resource quantity as a float in base units (cores, bytes)."""
     text = str(quantity)

@@ -150,6 +150,13 @@ class DockerfileTest(unittest.TestCase):
                 self.assertEqual(model, f"--model={self.flags['model']}")
                 self.assertEqual(runtime["STOPSIGNAL"], ["SIGTERM"])
 
+    def test_images_serve_the_servers_default_models(self):
+        # The server's default (what scripts/run.sh serves) is the shipped set; the images and
+        # Kubernetes name the same models, in the same order, under the image's weights folder.
+        expected = [(name, f"{RUNTIME_ROOT}/{path}")
+                    for name, path in dt.server_default_model_specs()]
+        self.assertEqual(dt.model_specs(self.flags), expected)
+
     def test_shipped_weights_are_where_the_flags_point(self):
         for _, model_dir in dt.model_specs(self.flags):
             self.assertTrue(model_dir.startswith(f"{RUNTIME_ROOT}/weights/"))
