@@ -3,6 +3,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "model/decode_attention.h"
 #include "model/torch_compat.h"
 
 namespace dartserve::model {
@@ -251,6 +252,8 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const Condit
   const Rotary rotary = rope_.Tables(same_raster ? raster[0] : raster, x.device());
   const torch::Tensor block_ids = pos.div(k, "floor").to(x.device());
 
+  std::vector<int64_t> lengths(rows);  // keys each row attends over, its new tokens included
+  for (int64_t r = 0; r < rows; ++r) lengths[r] = starts[r] + n;
   std::map<int64_t, std::vector<int64_t>> rows_by_length;  // cache length -> rows
   for (int64_t r = 0; r < rows; ++r) rows_by_length[starts[r]].push_back(r);
   // Which cached keys each group's new tokens may see: all of them for dart (the cache holds only
@@ -264,17 +267,23 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const Condit
 
   torch::Tensor h = Embed(x, block_ids, raster.to(x.device()));
   for (size_t layer = 0; layer < block_list_.size(); ++layer) {
-    // Rows sit at different steps, so each attends over its own cache length. Rows at the same
-    // length are attended together (their cache prefixes stacked: a copy far cheaper than the
-    // attention itself). The linear layers, most of the FLOPs, stay batched across all rows.
+    // Rows sit at different steps, so each attends over its own cache length. One token per row
+    // reads the caches in place (DecodeAttention). Blocks of tokens at the same length are
+    // attended together, their cache prefixes stacked: a copy far cheaper than the attention
+    // itself. The linear layers, most of the FLOPs, stay batched across all rows.
     const AttendFn attend = [&, layer](const torch::Tensor& q, const torch::Tensor& kk,
                                        const torch::Tensor& v) {
+      std::vector<torch::Tensor> layer_k(rows), layer_v(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        layer_k[r] = caches[r]->k[layer];
+        layer_v[r] = caches[r]->v[layer];
+        layer_k[r].narrow(1, starts[r], n).copy_(kk[r]);
+        layer_v[r].narrow(1, starts[r], n).copy_(v[r]);
+      }
+      // One token per row (DART-AR): every row attends over its whole cache, read in place.
+      if (DecodeAttentionApplies(q)) return DecodeAttention(q, layer_k, layer_v, lengths);
       std::vector<torch::Tensor> outs(rows);
       for (const auto& [start, members] : rows_by_length) {
-        for (int64_t r : members) {
-          caches[r]->k[layer].narrow(1, start, n).copy_(kk[r]);
-          caches[r]->v[layer].narrow(1, start, n).copy_(v[r]);
-        }
         const auto it = masks.find(start);
         const torch::Tensor mask = it == masks.end() ? torch::Tensor() : it->second;
         if (members.size() == 1) {

@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include "model/decode_attention.h"
 #include "model/sampler.h"
+#include "model/torch_compat.h"
 #include "tests/testing/tiny_model.h"
 
 namespace dartserve::model {
@@ -168,6 +170,38 @@ TEST(DartArTest, TokenStepsMatchTeacherForcedForward) {
                 .max()
                 .item<double>(),
             1e-6);
+}
+
+// One query per row over that row's own cache prefix, read in place: the same as the generic
+// attention over the prefix, for rows of different lengths and a head size that is not a multiple
+// of the kernel's eight lanes. The caches past each length hold NaN, so reading one would show.
+TEST(DecodeAttentionTest, EqualsAttentionOverEachRowsPrefix) {
+  torch::NoGradGuard no_grad;
+  torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  const int64_t heads = 3, d = 12, capacity = 10;
+  const std::vector<int64_t> lengths = {1, 7, 10, 4};
+  const int64_t rows = static_cast<int64_t>(lengths.size());
+  const torch::Tensor q = torch::randn({rows, heads, 1, d}, gen);
+  std::vector<torch::Tensor> keys, values;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (auto* list : {&keys, &values}) {
+      torch::Tensor cache = torch::full({heads, capacity, d}, NAN);
+      cache.narrow(1, 0, lengths[r]).copy_(3 * torch::randn({heads, lengths[r], d}, gen));
+      list->push_back(cache);
+    }
+  }
+  ASSERT_TRUE(DecodeAttentionApplies(q));
+  const torch::Tensor out = DecodeAttention(q, keys, values, lengths);
+  ASSERT_EQ(out.sizes(), q.sizes());
+  for (int64_t r = 0; r < rows; ++r) {
+    const torch::Tensor expected = Attention(q[r], keys[r].narrow(1, 0, lengths[r]),
+                                             values[r].narrow(1, 0, lengths[r]));
+    EXPECT_LE((out[r] - expected).abs().max().item<double>(), 1e-5) << "row " << r;
+  }
+  // Blocks of tokens, other dtypes and autograd take the generic path.
+  EXPECT_FALSE(DecodeAttentionApplies(torch::randn({rows, heads, 2, d})));
+  EXPECT_FALSE(DecodeAttentionApplies(q.to(torch::kDouble)));
+  EXPECT_FALSE(DecodeAttentionApplies(torch::randn({rows, heads, 1, d}).requires_grad_(true)));
 }
 
 TEST(DartTest, ZeroInitialisedModelPredictsZero) {
