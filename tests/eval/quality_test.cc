@@ -188,10 +188,10 @@ TEST(QualityGateTest, ShippedEmojiModelDrawsWhatItIsAskedFor) {
     std::cout << "emoji-dart " << set->name << ": "
               << EmojiSummaryLine(*set, classifier->metrics.fid_floor) << "\n";
   }
-  EXPECT_GE(seen.accuracy.concept_top5, 0.59);
-  EXPECT_GE(seen.accuracy.style, 0.64);
-  EXPECT_GE(held_out.accuracy.concept_top5, 0.49);
-  EXPECT_GE(held_out.accuracy.style, 0.57);
+  EXPECT_GE(seen.accuracy.concept_top5, 0.64);
+  EXPECT_GE(seen.accuracy.style, 0.68);
+  EXPECT_GE(held_out.accuracy.concept_top5, 0.48);
+  EXPECT_GE(held_out.accuracy.style, 0.55);
   EXPECT_GE(concept_only.accuracy.concept_top5, 0.67);
 }
 
