@@ -239,9 +239,11 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const Condit
                 "ForwardStep: dart steps take one whole block per row");
   }
   std::vector<int64_t> starts(rows);
-  bool same_raster = true;  // always, for dart
+  std::vector<int64_t> lengths(rows);  // keys each row attends over, its new tokens included
+  bool same_raster = true;             // always, for dart
   for (int64_t r = 0; r < rows; ++r) {
     starts[r] = caches[r]->length;
+    lengths[r] = starts[r] + n;
     same_raster = same_raster && starts[r] % k == starts[0] % k;
   }
   // Positions [R, N] of the new tokens (built on the CPU: no device sync): their block (noise
@@ -252,8 +254,6 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const Condit
   const Rotary rotary = rope_.Tables(same_raster ? raster[0] : raster, x.device());
   const torch::Tensor block_ids = pos.div(k, "floor").to(x.device());
 
-  std::vector<int64_t> lengths(rows);  // keys each row attends over, its new tokens included
-  for (int64_t r = 0; r < rows; ++r) lengths[r] = starts[r] + n;
   std::map<int64_t, std::vector<int64_t>> rows_by_length;  // cache length -> rows
   for (int64_t r = 0; r < rows; ++r) rows_by_length[starts[r]].push_back(r);
   // Which cached keys each group's new tokens may see: all of them for dart (the cache holds only
@@ -288,15 +288,15 @@ torch::Tensor DartImpl::ForwardStepFeatures(const torch::Tensor& x, const Condit
         const torch::Tensor mask = it == masks.end() ? torch::Tensor() : it->second;
         if (members.size() == 1) {
           const int64_t r = members.front();
-          outs[r] = Attention(q[r], caches[r]->k[layer].narrow(1, 0, start + n),
-                              caches[r]->v[layer].narrow(1, 0, start + n), mask);
+          outs[r] = Attention(q[r], layer_k[r].narrow(1, 0, lengths[r]),
+                              layer_v[r].narrow(1, 0, lengths[r]), mask);
           continue;
         }
         std::vector<torch::Tensor> qs, ks, vs;
         for (int64_t r : members) {
           qs.push_back(q[r]);
-          ks.push_back(caches[r]->k[layer].narrow(1, 0, start + n));
-          vs.push_back(caches[r]->v[layer].narrow(1, 0, start + n));
+          ks.push_back(layer_k[r].narrow(1, 0, lengths[r]));
+          vs.push_back(layer_v[r].narrow(1, 0, lengths[r]));
         }
         const torch::Tensor out =
             Attention(torch::stack(qs), torch::stack(ks), torch::stack(vs), mask);

@@ -54,7 +54,8 @@ bool DecodeAttentionApplies(const torch::Tensor& q) {
 torch::Tensor DecodeAttention(const torch::Tensor& q, std::span<const torch::Tensor> keys,
                               std::span<const torch::Tensor> values,
                               std::span<const int64_t> lengths) {
-  TORCH_CHECK(DecodeAttentionApplies(q), "DecodeAttention: q must be [R, H, 1, d] fp32 on the CPU, without autograd");
+  TORCH_CHECK(DecodeAttentionApplies(q),
+              "DecodeAttention: q must be [R, H, 1, d] fp32 on the CPU, without autograd");
   const int64_t rows = q.size(0), heads = q.size(1), d = q.size(3);
   TORCH_CHECK(static_cast<int64_t>(keys.size()) == rows &&
                   static_cast<int64_t>(values.size()) == rows &&

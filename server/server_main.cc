@@ -26,11 +26,10 @@
 // The default is the shipped set, the one list of it: scripts/run.sh relies on it, and the deploy
 // tests check that the images and the Kubernetes flags serve the same models.
 ABSL_FLAG(std::vector<std::string>, model,
-          (std::vector<std::string>{"fmnist-dart-fm=weights/fmnist-dart-fm",
-                                    "fmnist-dart=weights/fmnist-dart",
-                                    "shapes-dart=weights/shapes-dart",
-                                    "scenes64-dart=weights/scenes64-dart",
-                                    "emoji-dart=weights/emoji-dart"}),
+          (std::vector<std::string>{
+              "fmnist-dart-fm=weights/fmnist-dart-fm", "fmnist-dart=weights/fmnist-dart",
+              "shapes-dart=weights/shapes-dart", "scenes64-dart=weights/scenes64-dart",
+              "emoji-dart=weights/emoji-dart"}),
           "Models to serve, NAME=DIR, comma-separated (DIR relative to the working directory); "
           "the first is the default.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and metrics).");

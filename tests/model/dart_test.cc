@@ -194,8 +194,8 @@ TEST(DecodeAttentionTest, EqualsAttentionOverEachRowsPrefix) {
   const torch::Tensor out = DecodeAttention(q, keys, values, lengths);
   ASSERT_EQ(out.sizes(), q.sizes());
   for (int64_t r = 0; r < rows; ++r) {
-    const torch::Tensor expected = Attention(q[r], keys[r].narrow(1, 0, lengths[r]),
-                                             values[r].narrow(1, 0, lengths[r]));
+    const torch::Tensor expected =
+        Attention(q[r], keys[r].narrow(1, 0, lengths[r]), values[r].narrow(1, 0, lengths[r]));
     EXPECT_LE((out[r] - expected).abs().max().item<double>(), 1e-5) << "row " << r;
   }
   // Blocks of tokens, other dtypes and autograd take the generic path.
