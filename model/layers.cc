@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "model/fused_cpu.h"
 #include "model/torch_compat.h"
 
 namespace dartserve::model {
@@ -21,6 +22,7 @@ RmsNormImpl::RmsNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
+  if (torch::Tensor y = fused::NormScaleShift(x, eps_, weight_, {}); y.defined()) return y;
   return RmsNormalize(x, eps_) * weight_.to(x.scalar_type());
 }
 
@@ -64,6 +66,7 @@ torch::Tensor Rotary::Apply(const torch::Tensor& x) const {
 
 torch::Tensor NormModulate(const torch::Tensor& x, double eps, const torch::Tensor& shift,
                            const torch::Tensor& scale) {
+  if (torch::Tensor y = fused::NormScaleShift(x, eps, scale, shift); y.defined()) return y;
   // Plain mul/add: LibTorch 1.13's broadcasting addcmul is ~20x slower on CPU.
   return RmsNormalize(x, eps) * scale + shift;
 }
@@ -121,22 +124,20 @@ torch::Tensor DartBlockImpl::forward(const torch::Tensor& x, const torch::Tensor
   const int64_t n = x.size(1);
   const std::vector<torch::Tensor> mod = modulation.unsqueeze(1).chunk(6, -1);
 
-  // Attention. Q and K are normalised and rotated together (one kernel each instead of two).
+  // Attention.
   const torch::Tensor h = NormModulate(x, norm1_->eps(), mod[0], mod[1]);
-  const torch::Tensor qkv =
-      qkv_->forward(h).view({r, n, 3, heads_, head_dim_}).permute({2, 0, 3, 1, 4});
-  const torch::Tensor qk_scale =
-      torch::stack({q_norm_->weight(), k_norm_->weight()}).view({2, 1, 1, 1, head_dim_});
-  const torch::Tensor qk = rotary.Apply(RmsNormalize(qkv.narrow(0, 0, 2), q_norm_->eps()) *
-                                        qk_scale.to(x.scalar_type()));
-  const torch::Tensor attn = attend(qk[0], qk[1], qkv[2]);  // [R, H, N, hd]
+  const torch::Tensor qkv = qkv_->forward(h).view({r, n, 3, heads_, head_dim_});
+  const torch::Tensor qk = QkNormRotary(qkv, rotary);  // [2, R, H, N, hd]
+  const torch::Tensor attn = attend(qk[0], qk[1], qkv.select(2, 2).transpose(1, 2));
   const torch::Tensor attn_out = proj_->forward(attn.transpose(1, 2).reshape({r, n, -1}));
-  torch::Tensor y = x + mod[2] * attn_out;
+  torch::Tensor y = GatedResidual(x, mod[2], attn_out);
 
   if (cross_q_) {
     TORCH_CHECK(cross != nullptr, "DartBlock: a text model's block needs the prompt context");
-    const torch::Tensor q = cross_q_norm_->forward(
-        cross_q_->forward(cross_norm_->forward(y)).view({r, n, heads_, head_dim_}).transpose(1, 2));
+    // Normalised over head_dim before the transpose: the same values, from contiguous memory.
+    const torch::Tensor q_tokens =
+        cross_q_->forward(cross_norm_->forward(y)).view({r, n, heads_, head_dim_});
+    const torch::Tensor q = cross_q_norm_->forward(q_tokens).transpose(1, 2);
     const torch::Tensor c = Attention(q, cross->k, cross->v, cross->mask);  // [R, H, N, hd]
     y = y + cross_proj_->forward(c.transpose(1, 2).reshape({r, n, -1}));
   }
@@ -145,7 +146,26 @@ torch::Tensor DartBlockImpl::forward(const torch::Tensor& x, const torch::Tensor
   const torch::Tensor h2 = NormModulate(y, norm2_->eps(), mod[3], mod[4]);
   const std::vector<torch::Tensor> gate_up = w_gate_up_->forward(h2).chunk(2, -1);
   const torch::Tensor mlp = w_down_->forward(torch::silu(gate_up[0]) * gate_up[1]);
-  return y + mod[5] * mlp;
+  return GatedResidual(y, mod[5], mlp);
+}
+
+torch::Tensor DartBlockImpl::QkNormRotary(const torch::Tensor& qkv, const Rotary& rotary) {
+  if (torch::Tensor qk = fused::QkNormRotary(qkv, q_norm_->weight(), k_norm_->weight(),
+                                             q_norm_->eps(), rotary.cos, rotary.sin);
+      qk.defined()) {
+    return qk;
+  }
+  // Q and K normalised and rotated together: one kernel each instead of two.
+  const torch::Tensor qk_scale =
+      torch::stack({q_norm_->weight(), k_norm_->weight()}).view({2, 1, 1, 1, head_dim_});
+  const torch::Tensor qk = qkv.permute({2, 0, 3, 1, 4}).narrow(0, 0, 2);
+  return rotary.Apply(RmsNormalize(qk, q_norm_->eps()) * qk_scale.to(qkv.scalar_type()));
+}
+
+torch::Tensor GatedResidual(const torch::Tensor& x, const torch::Tensor& gate,
+                            const torch::Tensor& y) {
+  if (torch::Tensor out = fused::GatedResidual(x, gate, y); out.defined()) return out;
+  return x + gate * y;
 }
 
 }  // namespace dartserve::model

@@ -70,6 +70,11 @@ class Rope2d {
 torch::Tensor NormModulate(const torch::Tensor& x, double eps, const torch::Tensor& shift,
                            const torch::Tensor& scale);
 
+// AdaLN-Zero's gated residual: x + gate * y, gate [R, 1, D] broadcast over the tokens of x, y
+// [R, N, D].
+torch::Tensor GatedResidual(const torch::Tensor& x, const torch::Tensor& gate,
+                            const torch::Tensor& y);
+
 // One block's view of the prompt (text models): the cross-attention keys and values of the prompt
 // tokens, [R, H, Lt, head_dim] each, and the key mask broadcastable to [R, H, N, Lt] (true: a
 // real token). Computed once per request (DartBlockImpl::CrossKeysValues), reused at every step.
@@ -103,6 +108,9 @@ class DartBlockImpl : public torch::nn::Module {
   std::pair<torch::Tensor, torch::Tensor> CrossKeysValues(const torch::Tensor& text_tokens);
 
  private:
+  // q and k [2, R, H, N, hd] of the qkv projection [R, N, 3, H, hd]: QK-normalised and rotated.
+  torch::Tensor QkNormRotary(const torch::Tensor& qkv, const Rotary& rotary);
+
   int64_t heads_;
   int64_t head_dim_;
   RmsNorm norm1_{nullptr}, norm2_{nullptr}, q_norm_{nullptr}, k_norm_{nullptr};
