@@ -6,21 +6,10 @@
 #include <cmath>
 #include <vector>
 
+#include "model/vector_math.h"
+
 namespace dartserve::model {
 namespace {
-
-// q . k over d floats. Eight independent sums so the compiler can keep them in vector registers
-// without reassociating one float sum (which it may not do without -ffast-math).
-inline float Dot(const float* q, const float* k, int64_t d) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= d; i += 8) {
-    for (int j = 0; j < 8; ++j) acc[j] += q[i + j] * k[i + j];
-  }
-  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < d; ++i) sum += q[i] * k[i];
-  return sum;
-}
 
 // One (row, head): out[d] = sum_j softmax(scale * q . k_j) v_j[d] over `length` keys; `scores`
 // is scratch of at least `length` floats.

@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "model/vector_math.h"
+
 namespace dartserve::model::fused {
 namespace {
 
@@ -40,17 +42,9 @@ int64_t TokenGrain(int64_t floats_per_token) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, floats_per_token));
 }
 
-// 1 / sqrt(mean(x^2) + eps) over d floats. Eight partial sums, so the compiler can keep them in
-// vector registers without reassociating one float sum.
+// 1 / sqrt(mean(x^2) + eps) over d floats.
 inline float InverseRms(const float* x, int64_t d, float eps) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= d; i += 8) {
-    for (int j = 0; j < 8; ++j) acc[j] += x[i + j] * x[i + j];
-  }
-  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < d; ++i) sum += x[i] * x[i];
-  return 1.0f / std::sqrt(sum / static_cast<float>(d) + eps);
+  return 1.0f / std::sqrt(Dot(x, x, d) / static_cast<float>(d) + eps);
 }
 
 }  // namespace

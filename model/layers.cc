@@ -124,7 +124,7 @@ torch::Tensor DartBlockImpl::forward(const torch::Tensor& x, const torch::Tensor
   const int64_t n = x.size(1);
   const std::vector<torch::Tensor> mod = modulation.unsqueeze(1).chunk(6, -1);
 
-  // Attention.
+  // Self-attention: q and k normalised and rotated, v as projected, each [R, H, N, hd].
   const torch::Tensor h = NormModulate(x, norm1_->eps(), mod[0], mod[1]);
   const torch::Tensor qkv = qkv_->forward(h).view({r, n, 3, heads_, head_dim_});
   const torch::Tensor qk = QkNormRotary(qkv, rotary);  // [2, R, H, N, hd]
